@@ -1,0 +1,266 @@
+"""Pluggable modules: GRU, LSTM, FF and Embedding.
+
+Every module owns named shared variables (`encoder.W`, `decoder.U`, ...) and exposes
+`params` and `getUpdates(cost, lr)`. The recurrent cells split one step in two, so that the
+input matmul for every timestep runs once, outside scan:
+
+    x_proj = cell.project(x)                          # (T, B, G*H), one matmul for all t
+    states = pytensor.scan(cell.recur, sequences=x_proj, outputs_info=...)
+
+`cell.step(x_t, *state)` does both halves for one timestep and can be handed to scan
+directly, as in the seed; `cell.scan(x, mask)` is the batched, masked, fast path.
+Time is axis 0 everywhere.
+"""
+import numpy as np
+
+import backend  # noqa: F401  (sets floatX before pytensor is used)
+import pytensor
+import pytensor.tensor as pt
+
+FLOATX = "float32"
+
+
+def _shared(name, value):
+    return pytensor.shared(np.asarray(value, dtype=FLOATX), name=name)
+
+
+def _uniform(rng, shape, scale):
+    return rng.uniform(-scale, scale, size=shape)
+
+
+def _glorot(rng, n_in, n_out):
+    return _uniform(rng, (n_in, n_out), np.sqrt(6.0 / (n_in + n_out)))
+
+
+def _orthogonal(rng, n):
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))  # sign fix makes the draw uniform over rotations
+
+
+class Module:
+    """Base class: a named set of shared variables with plain SGD."""
+
+    def __init__(self, name):
+        self.name = name
+        self.params = []
+
+    def add_param(self, short_name, value):
+        """Create a float32 shared variable named `<module>.<short_name>` and register it."""
+        param = _shared(f"{self.name}.{short_name}", value)
+        self.params.append(param)
+        return param
+
+    def getUpdates(self, cost, lr):
+        """SGD update pairs `(param, param - lr * dcost/dparam)` for this module's params."""
+        grads = pytensor.grad(cost, self.params)
+        return [(p, p - lr * g) for p, g in zip(self.params, grads)]
+
+
+def _widths(inputSize):
+    """`inputSize` is an int, or a list of widths of inputs used as their concatenation."""
+    widths = [int(inputSize)] if np.isscalar(inputSize) else [int(w) for w in inputSize]
+    if not widths or min(widths) < 1:
+        raise ValueError(f"input sizes must be positive, got {inputSize!r}")
+    return widths
+
+
+def _affine(inputs, widths, W, b):
+    """`concat(inputs) @ W + b` without building the concatenation.
+
+    The inputs' leading shapes may differ and broadcast, e.g. (T, B, E) and (B, C): that is
+    how a per-sequence context is fed to every timestep at the cost of one (B, C) matmul.
+    One input of the full width is always accepted.
+    """
+    if len(inputs) == 1:
+        widths = [sum(widths)]
+    if len(inputs) != len(widths):
+        raise ValueError(f"got {len(inputs)} inputs for input widths {widths}")
+    out, row = b, 0
+    for x, width in zip(inputs, widths):
+        out = out + pt.dot(x, W[row : row + width])
+        row += width
+    return out
+
+
+class FF(Module):
+    """Feed-forward layer: y = activation(x @ W + b).
+
+    `activation` is a callable such as `pt.tanh`, or one of "tanh", "sigmoid", "relu",
+    "linear"/None. With `inputSize` a list of widths, `ff(a, b)` means `ff(concat(a, b))`.
+    """
+
+    ACTIVATIONS = {
+        "tanh": pt.tanh,
+        "sigmoid": pt.sigmoid,
+        "relu": lambda x: pt.maximum(x, 0),
+        "linear": lambda x: x,
+        None: lambda x: x,
+    }
+
+    def __init__(self, inputSize, outputSize, activation="tanh", name="ff", rng=None):
+        super().__init__(name)
+        if callable(activation):
+            self.activation = activation
+        elif activation in self.ACTIVATIONS:
+            self.activation = self.ACTIVATIONS[activation]
+        else:
+            raise ValueError(f"{name}: unknown activation {activation!r}")
+        rng = rng or np.random.default_rng(0)
+        self.widths = _widths(inputSize)
+        self.inputSize, self.outputSize = sum(self.widths), outputSize
+        self.W = self.add_param("W", _glorot(rng, self.inputSize, outputSize))
+        self.b = self.add_param("b", np.zeros(outputSize))
+
+    def __call__(self, *inputs):
+        return self.activation(_affine(inputs, self.widths, self.W, self.b))
+
+    step = __call__
+
+
+class Embedding(Module):
+    """Lookup table: ids (any shape, int) -> vectors (..., outputSize)."""
+
+    def __init__(self, vocabSize, outputSize, name="embed", rng=None):
+        super().__init__(name)
+        rng = rng or np.random.default_rng(0)
+        self.W = self.add_param("W", rng.normal(0.0, 0.1, size=(vocabSize, outputSize)))
+
+    def __call__(self, ids):
+        return self.W[ids]
+
+
+class Recurrent(Module):
+    """What GRU and LSTM share: input projection, masked scan and state bookkeeping.
+
+    Subclasses set `n_gates` and define `recur(x_proj_t, *state)`, which returns the new
+    state: one tensor for the GRU, a list [h, c] for the LSTM.
+    """
+
+    n_gates = 1
+    n_states = 1
+
+    def __init__(self, inputSize, hiddenSize, name, rng):
+        super().__init__(name)
+        rng = rng or np.random.default_rng(0)
+        self.widths = _widths(inputSize)
+        self.inputSize, self.hiddenSize = sum(self.widths), hiddenSize
+        G, H, I = self.n_gates, hiddenSize, self.inputSize
+        # Gates stacked along columns, so one matmul computes all of them.
+        self.W = self.add_param("W", np.hstack([_glorot(rng, I, H) for _ in range(G)]))
+        self.U = self.add_param("U", np.hstack([_orthogonal(rng, H) for _ in range(G)]))
+        self.b = self.add_param("b", np.zeros(G * H))
+
+    def project(self, *inputs):
+        """Input projection for every timestep in one matmul: (T, B, I) -> (T, B, G*H).
+
+        With `inputSize` a list of widths, several inputs are treated as their concatenation
+        and may broadcast: the decoder passes (T, B, E) embeddings and a (B, C) context.
+        """
+        return _affine(inputs, self.widths, self.W, self.b)
+
+    def step(self, x_t, *state):
+        """One timestep on a raw input x_t (B, I): the seed's API, usable directly as
+        `pytensor.scan(cell.step, sequences=x, outputs_info=...)`. Returns the new state."""
+        return self.recur(self.project(x_t), *state)
+
+    def initial_state(self, h0):
+        """The full state to start from, given the hidden part h0 (B, H)."""
+        return [h0] + [pt.zeros_like(h0)] * (self.n_states - 1)
+
+    def zeros(self, batch_size):
+        return self.initial_state(pt.zeros((batch_size, self.hiddenSize), dtype=FLOATX))
+
+    def scan(self, x_proj, mask, init=None, go_backwards=False):
+        """Run over a padded batch. Returns the list of state sequences, each (T, B, H).
+
+        x_proj: (T, B, G*H) from `project`; mask: (T, B) float, 1 for real steps, 0 for
+        padding. A padded step carries the previous state through unchanged, so the state at
+        t = T-1 is the state after each sequence's last real token.
+        """
+        init = init if init is not None else self.zeros(x_proj.shape[1])
+
+        # scan's argument order: sequences (x_proj_t, m_t), then previous states.
+        def masked_step(x_t, m_t, *prev):
+            new = self.recur(x_t, *prev)
+            new = new if isinstance(new, (list, tuple)) else [new]
+            m = m_t[:, None]  # (B, 1)
+            return [m * n + (1.0 - m) * p for n, p in zip(new, prev)]
+
+        states = pytensor.scan(
+            masked_step,
+            sequences=[x_proj, mask],
+            outputs_info=list(init),
+            go_backwards=go_backwards,
+            name=f"{self.name}.scan",
+            return_updates=False,
+            return_list=True,
+        )
+        return states
+
+
+class GRU(Recurrent):
+    """Gated recurrent unit of Cho et al. 2014 (arXiv:1406.1078, eqs. 5-8).
+
+        z  = sigmoid(x W_z + h U_z + b_z)              update gate
+        r  = sigmoid(x W_r + h U_r + b_r)              reset gate
+        h~ = tanh(x W_h + (r * h) U_h + b_h)           reset applied BEFORE the matmul (Cho)
+        h' = z * h + (1 - z) * h~
+
+    With `reset_after=True` the candidate is tanh(x W_h + r * (h U_h) + b_h), the convention
+    of cuDNN and PyTorch's nn.GRU, which lets all three recurrent matmuls run as one.
+    Parameter layout: W (I, 3H), U (H, 3H), b (3H,), gate blocks in the order [z, r, h].
+    """
+
+    n_gates = 3
+
+    def __init__(self, inputSize, hiddenSize, name="gru", rng=None, reset_after=False):
+        super().__init__(inputSize, hiddenSize, name, rng)
+        self.reset_after = reset_after
+
+    # recur(x_proj_t, h_prev): x_proj_t (B, 3H) is this step's input projection.
+    def recur(self, x_t, h_prev):
+        H = self.hiddenSize
+        if self.reset_after:
+            hu = pt.dot(h_prev, self.U)  # (B, 3H), one matmul for all gates
+            zr = pt.sigmoid(x_t[:, : 2 * H] + hu[:, : 2 * H])
+            z, r = zr[:, :H], zr[:, H:]
+            h_tilde = pt.tanh(x_t[:, 2 * H :] + r * hu[:, 2 * H :])
+        else:
+            zr = pt.sigmoid(x_t[:, : 2 * H] + pt.dot(h_prev, self.U[:, : 2 * H]))
+            z, r = zr[:, :H], zr[:, H:]
+            h_tilde = pt.tanh(x_t[:, 2 * H :] + pt.dot(r * h_prev, self.U[:, 2 * H :]))
+        return z * h_prev + (1.0 - z) * h_tilde
+
+
+class LSTM(Recurrent):
+    """Long short-term memory (Hochreiter & Schmidhuber 1997, with the forget gate of
+    Gers et al. 2000; no peepholes). State is [h, c].
+
+        i = sigmoid(x W_i + h U_i + b_i)      f = sigmoid(x W_f + h U_f + b_f)
+        o = sigmoid(x W_o + h U_o + b_o)      g = tanh(x W_g + h U_g + b_g)
+        c' = f * c + i * g
+        h' = o * tanh(c')
+
+    Parameter layout: W (I, 4H), U (H, 4H), b (4H,), gate blocks in the order [i, f, o, g].
+    The forget-gate bias starts at 1 (Jozefowicz et al. 2015).
+    """
+
+    n_gates = 4
+    n_states = 2
+
+    def __init__(self, inputSize, hiddenSize, name="lstm", rng=None):
+        super().__init__(inputSize, hiddenSize, name, rng)
+        b = np.zeros(4 * hiddenSize, dtype=FLOATX)
+        b[hiddenSize : 2 * hiddenSize] = 1.0
+        self.b.set_value(b)
+
+    # recur(x_proj_t, h_prev, c_prev): x_proj_t (B, 4H) is this step's input projection.
+    def recur(self, x_t, h_prev, c_prev):
+        H = self.hiddenSize
+        gates = x_t + pt.dot(h_prev, self.U)  # (B, 4H), one matmul for all gates
+        ifo = pt.sigmoid(gates[:, : 3 * H])
+        i, f, o = ifo[:, :H], ifo[:, H : 2 * H], ifo[:, 2 * H :]
+        g = pt.tanh(gates[:, 3 * H :])
+        c = f * c_prev + i * g
+        h = o * pt.tanh(c)
+        return [h, c]

@@ -1,0 +1,53 @@
+"""Optimizers as functions that return update pairs `(shared, new_value)`.
+
+An optimizer's state (Adam's moments, its step count) is every shared variable its updates
+write that is not a parameter; `Model` saves it by name (`adam.m.encoder.W`), so resume is
+exact.
+"""
+import numpy as np
+
+import backend  # noqa: F401
+import pytensor
+import pytensor.tensor as pt
+
+
+def global_norm(grads):
+    """sqrt(sum of squares of every gradient), a float32 scalar."""
+    return pt.sqrt(sum(pt.sum(pt.sqr(g)) for g in grads))
+
+
+def clip_by_global_norm(grads, max_norm, norm=None):
+    """Scale all gradients together so that their global norm is at most `max_norm`.
+
+    Returns (clipped_grads, norm_before_clipping). `max_norm <= 0` turns clipping off.
+    """
+    norm = global_norm(grads) if norm is None else norm
+    if max_norm <= 0:
+        return list(grads), norm
+    scale = pt.minimum(np.float32(1.0), np.float32(max_norm) / (norm + np.float32(1e-6)))
+    return [g * scale for g in grads], norm
+
+
+def sgd(params, grads, lr):
+    """Plain SGD: p <- p - lr * g. Same as each module's `getUpdates(cost, lr)`."""
+    return [(p, p - lr * g) for p, g in zip(params, grads)]
+
+
+def adam(params, grads, lr, beta1=0.9, beta2=0.999, eps=1e-8):
+    """Adam (Kingma & Ba 2015) with bias correction folded into the step size."""
+    t = pytensor.shared(np.float32(0.0), name="adam.t")
+    t_new = t + np.float32(1.0)
+    b1, b2 = np.float32(beta1), np.float32(beta2)
+    step = lr * pt.sqrt(np.float32(1.0) - b2**t_new) / (np.float32(1.0) - b1**t_new)
+    updates = [(t, t_new)]
+    for p, g in zip(params, grads):
+        zeros = np.zeros(p.get_value(borrow=True).shape, dtype=p.dtype)
+        m = pytensor.shared(zeros, name=f"adam.m.{p.name}")
+        v = pytensor.shared(zeros.copy(), name=f"adam.v.{p.name}")
+        m_new = b1 * m + (np.float32(1.0) - b1) * g
+        v_new = b2 * v + (np.float32(1.0) - b2) * pt.sqr(g)
+        updates += [(m, m_new), (v, v_new), (p, p - step * m_new / (pt.sqrt(v_new) + np.float32(eps)))]
+    return updates
+
+
+OPTIMIZERS = {"sgd": sgd, "adam": adam}
