@@ -1,0 +1,124 @@
+"""The prepared-data format and length-bucketed batches.
+
+A prepared dataset is a folder with `meta.json` (vocabularies and task facts) and one
+`<split>.npz` per split: token ids of every source and target concatenated (`src`, `tgt`)
+with their lengths (`src_len`, `tgt_len`). Sequences are stored without BOS/EOS; `Batcher`
+adds them. Everything loads with allow_pickle=False.
+"""
+import json
+import os
+
+import numpy as np
+
+from vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
+
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """Prepared data that is missing or malformed; the message names the file."""
+
+
+def save_split(path, pairs):
+    """Write a list of (src_ids, tgt_ids) pairs to `path` (.npz)."""
+    src_len = np.array([len(s) for s, _ in pairs], dtype=np.int64)
+    tgt_len = np.array([len(t) for _, t in pairs], dtype=np.int64)
+    cat = lambda seqs: np.concatenate([np.asarray(s, np.int32) for s in seqs] or [np.zeros(0, np.int32)])  # noqa: E731
+    np.savez(path, src=cat(s for s, _ in pairs), tgt=cat(t for _, t in pairs), src_len=src_len, tgt_len=tgt_len)
+
+
+def load_split(path):
+    """The (src_ids, tgt_ids) pairs of a split file, as int32 arrays."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: missing; run the dataset's prepare.py first")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            src, tgt, src_len, tgt_len = (data[k] for k in ("src", "tgt", "src_len", "tgt_len"))
+    except Exception as err:
+        raise DataError(f"{path}: unreadable split file ({err})") from None
+    if src_len.sum() != len(src) or tgt_len.sum() != len(tgt) or len(src_len) != len(tgt_len):
+        raise DataError(f"{path}: lengths do not add up to the stored tokens")
+    src_seqs = np.split(src, np.cumsum(src_len)[:-1]) if len(src_len) else []
+    tgt_seqs = np.split(tgt, np.cumsum(tgt_len)[:-1]) if len(tgt_len) else []
+    return list(zip(src_seqs, tgt_seqs))
+
+
+def write_meta(folder, src_vocab, tgt_vocab, **facts):
+    """meta.json: the vocabularies plus facts about the task (all JSON values)."""
+    meta = dict(facts, src_vocab=src_vocab.itos, tgt_vocab=tgt_vocab.itos)
+    with open(os.path.join(folder, "meta.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, ensure_ascii=False)
+
+
+def load_dataset(folder):
+    """(meta dict, src Vocab, tgt Vocab, {split: pairs}) of a prepared folder."""
+    path = os.path.join(folder, "meta.json")
+    if not os.path.exists(path):
+        raise DataError(f"{path}: missing; run {os.path.join(folder, 'prepare.py')} first")
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+        src_vocab, tgt_vocab = Vocab(meta["src_vocab"]), Vocab(meta["tgt_vocab"])
+    except (ValueError, KeyError) as err:
+        raise DataError(f"{path}: malformed meta.json ({err})") from None
+    splits = {name: load_split(os.path.join(folder, f"{name}.npz")) for name in SPLITS}
+    for name, pairs in splits.items():
+        for ids in (ids for pair in pairs for ids in pair):
+            if len(ids) and (ids.min() < 0 or ids.max() >= max(len(src_vocab), len(tgt_vocab))):
+                raise DataError(f"{folder}/{name}.npz: token id out of the vocabulary's range")
+    return meta, src_vocab, tgt_vocab, splits
+
+
+def pad_batch(seqs, bos_eos=False):
+    """Sequences -> a (T, B) int32 matrix, time first, PAD_ID after each sequence's end.
+
+    With bos_eos, each sequence becomes BOS ids EOS (the decoder's target layout).
+    """
+    extra = 2 if bos_eos else 0
+    T = max(1, max(len(s) for s in seqs) + extra)  # an empty source still gets one step
+    out = np.full((T, len(seqs)), PAD_ID, dtype=np.int32)  # (T, B)
+    for b, s in enumerate(seqs):
+        row = [BOS_ID, *s, EOS_ID] if bos_eos else s
+        out[: len(row), b] = row
+    return out
+
+
+class Batcher:
+    """Batches of similar lengths, in an order fixed by (seed, epoch) so resume is exact.
+
+    Each epoch shuffles the pairs, sorts windows of `window` batches by length (so a batch
+    wastes little on padding), cuts them into batches and shuffles the batches.
+    """
+
+    def __init__(self, pairs, batch_size, seed, window=50):
+        if not pairs:
+            raise DataError("no training pairs")
+        self.pairs, self.batch_size, self.seed, self.window = pairs, batch_size, seed, window
+        self.lengths = np.array([max(len(s), len(t)) for s, t in pairs])
+
+    def epoch(self, epoch):
+        """The list of index arrays for one epoch."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.pairs))
+        span = self.batch_size * self.window
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = order[start : start + span]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def batch(self, indices):
+        """(src (Ts, B), tgt (Tt, B)) for a list of pair indices."""
+        return make_batch([self.pairs[i] for i in indices])
+
+
+def make_batch(pairs):
+    """(src (Ts, B), tgt (Tt, B)) int32 for a list of (src_ids, tgt_ids) pairs."""
+    return pad_batch([s for s, _ in pairs]), pad_batch([t for _, t in pairs], bos_eos=True)
+
+
+def eval_batches(pairs, batch_size):
+    """Fixed, length-sorted batches covering every pair once (for validation)."""
+    order = sorted(range(len(pairs)), key=lambda i: (len(pairs[i][0]), len(pairs[i][1])))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

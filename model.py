@@ -1,0 +1,338 @@
+"""The Cho et al. 2014 RNN encoder-decoder: modules from `initModules()`, wired with scan.
+
+    c      = encoder state after the last real source token     (B, H)
+    h'_0   = tanh(c V + b)                                      the "init" module
+    h'_t   = decoder([e(y_{t-1}); c], h'_{t-1})                 c is fed to every step
+    o_t    = tanh([h'_t; e(y_{t-1}); c] W_o + b_o)              ... and to the output
+    p(y_t) = softmax(o_t W_out + b_out)
+
+Batches are (T, B) int32 id matrices, time first, padded with PAD_ID; masks are derived
+from the padding. A target batch holds BOS y_1 .. y_n EOS, so the decoder reads tgt[:-1]
+and predicts tgt[1:].
+"""
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+import backend
+import layers
+import optim
+import pytensor
+import pytensor.tensor as pt
+from pytensor.scan.utils import until
+from configurator import setting
+from vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelConfig:
+    """Architecture settings; saved in every checkpoint and restored from it."""
+
+    embed_size: int = setting(128, "word vector width; also the deep output layer's width")
+    hidden_size: int = setting(256, "encoder and decoder state width")
+    init_seed: int = setting(1337, "seed of the parameter initialisation")
+    src_vocab_size: int = setting(0, "set from the prepared data's vocabulary")
+    tgt_vocab_size: int = setting(0, "set from the prepared data's vocabulary")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used, with the reason in the message."""
+
+
+class Model:
+    def __init__(self, config, src_vocab=None, tgt_vocab=None, mode=backend.DEFAULT_MODE):
+        self.config = config
+        self.mode = backend.compile_mode(mode)
+        self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
+        self.rng = np.random.default_rng(config.init_seed)
+        self.modules = self.initModules()
+        self.params = [p for module in self.modules.values() for p in module.params]
+        names = [p.name for p in self.params]
+        if len(set(names)) != len(names):
+            raise ValueError(f"parameter names must be unique, got {names}")
+        self.opt_state = []  # shared variables written by the optimizer, see compile_train
+        self._pending_opt_state = {}
+        self._functions = {}
+
+    def initModules(self):
+        """The model's modules. Edit a line here to swap a cell, e.g. the encoder for
+        `layers.LSTM(E, H, name="encoder", rng=rng)`; everything else adapts."""
+        cfg, rng = self.config, self.rng
+        E, H = cfg.embed_size, cfg.hidden_size
+        return {
+            "src_embed": layers.Embedding(cfg.src_vocab_size, E, name="src_embed", rng=rng),
+            "tgt_embed": layers.Embedding(cfg.tgt_vocab_size, E, name="tgt_embed", rng=rng),
+            "encoder": layers.GRU(E, H, name="encoder", rng=rng),
+            "init": layers.FF(H, H, "tanh", name="init", rng=rng),
+            "decoder": layers.GRU([E, H], H, name="decoder", rng=rng),
+            "readout": layers.FF([H, E, H], E, "tanh", name="readout", rng=rng),
+            "ffout": layers.FF(E, cfg.tgt_vocab_size, "linear", name="ffout", rng=rng),
+        }
+
+    # ---- the symbolic graph -------------------------------------------------------------
+
+    def encode(self, src):
+        """src (Ts, B) int32 -> c (B, H): the encoder's hidden state after the last real token."""
+        m = self.modules
+        src_mask = pt.neq(src, PAD_ID).astype(layers.FLOATX)  # (Ts, B)
+        x_proj = m["encoder"].project(m["src_embed"](src))  # (Ts, B, G*H)
+        states = m["encoder"].scan(x_proj, src_mask)
+        return states[0][-1]  # (B, H); masking carried each state past its padding
+
+    def decoder_init(self, c):
+        """The decoder's full initial state (a list, one entry per state tensor) from c."""
+        return self.modules["decoder"].initial_state(self.modules["init"](c))
+
+    def logits(self, h, y_prev_emb, c):
+        """Unnormalised next-token scores from decoder states: (..., H) -> (..., V)."""
+        return self.modules["ffout"](self.modules["readout"](h, y_prev_emb, c))
+
+    def token_nll(self, src, tgt):
+        """Teacher-forced negative log-likelihood per target position, and the target mask.
+
+        src (Ts, B), tgt (Tt, B) int32 -> nll (Tt-1, B), mask (Tt-1, B); 0 on padding.
+        """
+        m = self.modules
+        c = self.encode(src)  # (B, H)
+        tgt_in, tgt_out = tgt[:-1], tgt[1:]  # (T, B) each
+        tgt_mask = pt.neq(tgt_out, PAD_ID).astype(layers.FLOATX)  # (T, B)
+        emb = m["tgt_embed"](tgt_in)  # (T, B, E)
+        x_proj = m["decoder"].project(emb, c)  # (T, B, G*H); c broadcast over T
+        h = m["decoder"].scan(x_proj, tgt_mask, init=self.decoder_init(c))[0]  # (T, B, H)
+        logits = self.logits(h, emb, c)  # (T, B, V)
+        V = logits.shape[-1]
+        flat = logits.reshape((-1, V))  # (T*B, V)
+        # log-softmax written out: max, exp, sum and log each run as compiled C elementwise
+        # ops, where pytensor's LogSoftmax op falls back to Python (PERF-NOTES.md).
+        top = pt.max(flat, axis=1, keepdims=True)  # (T*B, 1)
+        lse = pt.log(pt.sum(pt.exp(flat - top), axis=1, dtype=layers.FLOATX)) + top[:, 0]
+        target = flat[pt.arange(flat.shape[0]), tgt_out.flatten()]  # (T*B,)
+        nll = (lse - target).reshape(tgt_out.shape) * tgt_mask  # (T, B)
+        return nll, tgt_mask
+
+    def loss(self, src, tgt):
+        """Mean cross-entropy per real target token (a scalar), and the token count."""
+        nll, mask = self.token_nll(src, tgt)
+        n_tokens = pt.sum(mask, dtype=layers.FLOATX)
+        return pt.sum(nll, dtype=layers.FLOATX) / pt.maximum(n_tokens, 1.0), n_tokens
+
+    def decode_graph(self, src, noise, temperature):
+        """Greedy (temperature == 0) or sampled decoding in one scan.
+
+        src (Ts, B); noise (T_max, B) uniform [0, 1) draws, one per step and sentence, which
+        also fix the longest output. Returns ids (T, B) and their log-probabilities (T, B)
+        under the model at temperature 1; PAD and 0 after a sentence's EOS. The scan stops
+        early once every sentence has produced EOS.
+        """
+        m = self.modules
+        c = self.encode(src)  # (B, H)
+        B = src.shape[1]
+        safe_t = pt.switch(pt.eq(temperature, 0), np.float32(1.0), temperature)
+
+        # scan's order: sequences (u_t), previous outputs (states..., y_prev, done),
+        # then non-sequences (c, safe_t, temperature).
+        def step(u_t, *args):
+            *states, y_prev, done, c, safe_t, temperature = args
+            emb = m["tgt_embed"](y_prev)  # (B, E)
+            new = m["decoder"].recur(m["decoder"].project(emb, c), *states)
+            new = new if isinstance(new, (list, tuple)) else [new]
+            logits = self.logits(new[0], emb, c)  # (B, V)
+            # PAD and BOS are never targets in training; never emit them either.
+            logits = pt.set_subtensor(logits[:, [PAD_ID, BOS_ID]], np.float32(-1e9))
+            logp = logits - pt.logsumexp(logits, axis=1, keepdims=True)  # (B, V)
+            probs = pt.special.softmax(logits / safe_t, axis=1)  # (B, V)
+            sampled = pt.sum(pt.lt(pt.cumsum(probs, axis=1), u_t[:, None]), axis=1)
+            sampled = pt.minimum(sampled, logits.shape[1] - 1)
+            y = pt.switch(pt.eq(temperature, 0), pt.argmax(logits, axis=1), sampled)
+            y = pt.switch(done, PAD_ID, y).astype("int32")  # (B,)
+            y_logp = pt.switch(done, np.float32(0.0), logp[pt.arange(B), y])  # (B,)
+            done_new = pt.or_(done, pt.eq(y, EOS_ID))
+            return [*new, y, done_new, y_logp], until(pt.all(done_new))
+
+        init = self.decoder_init(c)
+        y0 = pt.full((B,), BOS_ID, dtype="int32")
+        done0 = pt.zeros((B,), dtype="bool")
+        outputs = pytensor.scan(
+            step,
+            sequences=[noise],
+            outputs_info=[*init, y0, done0, None],
+            non_sequences=[c, safe_t, temperature],
+            name="decode.scan",
+            return_updates=False,
+        )
+        ys, logps = outputs[-3], outputs[-1]
+        return ys, logps
+
+    # ---- compiled functions, built once on first use ------------------------------------
+
+    def _compiled(self, key, build):
+        if key not in self._functions:
+            self._functions[key] = build()
+        return self._functions[key]
+
+    def compile_train(self, optimizer="adam", grad_clip=1.0):
+        """The training step `f(src, tgt, lr) -> (loss, n_tokens, grad_norm)`.
+
+        Updates are skipped (params unchanged) when the gradient norm is not finite, so a
+        bad batch never corrupts the weights; the caller sees the non-finite norm.
+        """
+        def build():
+            src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
+            lr = pt.scalar("lr", dtype=layers.FLOATX)
+            loss, n_tokens = self.loss(src, tgt)
+            grads = pytensor.grad(loss, self.params)
+            grads, norm = optim.clip_by_global_norm(grads, grad_clip)
+            updates = optim.OPTIMIZERS[optimizer](self.params, grads, lr)
+            finite = pt.isfinite(norm)
+            updates = [(var, pt.switch(finite, new, var)) for var, new in updates]
+            param_ids = {id(p) for p in self.params}
+            self.opt_state = [var for var, _ in updates if id(var) not in param_ids]
+            self._restore_opt_state()
+            return pytensor.function(
+                [src, tgt, lr], [loss, n_tokens, norm], updates=updates, mode=self.mode
+            )
+
+        return self._compiled(("train", optimizer, grad_clip), build)
+
+    def compile_eval(self):
+        """`f(src, tgt) -> (summed nll, n_tokens)` for validation, with no updates."""
+        def build():
+            src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
+            nll, mask = self.token_nll(src, tgt)
+            outs = [pt.sum(nll, dtype=layers.FLOATX), pt.sum(mask, dtype=layers.FLOATX)]
+            return pytensor.function([src, tgt], outs, mode=self.mode)
+
+        return self._compiled("eval", build)
+
+    def compile_decode(self):
+        """`f(src, noise, temperature) -> (ids, logps)`; see `decode_graph`."""
+        def build():
+            src, noise = pt.imatrix("src"), pt.matrix("noise", dtype=layers.FLOATX)
+            temperature = pt.scalar("temperature", dtype=layers.FLOATX)
+            ys, logps = self.decode_graph(src, noise, temperature)
+            return pytensor.function([src, noise, temperature], [ys, logps], mode=self.mode)
+
+        return self._compiled("decode", build)
+
+    def decode(self, src, max_len=50, temperature=0.0, rng=None):
+        """Decode a (Ts, B) int32 batch. Returns ids (B, T) with PAD after EOS, and the
+        summed log-probability of each output (B,). temperature 0 is greedy."""
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        rng = rng if rng is not None else np.random.default_rng(0)
+        noise = rng.random((max_len, src.shape[1]), dtype=np.float32)
+        ys, logps = self.compile_decode()(src, noise, np.float32(temperature))
+        return ys.T, logps.sum(axis=0)
+
+    # ---- checkpoints ----------------------------------------------------------------------
+
+    def save(self, path, state=None):
+        """Write params, optimizer state, config, vocabularies and a JSON-able `state` dict
+        (step counters, RNG state, ...) to an .npz, atomically: a crash leaves either the old
+        file or the new one, never a torn one."""
+        arrays = {f"param/{p.name}": p.get_value() for p in self.params}
+        arrays.update({f"opt/{v.name}": v.get_value() for v in self.opt_state})
+        for key, vocab in (("src_vocab", self.src_vocab), ("tgt_vocab", self.tgt_vocab)):
+            if vocab is not None:
+                arrays[key] = np.array(vocab.itos, dtype=str)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "model_config": dataclasses.asdict(self.config),
+            "modules": {name: type(mod).__name__ for name, mod in self.modules.items()},
+            "state": state or {},
+        }
+        arrays["meta"] = np.array(json.dumps(meta))
+        atomic_savez(path, arrays)
+
+    @classmethod
+    def load(cls, path, mode=backend.DEFAULT_MODE):
+        """Rebuild a Model from a checkpoint written by `save`. Never unpickles.
+
+        Returns the model; the saved `state` dict is `model.checkpoint_state`. Optimizer
+        state is restored when `compile_train` builds the optimizer.
+        """
+        arrays = read_npz(path)
+        if "meta" not in arrays:
+            raise CheckpointError(f"{path}: not a checkpoint of this project (no 'meta' entry)")
+        try:
+            meta = json.loads(str(arrays["meta"]))
+            config = ModelConfig(**meta["model_config"])
+        except (ValueError, TypeError, KeyError) as err:
+            raise CheckpointError(f"{path}: unreadable model config: {err}") from None
+        vocabs = [Vocab(arrays[k].tolist()) if k in arrays else None for k in ("src_vocab", "tgt_vocab")]
+        model = cls(config, *vocabs, mode=mode)
+        saved_modules = meta.get("modules", {})
+        for name, module in model.modules.items():
+            saved = saved_modules.get(name)
+            if saved is not None and saved != type(module).__name__:
+                raise CheckpointError(
+                    f"{path}: module {name!r} is a {saved} in the checkpoint but initModules() "
+                    f"builds a {type(module).__name__}"
+                )
+        for p in model.params:
+            key = f"param/{p.name}"
+            if key not in arrays:
+                raise CheckpointError(f"{path}: missing parameter {p.name}")
+            value = arrays[key]
+            expected = p.get_value(borrow=True).shape
+            if value.shape != expected:
+                raise CheckpointError(
+                    f"{path}: parameter {p.name} has shape {value.shape}, the model needs {expected}"
+                )
+            p.set_value(value.astype(layers.FLOATX))
+        extra = sorted(set(k[6:] for k in arrays if k.startswith("param/")) - {p.name for p in model.params})
+        if extra:
+            raise CheckpointError(f"{path}: parameters the model does not have: {', '.join(extra)}")
+        model._pending_opt_state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
+        model.checkpoint_state = meta.get("state", {})
+        return model
+
+    def _restore_opt_state(self):
+        if not self._pending_opt_state:
+            return
+        for var in self.opt_state:
+            if var.name not in self._pending_opt_state:
+                raise CheckpointError(f"checkpoint has no optimizer state {var.name}")
+            var.set_value(self._pending_opt_state[var.name].astype(var.dtype))
+        self._pending_opt_state = {}
+
+
+def read_npz(path):
+    """All arrays of an .npz as a dict, refusing pickled objects; errors name the file."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except ValueError as err:  # numpy's refusal to unpickle an object array lands here
+        raise CheckpointError(f"{path}: refused ({err})") from None
+    except Exception as err:  # a truncated or corrupt zip: BadZipFile, EOFError, OSError
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({err})") from None
+
+
+def atomic_savez(path, arrays):
+    """np.savez to a temp file in the same folder, fsync, then rename over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
