@@ -1,0 +1,30 @@
+# Two commands: `make train` (install, prepare KJV, train the default model, sample) and
+# `make test`. Each creates .venv when it is missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+
+.PHONY: train test sample clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+data/kjv/meta.json: data/kjv/prepare.py $(VENV)/.installed
+	$(PY) data/kjv/prepare.py
+
+train: $(VENV)/.installed data/kjv/meta.json
+	$(PY) train.py
+	$(PY) sample.py --start="And Abram departed, as the LORD had spoken unto him."
+	$(PY) sample.py --start="the house is on fire"
+
+sample: $(VENV)/.installed
+	$(PY) sample.py
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf out .pytensor_cache .pytest_cache

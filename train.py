@@ -1,0 +1,243 @@
+"""Train the encoder-decoder on a prepared dataset.
+
+    python train.py                                   # next-verse prediction on KJV
+    python train.py config/reverse.toml               # the synthetic reverse task
+    python train.py --init_from=resume                # continue a stopped run exactly
+    python train.py --help                            # every setting
+
+Writes <out_dir>/ckpt_latest.npz and ckpt_best.npz (atomically), log.jsonl (one JSON
+object per evaluation) and loss.png.
+"""
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import backend
+from configurator import ConfigError, configure, require, setting
+from dataset import Batcher, DataError, eval_batches, load_dataset, make_batch
+from model import CheckpointError, Model, ModelConfig
+from vocab import EOS_ID
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = setting("kjv", "folder under data/ written by its prepare.py")
+    out_dir: str = setting("out/kjv", "where checkpoints, log.jsonl and loss.png go")
+    init_from: str = setting("scratch", "scratch, or resume from <out_dir>/ckpt_latest.npz")
+    batch_size: int = setting(64, "pairs per step")
+    optimizer: str = setting("adam", "adam or sgd (each module's getUpdates)")
+    learning_rate: float = setting(2e-3, "peak learning rate")
+    min_lr: float = setting(1e-4, "cosine decay ends here, at max_iters")
+    warmup_iters: int = setting(100, "linear warm-up steps")
+    grad_clip: float = setting(1.0, "clip the global gradient norm to this; 0 = off")
+    max_iters: int = setting(1000, "stop after this many steps")
+    max_minutes: float = setting(0.0, "also stop after this many minutes; 0 = no limit")
+    eval_interval: int = setting(250, "validate and checkpoint every this many steps")
+    eval_exact_match: int = setting(500, "val pairs decoded for exact match (tasks that use it)")
+    num_samples: int = setting(3, "val sources to decode and print at the end")
+    max_decode_len: int = setting(60, "longest decoded output")
+    seed: int = setting(1337, "data order; the batch order is fixed by (seed, epoch)")
+    mode: str = setting(backend.DEFAULT_MODE, f"compile mode: {', '.join(backend.MODES)}")
+
+
+def check(cfg, mcfg):
+    require(cfg.init_from in ("scratch", "resume"), f"init_from={cfg.init_from!r}: use scratch or resume")
+    require(cfg.optimizer in ("adam", "sgd"), f"optimizer={cfg.optimizer!r}: use adam or sgd")
+    require(cfg.mode in backend.MODES, f"mode={cfg.mode!r}: use one of {', '.join(backend.MODES)}")
+    for name in ("batch_size", "max_iters", "eval_interval", "max_decode_len"):
+        require(getattr(cfg, name) > 0, f"{name}={getattr(cfg, name)}: must be positive")
+    for name in ("embed_size", "hidden_size"):
+        require(getattr(mcfg, name) > 0, f"{name}={getattr(mcfg, name)}: must be positive")
+    require(cfg.learning_rate > 0, f"learning_rate={cfg.learning_rate}: must be positive")
+    require(0 <= cfg.min_lr <= cfg.learning_rate, f"min_lr={cfg.min_lr}: must be in [0, learning_rate]")
+    for name in ("warmup_iters", "grad_clip", "max_minutes", "eval_exact_match", "num_samples"):
+        require(getattr(cfg, name) >= 0, f"{name}={getattr(cfg, name)}: must not be negative")
+
+
+def learning_rate(cfg, step):
+    """Linear warm-up, then cosine decay from learning_rate to min_lr at max_iters."""
+    if step < cfg.warmup_iters:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_iters
+    progress = min(1.0, (step - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters))
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def evaluate(model, pairs, cfg, exact_match):
+    """Validation metrics: loss and perplexity per target token (EOS included), plus
+    greedy exact match on up to eval_exact_match pairs where the task uses it."""
+    eval_fn = model.compile_eval()
+    nll = n_tokens = 0.0
+    for idx in eval_batches(pairs, cfg.batch_size):
+        batch_nll, batch_n = eval_fn(*make_batch([pairs[i] for i in idx]))
+        nll, n_tokens = nll + float(batch_nll), n_tokens + float(batch_n)
+    metrics = {"val_loss": nll / n_tokens, "val_ppl": math.exp(min(nll / n_tokens, 50.0))}
+    if exact_match and cfg.eval_exact_match:
+        subset = pairs[: cfg.eval_exact_match]
+        hits = 0
+        for idx in eval_batches(subset, cfg.batch_size):
+            src, _ = make_batch([subset[i] for i in idx])
+            ys, _ = model.decode(src, max_len=cfg.max_decode_len)
+            for row, i in zip(ys, idx):
+                out = row[: np.argmax(row == EOS_ID)] if (row == EOS_ID).any() else row
+                hits += len(out) == len(subset[i][1]) and bool(np.all(out == subset[i][1]))
+        metrics["val_exact_match"] = hits / len(subset)
+    return metrics
+
+
+def plot_log(log_path, png_path):
+    """loss.png: train and val loss against step, from log.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in open(log_path, encoding="utf-8")]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("train_loss", "val_loss"):
+        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy per token (nats)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def print_samples(model, pairs, cfg, meta, rng):
+    """Greedy and sampled outputs for a few validation sources, beside the reference."""
+    if not cfg.num_samples or not pairs:
+        return
+    chosen = [pairs[i] for i in rng.choice(len(pairs), min(cfg.num_samples, len(pairs)), replace=False)]
+    src, _ = make_batch(chosen)
+    greedy, _ = model.decode(src, max_len=cfg.max_decode_len)
+    sampled, _ = model.decode(src, max_len=cfg.max_decode_len, temperature=0.8, rng=rng)
+    for (s, t), g, smp in zip(chosen, greedy, sampled):
+        s = s[::-1] if meta.get("reverse_source") else s
+        print(f"\n  source:    {model.src_vocab.decode(s)}")
+        print(f"  reference: {model.tgt_vocab.decode(t)}")
+        print(f"  greedy:    {model.tgt_vocab.decode(g)}")
+        print(f"  sampled:   {model.tgt_vocab.decode(smp)}  (temperature 0.8)")
+
+
+def main(argv):
+    from tqdm import tqdm
+
+    cfg, mcfg = TrainConfig(), ModelConfig()
+    explicit = configure([cfg, mcfg], argv, __doc__.strip())
+    check(cfg, mcfg)
+    data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", cfg.dataset)
+    meta, src_vocab, tgt_vocab, splits = load_dataset(data_dir)
+    latest, best = (os.path.join(cfg.out_dir, f"ckpt_{n}.npz") for n in ("latest", "best"))
+    log_path = os.path.join(cfg.out_dir, "log.jsonl")
+
+    if cfg.init_from == "resume":
+        model = Model.load(latest, mode=cfg.mode)
+        state = model.checkpoint_state
+        saved = dataclasses.replace(TrainConfig(), **state["train_config"])
+        for key in explicit & {f.name for f in dataclasses.fields(cfg)}:
+            setattr(saved, key, getattr(cfg, key))  # flags given now win over the saved run
+        cfg, saved.init_from = saved, "resume"
+        changed = [k for k in explicit if hasattr(mcfg, k) and getattr(mcfg, k) != getattr(model.config, k)]
+        require(not changed, f"cannot change architecture settings on resume: {', '.join(changed)}")
+        # Evaluations logged after the checkpoint (a crash in between) would be repeated.
+        rows = [line for line in open(log_path, encoding="utf-8") if json.loads(line)["step"] <= state["step"]]
+        with open(log_path, "w", encoding="utf-8") as f:
+            f.writelines(rows)
+    else:
+        mcfg.src_vocab_size, mcfg.tgt_vocab_size = len(src_vocab), len(tgt_vocab)
+        model = Model(mcfg, src_vocab, tgt_vocab, mode=cfg.mode)
+        state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val_loss": None, "tokens": 0}
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        open(log_path, "w").close()
+    if model.tgt_vocab.itos != tgt_vocab.itos or model.src_vocab.itos != src_vocab.itos:
+        raise DataError(f"{data_dir}: its vocabulary differs from the checkpoint's; re-run prepare with the same settings")
+
+    n_params = sum(p.get_value(borrow=True).size for p in model.params)
+    print(f"{cfg.dataset}: {len(splits['train'])} train pairs, vocab {len(src_vocab)}/{len(tgt_vocab)}; "
+          f"model {n_params / 1e6:.2f}M params; compiling ({cfg.mode}) ...", flush=True)
+    t0 = time.time()
+    train_step = model.compile_train(cfg.optimizer, cfg.grad_clip)
+    model.compile_eval()
+    print(f"compiled in {time.time() - t0:.1f}s", flush=True)
+
+    def save(path):
+        state["train_config"] = dataclasses.asdict(cfg)
+        state["data"] = {"dataset": cfg.dataset, "reverse_source": bool(meta.get("reverse_source"))}
+        model.save(path, state)
+
+    # SIGTERM (a scheduler's kill) behaves like Ctrl-C: checkpoint, then exit cleanly.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    batcher = Batcher(splits["train"], cfg.batch_size, cfg.seed)
+    order = batcher.epoch(state["epoch"])
+    start_step, start_time = state["step"], time.time()
+    window = {"loss": 0.0, "tokens": 0.0, "steps": 0, "time": time.time()}
+    # Redraw twice a second on a terminal; every 30 s in a log file, which keeps it readable.
+    bar = tqdm(total=cfg.max_iters, initial=start_step, unit="step", dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 30)
+    try:
+        while state["step"] < cfg.max_iters:
+            if cfg.max_minutes and time.time() - start_time > 60 * cfg.max_minutes:
+                bar.write(f"stopping: max_minutes={cfg.max_minutes} reached")
+                break
+            if state["batch_in_epoch"] >= len(order):
+                state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
+                order = batcher.epoch(state["epoch"])
+            src, tgt = batcher.batch(order[state["batch_in_epoch"]])
+            lr = learning_rate(cfg, state["step"])
+            loss, n_tokens, norm = (float(v) for v in train_step(src, tgt, np.float32(lr)))
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                bar.close()
+                sys.exit(f"error: step {state['step']}: loss {loss}, gradient norm {norm}; stopping "
+                         f"(params were not updated). Last good checkpoint: {latest}")
+            state["step"], state["batch_in_epoch"] = state["step"] + 1, state["batch_in_epoch"] + 1
+            state["tokens"] += int(n_tokens)
+            window["loss"] += loss * n_tokens
+            window["tokens"] += n_tokens
+            window["steps"] += 1
+            rate = window["tokens"] / max(1e-9, time.time() - window["time"])
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.1e}", refresh=False)
+            bar.update(1)
+
+            if state["step"] % cfg.eval_interval == 0 or state["step"] == cfg.max_iters:
+                metrics = evaluate(model, splits["val"], cfg, meta.get("exact_match", False))
+                row = {"step": state["step"], "epoch": state["epoch"],
+                       "train_loss": window["loss"] / max(1.0, window["tokens"]), **metrics,
+                       "lr": lr, "tokens_per_s": rate, "elapsed_s": time.time() - start_time}
+                with open(log_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+                plot_log(log_path, os.path.join(cfg.out_dir, "loss.png"))
+                bar.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+                if state["best_val_loss"] is None or metrics["val_loss"] < state["best_val_loss"]:
+                    state["best_val_loss"] = metrics["val_loss"]
+                    save(best)
+                save(latest)
+                window = {"loss": 0.0, "tokens": 0.0, "steps": 0, "time": time.time()}
+    except KeyboardInterrupt:
+        bar.write(f"interrupted at step {state['step']}: saving {latest}")
+        save(latest)
+        bar.close()
+        return 0
+    bar.close()
+    if state["step"] > start_step:
+        save(latest)
+    print(f"done: step {state['step']}, best val loss {state['best_val_loss']}, "
+          f"val unigram ppl {meta.get('val_unigram_ppl', 'n/a')}; checkpoints in {cfg.out_dir}")
+    print_samples(model, splits["val"], cfg, meta, np.random.default_rng(cfg.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except (ConfigError, DataError, CheckpointError) as err:
+        sys.exit(f"error: {err}")
