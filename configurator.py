@@ -16,9 +16,16 @@ class ConfigError(ValueError):
     pass
 
 
-def setting(default, help):
-    """A dataclass field with a default and a one-line reason, shown by --help."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def setting(default, help, derived=False):
+    """A dataclass field with a default and a one-line reason, shown by --help.
+
+    A `derived` field is filled in by the program (e.g. from the data), not by the user.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "derived": derived})
+
+
+def _settable(config):
+    return [f for f in dataclasses.fields(config) if not f.metadata.get("derived")]
 
 
 def _cast(name, value, kind, source):
@@ -45,9 +52,9 @@ def _cast(name, value, kind, source):
 def help_text(configs, usage):
     lines = [usage, "", "settings (--key=value; defaults shown):"]
     for config in configs:
-        for f in dataclasses.fields(config):
-            value = getattr(config, f.name)
-            lines.append(f"  --{f.name}={value!s:<14} {f.type.__name__:<5}  {f.metadata.get('help', '')}")
+        for f in _settable(config):
+            flag = f"--{f.name}={getattr(config, f.name)}"
+            lines.append(f"  {flag:<28} {f.type.__name__:<5}  {f.metadata.get('help', '')}")
     return "\n".join(lines)
 
 
@@ -56,7 +63,7 @@ def configure(configs, argv, usage):
 
     Returns the set of keys that were set explicitly. Prints help and exits on -h/--help.
     """
-    fields = {f.name: (config, f) for config in configs for f in dataclasses.fields(config)}
+    fields = {f.name: (config, f) for config in configs for f in _settable(config)}
     explicit = set()
 
     def assign(name, value, source):

@@ -118,12 +118,15 @@ class FF(Module):
 
 
 class Embedding(Module):
-    """Lookup table: ids (any shape, int) -> vectors (..., outputSize)."""
+    """Lookup table: ids (any shape, int) -> vectors (..., outputSize).
 
-    def __init__(self, vocabSize, outputSize, name="embed", rng=None):
+    Rows start as N(0, init_std**2) draws (ModelConfig.embed_init_std).
+    """
+
+    def __init__(self, vocabSize, outputSize, name="embed", rng=None, init_std=1.0):
         super().__init__(name)
         rng = rng or np.random.default_rng(0)
-        self.W = self.add_param("W", rng.normal(0.0, 0.1, size=(vocabSize, outputSize)))
+        self.W = self.add_param("W", rng.normal(0.0, init_std, size=(vocabSize, outputSize)))
 
     def __call__(self, ids):
         return self.W[ids]

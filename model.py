@@ -37,8 +37,11 @@ class ModelConfig:
     embed_size: int = setting(128, "word vector width; also the deep output layer's width")
     hidden_size: int = setting(256, "encoder and decoder state width")
     init_seed: int = setting(1337, "seed of the parameter initialisation")
-    src_vocab_size: int = setting(0, "set from the prepared data's vocabulary")
-    tgt_vocab_size: int = setting(0, "set from the prepared data's vocabulary")
+    # Measured: on KJV, 0.1 left the model at the unigram loss for 800 steps and 1.0 learns;
+    # on the reverse task 0.1 reaches 99% exact match and 1.0 stalls near 92%.
+    embed_init_std: float = setting(1.0, "std of the initial word vectors (see README)")
+    src_vocab_size: int = setting(0, "from the prepared data's vocabulary", derived=True)
+    tgt_vocab_size: int = setting(0, "from the prepared data's vocabulary", derived=True)
 
 
 class CheckpointError(ValueError):
@@ -66,8 +69,8 @@ class Model:
         cfg, rng = self.config, self.rng
         E, H = cfg.embed_size, cfg.hidden_size
         return {
-            "src_embed": layers.Embedding(cfg.src_vocab_size, E, name="src_embed", rng=rng),
-            "tgt_embed": layers.Embedding(cfg.tgt_vocab_size, E, name="tgt_embed", rng=rng),
+            "src_embed": layers.Embedding(cfg.src_vocab_size, E, "src_embed", rng, cfg.embed_init_std),
+            "tgt_embed": layers.Embedding(cfg.tgt_vocab_size, E, "tgt_embed", rng, cfg.embed_init_std),
             "encoder": layers.GRU(E, H, name="encoder", rng=rng),
             "init": layers.FF(H, H, "tanh", name="init", rng=rng),
             "decoder": layers.GRU([E, H], H, name="decoder", rng=rng),
@@ -143,9 +146,9 @@ class Model:
             new = m["decoder"].recur(m["decoder"].project(emb, c), *states)
             new = new if isinstance(new, (list, tuple)) else [new]
             logits = self.logits(new[0], emb, c)  # (B, V)
+            logp = logits - pt.logsumexp(logits, axis=1, keepdims=True)  # (B, V), as trained
             # PAD and BOS are never targets in training; never emit them either.
             logits = pt.set_subtensor(logits[:, [PAD_ID, BOS_ID]], np.float32(-1e9))
-            logp = logits - pt.logsumexp(logits, axis=1, keepdims=True)  # (B, V)
             probs = pt.special.softmax(logits / safe_t, axis=1)  # (B, V)
             sampled = pt.sum(pt.lt(pt.cumsum(probs, axis=1), u_t[:, None]), axis=1)
             sampled = pt.minimum(sampled, logits.shape[1] - 1)

@@ -28,18 +28,18 @@ from vocab import EOS_ID
 
 @dataclass
 class TrainConfig:
-    dataset: str = setting("kjv", "folder under data/ written by its prepare.py")
+    dataset: str = setting("kjv", "a folder under data/ written by its prepare.py, or a path")
     out_dir: str = setting("out/kjv", "where checkpoints, log.jsonl and loss.png go")
     init_from: str = setting("scratch", "scratch, or resume from <out_dir>/ckpt_latest.npz")
     batch_size: int = setting(64, "pairs per step")
     optimizer: str = setting("adam", "adam or sgd (each module's getUpdates)")
-    learning_rate: float = setting(2e-3, "peak learning rate")
+    learning_rate: float = setting(5e-3, "peak learning rate")
     min_lr: float = setting(1e-4, "cosine decay ends here, at max_iters")
     warmup_iters: int = setting(100, "linear warm-up steps")
     grad_clip: float = setting(1.0, "clip the global gradient norm to this; 0 = off")
-    max_iters: int = setting(1000, "stop after this many steps")
-    max_minutes: float = setting(0.0, "also stop after this many minutes; 0 = no limit")
-    eval_interval: int = setting(250, "validate and checkpoint every this many steps")
+    max_iters: int = setting(700, "stop after this many steps (the default run: about 10 min)")
+    max_minutes: float = setting(11.0, "also stop after this many minutes; 0 = no limit")
+    eval_interval: int = setting(200, "validate and checkpoint every this many steps")
     eval_exact_match: int = setting(500, "val pairs decoded for exact match (tasks that use it)")
     num_samples: int = setting(3, "val sources to decode and print at the end")
     max_decode_len: int = setting(60, "longest decoded output")
@@ -53,7 +53,7 @@ def check(cfg, mcfg):
     require(cfg.mode in backend.MODES, f"mode={cfg.mode!r}: use one of {', '.join(backend.MODES)}")
     for name in ("batch_size", "max_iters", "eval_interval", "max_decode_len"):
         require(getattr(cfg, name) > 0, f"{name}={getattr(cfg, name)}: must be positive")
-    for name in ("embed_size", "hidden_size"):
+    for name in ("embed_size", "hidden_size", "embed_init_std"):
         require(getattr(mcfg, name) > 0, f"{name}={getattr(mcfg, name)}: must be positive")
     require(cfg.learning_rate > 0, f"learning_rate={cfg.learning_rate}: must be positive")
     require(0 <= cfg.min_lr <= cfg.learning_rate, f"min_lr={cfg.min_lr}: must be in [0, learning_rate]")
@@ -135,11 +135,8 @@ def main(argv):
     cfg, mcfg = TrainConfig(), ModelConfig()
     explicit = configure([cfg, mcfg], argv, __doc__.strip())
     check(cfg, mcfg)
-    data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", cfg.dataset)
-    meta, src_vocab, tgt_vocab, splits = load_dataset(data_dir)
     latest, best = (os.path.join(cfg.out_dir, f"ckpt_{n}.npz") for n in ("latest", "best"))
     log_path = os.path.join(cfg.out_dir, "log.jsonl")
-
     if cfg.init_from == "resume":
         model = Model.load(latest, mode=cfg.mode)
         state = model.checkpoint_state
@@ -149,8 +146,18 @@ def main(argv):
         cfg, saved.init_from = saved, "resume"
         changed = [k for k in explicit if hasattr(mcfg, k) and getattr(mcfg, k) != getattr(model.config, k)]
         require(not changed, f"cannot change architecture settings on resume: {', '.join(changed)}")
+        check(cfg, model.config)
+
+    root = os.path.dirname(os.path.abspath(__file__))
+    data_dir = cfg.dataset if os.sep in cfg.dataset else os.path.join(root, "data", cfg.dataset)
+    meta, src_vocab, tgt_vocab, splits = load_dataset(data_dir)
+    if cfg.init_from == "resume":
+        if model.tgt_vocab.itos != tgt_vocab.itos or model.src_vocab.itos != src_vocab.itos:
+            raise DataError(f"{data_dir}: its vocabulary differs from the checkpoint's; "
+                            "re-run its prepare.py with the settings the run used")
         # Evaluations logged after the checkpoint (a crash in between) would be repeated.
-        rows = [line for line in open(log_path, encoding="utf-8") if json.loads(line)["step"] <= state["step"]]
+        rows = [] if not os.path.exists(log_path) else [
+            line for line in open(log_path, encoding="utf-8") if json.loads(line)["step"] <= state["step"]]
         with open(log_path, "w", encoding="utf-8") as f:
             f.writelines(rows)
     else:
@@ -159,8 +166,6 @@ def main(argv):
         state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val_loss": None, "tokens": 0}
         os.makedirs(cfg.out_dir, exist_ok=True)
         open(log_path, "w").close()
-    if model.tgt_vocab.itos != tgt_vocab.itos or model.src_vocab.itos != src_vocab.itos:
-        raise DataError(f"{data_dir}: its vocabulary differs from the checkpoint's; re-run prepare with the same settings")
 
     n_params = sum(p.get_value(borrow=True).size for p in model.params)
     print(f"{cfg.dataset}: {len(splits['train'])} train pairs, vocab {len(src_vocab)}/{len(tgt_vocab)}; "
@@ -186,9 +191,6 @@ def main(argv):
                mininterval=0.5 if sys.stderr.isatty() else 30)
     try:
         while state["step"] < cfg.max_iters:
-            if cfg.max_minutes and time.time() - start_time > 60 * cfg.max_minutes:
-                bar.write(f"stopping: max_minutes={cfg.max_minutes} reached")
-                break
             if state["batch_in_epoch"] >= len(order):
                 state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
                 order = batcher.epoch(state["epoch"])
@@ -208,7 +210,8 @@ def main(argv):
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.1e}", refresh=False)
             bar.update(1)
 
-            if state["step"] % cfg.eval_interval == 0 or state["step"] == cfg.max_iters:
+            out_of_time = bool(cfg.max_minutes) and time.time() - start_time > 60 * cfg.max_minutes
+            if out_of_time or state["step"] % cfg.eval_interval == 0 or state["step"] == cfg.max_iters:
                 metrics = evaluate(model, splits["val"], cfg, meta.get("exact_match", False))
                 row = {"step": state["step"], "epoch": state["epoch"],
                        "train_loss": window["loss"] / max(1.0, window["tokens"]), **metrics,
@@ -222,6 +225,9 @@ def main(argv):
                     save(best)
                 save(latest)
                 window = {"loss": 0.0, "tokens": 0.0, "steps": 0, "time": time.time()}
+            if out_of_time:
+                bar.write(f"stopping at step {state['step']}: max_minutes={cfg.max_minutes} reached")
+                break
     except KeyboardInterrupt:
         bar.write(f"interrupted at step {state['step']}: saving {latest}")
         save(latest)

@@ -8,7 +8,7 @@ Sequences of random symbols with random lengths; train/val/test drawn with a fix
 with no held-out sequence also in train. Writes train/val/test.npz plus meta.json to
 --out_dir (default: beside this script).
 
-    python data/reverse/prepare.py [--task reverse] [--n_symbols 20] [--max_len 12]
+    python data/reverse/prepare.py [--task reverse] [--n_symbols 20] [--max_len 10]
 """
 import argparse
 import os
@@ -31,7 +31,7 @@ def main(argv=None):
     ap.add_argument("--out_dir", default=HERE, help="where to write the splits")
     ap.add_argument("--n_symbols", type=int, default=20, help="alphabet size")
     ap.add_argument("--min_len", type=int, default=3, help="shortest sequence")
-    ap.add_argument("--max_len", type=int, default=12, help="longest sequence")
+    ap.add_argument("--max_len", type=int, default=10, help="longest sequence")
     ap.add_argument("--n_train", type=int, default=20000, help="training pairs")
     ap.add_argument("--n_heldout", type=int, default=500, help="pairs in each of val and test")
     ap.add_argument("--seed", type=int, default=0, help="random seed")
