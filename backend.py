@@ -23,8 +23,9 @@ import logging  # noqa: E402
 
 import pytensor  # noqa: E402,F401
 
-# One INFO line per compiled function ("Using NumPy C-API based implementation for BLAS").
-logging.getLogger("pytensor.tensor.blas").setLevel(logging.WARNING)
+# A WARNING per compiled function ("Using NumPy C-API based implementation for BLAS
+# functions"): the expected set-up here, said once in the README instead.
+logging.getLogger("pytensor.tensor.blas").setLevel(logging.ERROR)
 import pytensor.tensor as pt  # noqa: E402,F401
 
 if pytensor.config.floatX != "float32":
