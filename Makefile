@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: train test sample clean
+.PHONY: train test sample vowels clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ train: $(VENV)/.installed data/kjv/meta.json
 	$(PY) train.py
 	$(PY) sample.py --start="And Abram departed, as the LORD had spoken unto him."
 	$(PY) sample.py --start="the house is on fire"
+
+# The sequence autoencoder on JapaneseVowels: figures in out/vowels/metrics.json and PNGs.
+vowels: $(VENV)/.installed
+	$(PY) data/japanese_vowels/prepare.py
+	$(PY) data/japanese_vowels/autoencode.py
 
 sample: $(VENV)/.installed
 	$(PY) sample.py
