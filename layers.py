@@ -267,3 +267,90 @@ class LSTM(Recurrent):
         c = f * c_prev + i * g
         h = o * pt.tanh(c)
         return [h, c]
+
+
+def masked_softmax(scores, mask):
+    """Softmax over axis 0 (source positions) where mask is 1; exactly 0 where it is 0.
+
+    scores, mask: (Ts, B). A column with no real position gets all zeros, not NaN.
+    """
+    real = pt.gt(mask, 0)
+    top = pt.max(pt.where(real, scores, np.float32(-1e30)), axis=0, keepdims=True)  # (1, B)
+    weights = pt.exp(pt.where(real, scores - top, np.float32(-80.0))) * mask  # (Ts, B)
+    return weights / pt.maximum(pt.sum(weights, axis=0, keepdims=True), np.float32(1e-30))
+
+
+class Attention(Module):
+    """Additive attention of Bahdanau et al. 2015 (arXiv:1409.0473, appendix A.1.2):
+
+        e_tj  = v . tanh(s_{t-1} W_a + h_j U_a + b_a)     s: decoder state, h_j: annotation j
+        a_tj  = softmax_j(e_tj) over real source positions (padding gets exactly 0)
+        ctx_t = sum_j a_tj h_j
+
+    `keys(annotations)` computes h_j U_a + b_a once per batch, outside the decoder's scan.
+    Calling the module gives (ctx (B, C), weights (Ts, B)).
+    """
+
+    def __init__(self, querySize, contextSize, attentionSize, name="attention", rng=None):
+        super().__init__(name)
+        rng = rng or np.random.default_rng(0)
+        self.W = self.add_param("W", _glorot(rng, querySize, attentionSize))
+        self.U = self.add_param("U", _glorot(rng, contextSize, attentionSize))
+        self.b = self.add_param("b", np.zeros(attentionSize))
+        self.v = self.add_param("v", _uniform(rng, (attentionSize,), np.sqrt(3.0 / attentionSize)))
+
+    def keys(self, annotations):
+        return pt.dot(annotations, self.U) + self.b  # (Ts, B, A)
+
+    def scores(self, query, keys):
+        return pt.dot(pt.tanh(keys + pt.dot(query, self.W)[None]), self.v)  # (Ts, B)
+
+    def __call__(self, query, keys, annotations, src_mask):
+        """query (B, Hq), keys (Ts, B, A), annotations (Ts, B, C), src_mask (Ts, B)."""
+        weights = masked_softmax(self.scores(query, keys), src_mask)  # (Ts, B)
+        return pt.sum(weights[:, :, None] * annotations, axis=0), weights  # (B, C), (Ts, B)
+
+
+class LuongAttention(Attention):
+    """Multiplicative ("general") attention of Luong et al. 2015: e_tj = (s_{t-1} W_a) . h_j.
+    Same interface as `Attention`; the keys are the annotations themselves."""
+
+    def __init__(self, querySize, contextSize, attentionSize=None, name="attention", rng=None):
+        Module.__init__(self, name)
+        rng = rng or np.random.default_rng(0)
+        self.W = self.add_param("W", _glorot(rng, querySize, contextSize))
+
+    def keys(self, annotations):
+        return annotations  # (Ts, B, C)
+
+    def scores(self, query, keys):
+        return pt.sum(keys * pt.dot(query, self.W)[None], axis=2)  # (Ts, B)
+
+
+ATTENTIONS = {"bahdanau": Attention, "luong": LuongAttention}
+
+
+class AttentionGRU(GRU):
+    """A GRU decoder that reads an attention context (Bahdanau et al. 2015, appendix A.2.2):
+
+        ctx_t = attention(h_{t-1}, annotations)
+        h_t   = GRU(x_t, h_{t-1}) with x_t W + b replaced by  x_t W + ctx_t W_c + b
+
+    `project(x)` is the part computed outside scan for every timestep; `attend(x_proj_t,
+    h_prev, keys, annotations, src_mask)` is one step and returns (h_t, ctx_t, weights_t).
+    The attention module is a child: its params are part of this module's.
+    """
+
+    def __init__(self, inputSize, contextSize, hiddenSize, attention, name="decoder", rng=None,
+                 reset_after=False):
+        super().__init__(inputSize, hiddenSize, name, rng, reset_after)
+        rng = rng or np.random.default_rng(0)
+        self.Wc = self.add_param("Wc", np.hstack([_glorot(rng, contextSize, hiddenSize) for _ in range(3)]))
+        self.attention = attention
+        self.params += attention.params
+
+    # attend(x_proj_t, h_prev, keys, annotations, src_mask): the order scan passes them in
+    # when x_proj is a sequence, h the previous output and the rest non-sequences.
+    def attend(self, x_t, h_prev, keys, annotations, src_mask):
+        ctx, weights = self.attention(h_prev, keys, annotations, src_mask)
+        return self.recur(x_t + pt.dot(ctx, self.Wc), h_prev), ctx, weights

@@ -6,6 +6,11 @@
     o_t    = tanh([h'_t; e(y_{t-1}); c] W_o + b_o)              ... and to the output
     p(y_t) = softmax(o_t W_out + b_out)
 
+With `attention` set (Bahdanau et al. 2015), c in the decoder and the output is replaced by a
+context ctx_t that the decoder computes at each step from all encoder annotations. The
+encoder can be bidirectional (annotations [forward; backward], c = [last fwd; first bwd])
+and stacked, with dropout between layers in training.
+
 Batches are (T, B) int32 id matrices, time first, padded with PAD_ID; masks are derived
 from the padding. A target batch holds BOS y_1 .. y_n EOS, so the decoder reads tgt[:-1]
 and predicts tgt[1:].
@@ -40,6 +45,11 @@ class ModelConfig:
     # Measured: on KJV, 0.1 left the model at the unigram loss for 800 steps and 1.0 learns;
     # on the reverse task 0.1 reaches 99% exact match and 1.0 stalls near 92%.
     embed_init_std: float = setting(1.0, "std of the initial word vectors (see README)")
+    encoder_layers: int = setting(1, "stacked encoder layers")
+    bidirectional: bool = setting(False, "add a backward scan to every encoder layer")
+    attention: str = setting("none", "none (Cho 2014's fixed c), bahdanau or luong")
+    attention_size: int = setting(0, "additive attention's hidden width; 0 = hidden_size")
+    dropout: float = setting(0.0, "dropout between stacked encoder layers, training only")
     src_vocab_size: int = setting(0, "from the prepared data's vocabulary", derived=True)
     tgt_vocab_size: int = setting(0, "from the prepared data's vocabulary", derived=True)
 
@@ -54,6 +64,7 @@ class Model:
         self.mode = backend.compile_mode(mode)
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         self.rng = np.random.default_rng(config.init_seed)
+        self.attentive = config.attention != "none"
         self.modules = self.initModules()
         self.params = [p for module in self.modules.values() for p in module.params]
         names = [p.name for p in self.params]
@@ -62,53 +73,135 @@ class Model:
         self.opt_state = []  # shared variables written by the optimizer, see compile_train
         self._pending_opt_state = {}
         self._functions = {}
+        # Dropout draws from this generator; training updates it, checkpoints save it.
+        self.dropout_rng = pytensor.shared(np.random.default_rng(config.init_seed + 1), name="dropout_rng")
+        self._rng_next = self.dropout_rng
 
     def initModules(self):
         """The model's modules. Edit a line here to swap a cell, e.g. the encoder for
         `layers.LSTM(E, H, name="encoder", rng=rng)`; everything else adapts."""
         cfg, rng = self.config, self.rng
         E, H = cfg.embed_size, cfg.hidden_size
-        return {
+        C = H * (2 if cfg.bidirectional else 1)  # annotation width: [forward; backward]
+        modules = {
             "src_embed": layers.Embedding(cfg.src_vocab_size, E, "src_embed", rng, cfg.embed_init_std),
             "tgt_embed": layers.Embedding(cfg.tgt_vocab_size, E, "tgt_embed", rng, cfg.embed_init_std),
             "encoder": layers.GRU(E, H, name="encoder", rng=rng),
-            "init": layers.FF(H, H, "tanh", name="init", rng=rng),
-            "decoder": layers.GRU([E, H], H, name="decoder", rng=rng),
-            "readout": layers.FF([H, E, H], E, "tanh", name="readout", rng=rng),
-            "ffout": layers.FF(E, cfg.tgt_vocab_size, "linear", name="ffout", rng=rng),
         }
+        for layer in range(cfg.encoder_layers):
+            name, width = ("encoder", E) if layer == 0 else (f"encoder{layer}", C)
+            if layer > 0:  # stacked layers read the annotations of the layer below
+                modules[name] = layers.GRU(width, H, name=name, rng=rng)
+            if cfg.bidirectional:
+                modules[f"{name}_bwd"] = layers.GRU(width, H, name=f"{name}_bwd", rng=rng)
+        modules["init"] = layers.FF(C, H, "tanh", name="init", rng=rng)
+        if self.attentive:
+            attention = layers.ATTENTIONS[cfg.attention](H, C, cfg.attention_size or H, "decoder.attention", rng)
+            modules["decoder"] = layers.AttentionGRU(E, C, H, attention, name="decoder", rng=rng)
+        else:
+            modules["decoder"] = layers.GRU([E, C], H, name="decoder", rng=rng)
+        modules["readout"] = layers.FF([H, E, C], E, "tanh", name="readout", rng=rng)
+        modules["ffout"] = layers.FF(E, cfg.tgt_vocab_size, "linear", name="ffout", rng=rng)
+        return modules
 
     # ---- the symbolic graph -------------------------------------------------------------
 
-    def encode(self, src):
-        """src (Ts, B) int32 -> c (B, H): the encoder's hidden state after the last real token."""
-        m = self.modules
+    def encode(self, src, train=False):
+        """src (Ts, B) int32 -> the memory the decoder reads, a dict of
+        c (B, C): the encoder's summary (states after the last real token, both directions);
+        annotations (Ts, B, C): the top layer's states at every source position;
+        src_mask (Ts, B); and, for attention, keys (Ts, B, A)."""
+        m, cfg = self.modules, self.config
         src_mask = pt.neq(src, PAD_ID).astype(layers.FLOATX)  # (Ts, B)
-        x_proj = m["encoder"].project(m["src_embed"](src))  # (Ts, B, G*H)
-        states = m["encoder"].scan(x_proj, src_mask)
-        return states[0][-1]  # (B, H); masking carried each state past its padding
+        x = m["src_embed"](src)  # (Ts, B, E)
+        for layer in range(cfg.encoder_layers):
+            name = "encoder" if layer == 0 else f"encoder{layer}"
+            if layer > 0 and train and cfg.dropout > 0:
+                x = self._dropout(x)
+            fwd = m[name].scan(m[name].project(x), src_mask)[0]  # (Ts, B, H)
+            # Masking carried each state past its padding, so fwd[-1] is after the last token.
+            annotations, c = fwd, fwd[-1]  # (Ts, B, H), (B, H)
+            if cfg.bidirectional:
+                bwd_cell = m[f"{name}_bwd"]
+                # Scanning backwards, padding comes first and leaves the zero state as it is.
+                bwd = bwd_cell.scan(bwd_cell.project(x), src_mask, go_backwards=True)[0]
+                bwd = bwd[::-1]  # (Ts, B, H), back in source order
+                annotations = pt.concatenate([fwd, bwd], axis=2)  # (Ts, B, 2H)
+                c = pt.concatenate([c, bwd[0]], axis=1)  # (B, 2H)
+            x = annotations
+        memory = {"c": c, "annotations": x, "src_mask": src_mask}
+        if self.attentive:
+            memory["keys"] = m["decoder"].attention.keys(x)  # (Ts, B, A), once per batch
+        return memory
 
-    def decoder_init(self, c):
+    def memory_keys(self):
+        """The memory entries the decoder reads, in the order compiled functions pass them."""
+        return ("annotations", "keys", "src_mask") if self.attentive else ("c",)
+
+    def _dropout(self, x):
+        keep = np.float32(1.0 - self.config.dropout)
+        self._rng_next, u = pt.random.uniform(size=x.shape, rng=self._rng_next).owner.outputs
+        return x * pt.lt(u, keep).astype(layers.FLOATX) / keep
+
+    def decoder_init(self, memory):
         """The decoder's full initial state (a list, one entry per state tensor) from c."""
-        return self.modules["decoder"].initial_state(self.modules["init"](c))
+        return self.modules["decoder"].initial_state(self.modules["init"](memory["c"]))
+
+    def decoder_step(self, y_prev, states, memory):
+        """One decoding step: y_prev (B,) ids and the state list -> (new state list,
+        logits (B, V), attention weights (Ts, B) or None)."""
+        dec = self.modules["decoder"]
+        emb = self.modules["tgt_embed"](y_prev)  # (B, E)
+        if self.attentive:
+            h, ctx, weights = dec.attend(dec.project(emb), states[0], memory["keys"],
+                                         memory["annotations"], memory["src_mask"])
+            new = [h]
+        else:
+            new = dec.recur(dec.project(emb, memory["c"]), *states)
+            new, ctx, weights = (list(new) if isinstance(new, (list, tuple)) else [new]), memory["c"], None
+        return new, self.logits(new[0], emb, ctx), weights
+
+    def decoder_states(self, emb, tgt_mask, memory):
+        """Teacher-forced decoder over embedded inputs emb (T, B, E) -> h (T, B, H), the
+        context the output reads ((T, B, C), or c (B, C) without attention), and the
+        attention weights (T, Ts, B) or None."""
+        dec = self.modules["decoder"]
+        init = self.decoder_init(memory)
+        if not self.attentive:
+            x_proj = dec.project(emb, memory["c"])  # (T, B, G*H); c broadcast over T
+            return dec.scan(x_proj, tgt_mask, init=init)[0], memory["c"], None
+
+        # scan's order: sequences (x_proj_t, m_t), previous output h, non-sequences.
+        def step(x_t, m_t, h_prev, keys, annotations, src_mask):
+            h, ctx, weights = dec.attend(x_t, h_prev, keys, annotations, src_mask)
+            m = m_t[:, None]  # (B, 1)
+            return m * h + (1.0 - m) * h_prev, ctx, weights
+
+        h, ctx, weights = pytensor.scan(
+            step,
+            sequences=[dec.project(emb), tgt_mask],
+            outputs_info=[init[0], None, None],
+            non_sequences=[memory["keys"], memory["annotations"], memory["src_mask"]],
+            name="decoder.scan",
+            return_updates=False,
+        )
+        return h, ctx, weights
 
     def logits(self, h, y_prev_emb, c):
         """Unnormalised next-token scores from decoder states: (..., H) -> (..., V)."""
         return self.modules["ffout"](self.modules["readout"](h, y_prev_emb, c))
 
-    def token_nll(self, src, tgt):
+    def token_nll(self, src, tgt, train=False):
         """Teacher-forced negative log-likelihood per target position, and the target mask.
 
         src (Ts, B), tgt (Tt, B) int32 -> nll (Tt-1, B), mask (Tt-1, B); 0 on padding.
         """
-        m = self.modules
-        c = self.encode(src)  # (B, H)
+        memory = self.encode(src, train)
         tgt_in, tgt_out = tgt[:-1], tgt[1:]  # (T, B) each
         tgt_mask = pt.neq(tgt_out, PAD_ID).astype(layers.FLOATX)  # (T, B)
-        emb = m["tgt_embed"](tgt_in)  # (T, B, E)
-        x_proj = m["decoder"].project(emb, c)  # (T, B, G*H); c broadcast over T
-        h = m["decoder"].scan(x_proj, tgt_mask, init=self.decoder_init(c))[0]  # (T, B, H)
-        logits = self.logits(h, emb, c)  # (T, B, V)
+        emb = self.modules["tgt_embed"](tgt_in)  # (T, B, E)
+        h, ctx, _ = self.decoder_states(emb, tgt_mask, memory)  # (T, B, H)
+        logits = self.logits(h, emb, ctx)  # (T, B, V)
         V = logits.shape[-1]
         flat = logits.reshape((-1, V))  # (T*B, V)
         # log-softmax written out: max, exp, sum and log each run as compiled C elementwise
@@ -119,9 +212,9 @@ class Model:
         nll = (lse - target).reshape(tgt_out.shape) * tgt_mask  # (T, B)
         return nll, tgt_mask
 
-    def loss(self, src, tgt):
+    def loss(self, src, tgt, train=False):
         """Mean cross-entropy per real target token (a scalar), and the token count."""
-        nll, mask = self.token_nll(src, tgt)
+        nll, mask = self.token_nll(src, tgt, train)
         n_tokens = pt.sum(mask, dtype=layers.FLOATX)
         return pt.sum(nll, dtype=layers.FLOATX) / pt.maximum(n_tokens, 1.0), n_tokens
 
@@ -133,19 +226,19 @@ class Model:
         under the model at temperature 1; PAD and 0 after a sentence's EOS. The scan stops
         early once every sentence has produced EOS.
         """
-        m = self.modules
-        c = self.encode(src)  # (B, H)
+        memory = self.encode(src)
+        keys = self.memory_keys()
         B = src.shape[1]
         safe_t = pt.switch(pt.eq(temperature, 0), np.float32(1.0), temperature)
+        init = self.decoder_init(memory)
+        n_states = len(init)
 
         # scan's order: sequences (u_t), previous outputs (states..., y_prev, done),
-        # then non-sequences (c, safe_t, temperature).
+        # then non-sequences (the memory entries, safe_t, temperature).
         def step(u_t, *args):
-            *states, y_prev, done, c, safe_t, temperature = args
-            emb = m["tgt_embed"](y_prev)  # (B, E)
-            new = m["decoder"].recur(m["decoder"].project(emb, c), *states)
-            new = new if isinstance(new, (list, tuple)) else [new]
-            logits = self.logits(new[0], emb, c)  # (B, V)
+            states, (y_prev, done), rest = args[:n_states], args[n_states : n_states + 2], args[n_states + 2 :]
+            mem, (safe_t, temperature) = dict(zip(keys, rest[:-2])), rest[-2:]
+            new, logits, _ = self.decoder_step(y_prev, states, mem)  # logits (B, V)
             logp = logits - pt.logsumexp(logits, axis=1, keepdims=True)  # (B, V), as trained
             # PAD and BOS are never targets in training; never emit them either.
             logits = pt.set_subtensor(logits[:, [PAD_ID, BOS_ID]], np.float32(-1e9))
@@ -158,14 +251,13 @@ class Model:
             done_new = pt.or_(done, pt.eq(y, EOS_ID))
             return [*new, y, done_new, y_logp], until(pt.all(done_new))
 
-        init = self.decoder_init(c)
         y0 = pt.full((B,), BOS_ID, dtype="int32")
         done0 = pt.zeros((B,), dtype="bool")
         outputs = pytensor.scan(
             step,
             sequences=[noise],
             outputs_info=[*init, y0, done0, None],
-            non_sequences=[c, safe_t, temperature],
+            non_sequences=[*(memory[k] for k in keys), safe_t, temperature],
             name="decode.scan",
             return_updates=False,
         )
@@ -188,7 +280,8 @@ class Model:
         def build():
             src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
             lr = pt.scalar("lr", dtype=layers.FLOATX)
-            loss, n_tokens = self.loss(src, tgt)
+            self._rng_next = self.dropout_rng
+            loss, n_tokens = self.loss(src, tgt, train=True)
             grads = pytensor.grad(loss, self.params)
             grads, norm = optim.clip_by_global_norm(grads, grad_clip)
             updates = optim.OPTIMIZERS[optimizer](self.params, grads, lr)
@@ -197,6 +290,8 @@ class Model:
             param_ids = {id(p) for p in self.params}
             self.opt_state = [var for var, _ in updates if id(var) not in param_ids]
             self._restore_opt_state()
+            if self._rng_next is not self.dropout_rng:  # the graph drew dropout masks
+                updates.append((self.dropout_rng, self._rng_next))
             return pytensor.function(
                 [src, tgt, lr], [loss, n_tokens, norm], updates=updates, mode=self.mode
             )
@@ -222,6 +317,47 @@ class Model:
             return pytensor.function([src, noise, temperature], [ys, logps], mode=self.mode)
 
         return self._compiled("decode", build)
+
+    def compile_step(self):
+        """Two functions for searches run step by step from Python (beam search):
+
+            f_init(src) -> [*memory (memory_keys() order), *initial decoder states]
+            f_next(y_prev, *states, *memory) -> [log-probabilities (B, V), *new states]
+
+        Rows of y_prev, states and memory (batch axis 0 for c and states, 1 for the
+        time-major rest) are hypotheses, so a beam is a batch of B * beam_size rows.
+        """
+        def build():
+            src = pt.imatrix("src")
+            memory = self.encode(src)
+            keys = self.memory_keys()
+            init = self.decoder_init(memory)
+            f_init = pytensor.function([src], [*(memory[k] for k in keys), *init], mode=self.mode)
+            y_prev = pt.ivector("y_prev")
+            states = [s.type(f"state{i}") for i, s in enumerate(init)]
+            mem_in = {k: memory[k].type(k) for k in keys}
+            new, logits, _ = self.decoder_step(y_prev, states, mem_in)
+            logp = logits - pt.logsumexp(logits, axis=1, keepdims=True)  # (B, V)
+            f_next = pytensor.function([y_prev, *states, *(mem_in[k] for k in keys)], [logp, *new],
+                                       mode=self.mode)
+            return f_init, f_next
+
+        return self._compiled("step", build)
+
+    def compile_attention(self):
+        """`f(src, tgt) -> weights (Tt-1, Ts, B)`: the teacher-forced attention weights of
+        each target position over the source (attention models only)."""
+        if not self.attentive:
+            raise ValueError("this model has no attention (attention = none)")
+
+        def build():
+            src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
+            memory = self.encode(src)
+            tgt_mask = pt.neq(tgt[1:], PAD_ID).astype(layers.FLOATX)
+            _, _, weights = self.decoder_states(self.modules["tgt_embed"](tgt[:-1]), tgt_mask, memory)
+            return pytensor.function([src, tgt], weights, mode=self.mode)
+
+        return self._compiled("attention", build)
 
     def decode(self, src, max_len=50, temperature=0.0, rng=None):
         """Decode a (Ts, B) int32 batch. Returns ids (B, T) with PAD after EOS, and the
@@ -249,6 +385,7 @@ class Model:
             "model_config": dataclasses.asdict(self.config),
             "modules": {name: type(mod).__name__ for name, mod in self.modules.items()},
             "state": state or {},
+            "dropout_rng": self.dropout_rng.get_value(borrow=True).bit_generator.state,
         }
         arrays["meta"] = np.array(json.dumps(meta))
         atomic_savez(path, arrays)
@@ -294,6 +431,13 @@ class Model:
             raise CheckpointError(f"{path}: parameters the model does not have: {', '.join(extra)}")
         model._pending_opt_state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
         model.checkpoint_state = meta.get("state", {})
+        if "dropout_rng" in meta:
+            generator = np.random.default_rng()
+            try:
+                generator.bit_generator.state = meta["dropout_rng"]
+            except (TypeError, ValueError, KeyError) as err:
+                raise CheckpointError(f"{path}: unreadable dropout RNG state ({err})") from None
+            model.dropout_rng.set_value(generator)
         return model
 
     def _restore_opt_state(self):

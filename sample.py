@@ -2,10 +2,14 @@
 
     python sample.py --start="In the beginning God created the heaven and the earth."
     echo "the house is on fire" | python sample.py --num_samples=5 --temperature=0.8
+    python sample.py --out_dir=out/kjv_es_attn --beam_size=5 --start="And God said"
+    python sample.py --out_dir=out/kjv_es_attn --start="..." --plot_attention=attention.png
     python sample.py --help
 
 Each input line is tokenised as in training, encoded, and decoded num_samples times:
-greedily when temperature is 0, else by sampling at that temperature.
+greedily when temperature is 0, else by sampling at that temperature. With beam_size > 1,
+beam search gives one output per line instead. --plot_attention saves a source x output
+heatmap of the attention weights for the first input (attention models).
 """
 import os
 import sys
@@ -17,7 +21,8 @@ import backend
 from configurator import ConfigError, configure, require, setting
 from dataset import pad_batch
 from model import CheckpointError, Model
-from vocab import UNK_ID, tokenize
+from vocab import EOS_ID, PAD_ID, UNK_ID, tokenize
+from beam import beam_search
 
 
 @dataclass
@@ -27,6 +32,9 @@ class SampleConfig:
     start: str = setting("", "input sentence; empty = read lines from stdin")
     num_samples: int = setting(3, "outputs per input")
     temperature: float = setting(0.8, "0 = greedy; higher = more varied")
+    beam_size: int = setting(1, "1 = greedy or sampling (temperature); > 1 = beam search")
+    length_norm: float = setting(1.0, "beam ranks by log p / length**length_norm")
+    plot_attention: str = setting("", "save the first input's attention heatmap to this PNG")
     max_len: int = setting(60, "longest output, in tokens")
     seed: int = setting(1337, "sampling seed")
     mode: str = setting(backend.DEFAULT_MODE, f"compile mode: {', '.join(backend.MODES)}")
@@ -38,10 +46,13 @@ def main(argv):
     require(cfg.num_samples > 0, f"num_samples={cfg.num_samples}: must be positive")
     require(cfg.max_len > 0, f"max_len={cfg.max_len}: must be positive")
     require(cfg.temperature >= 0, f"temperature={cfg.temperature}: must not be negative")
+    require(cfg.beam_size >= 1, f"beam_size={cfg.beam_size}: must be at least 1")
     path = cfg.ckpt if cfg.ckpt.endswith(".npz") else os.path.join(cfg.out_dir, f"ckpt_{cfg.ckpt}.npz")
     model = Model.load(path, mode=cfg.mode)
     if model.src_vocab is None or model.tgt_vocab is None:
         raise CheckpointError(f"{path}: holds no vocabulary, so text cannot be encoded")
+    require(not cfg.plot_attention or model.attentive,
+            f"plot_attention: {path} is a model without attention (attention = none)")
     reverse = model.checkpoint_state.get("data", {}).get("reverse_source", False)
     lines = [cfg.start] if cfg.start else [line for line in sys.stdin.read().splitlines() if line.strip()]
     require(lines, "no input: pass --start=... or pipe sentences on stdin")
@@ -57,12 +68,42 @@ def main(argv):
         if not known:
             print("  (every word is outside the vocabulary; the model sees only <unk>)")
         ids = ids[::-1] if reverse else ids
-        n = 1 if cfg.temperature == 0 else cfg.num_samples  # greedy outputs would repeat
-        src = pad_batch([ids] * n)  # (Ts, n)
-        outputs, logps = model.decode(src, max_len=cfg.max_len, temperature=cfg.temperature, rng=rng)
+        if cfg.beam_size > 1:
+            outputs, logps = beam_search(model, pad_batch([ids]), cfg.beam_size, cfg.max_len, cfg.length_norm)
+        else:
+            n = 1 if cfg.temperature == 0 else cfg.num_samples  # greedy outputs would repeat
+            src = pad_batch([ids] * n)  # (Ts, n)
+            outputs, logps = model.decode(src, max_len=cfg.max_len, temperature=cfg.temperature, rng=rng)
         for out, logp in zip(outputs, logps):
             print(f"  {model.tgt_vocab.decode(out)}    [log p = {logp:.1f}]")
+        if cfg.plot_attention:
+            out = [int(w) for w in outputs[0] if w not in (PAD_ID, EOS_ID)]  # EOS ends it
+            plot_attention(model, ids, out, cfg.plot_attention)
+            print(f"  attention heatmap: {cfg.plot_attention}")
+            cfg.plot_attention = ""  # the first input only
     return 0
+
+
+def plot_attention(model, src_ids, out_ids, path):
+    """Save the teacher-forced attention weights of `out_ids` over `src_ids` as a heatmap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    src, tgt = pad_batch([src_ids]), pad_batch([out_ids], bos_eos=True)
+    weights = model.compile_attention()(src, tgt)[:, :, 0]  # (T_out + 1, Ts): EOS included
+    rows = [model.tgt_vocab.itos[i] for i in out_ids] + ["</s>"]
+    cols = [model.src_vocab.itos[i] for i in src_ids]
+    fig, ax = plt.subplots(figsize=(0.35 * len(cols) + 2, 0.35 * len(rows) + 1.5))
+    ax.imshow(weights, cmap="Greys", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=90)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("source")
+    ax.set_ylabel("output")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import numpy as np
 import backend
 from configurator import ConfigError, configure, require, setting
 from dataset import Batcher, DataError, eval_batches, load_dataset, make_batch
+from evaluate import read_references, score, translate
 from model import CheckpointError, Model, ModelConfig
 from vocab import EOS_ID
 
@@ -41,6 +42,7 @@ class TrainConfig:
     max_minutes: float = setting(11.0, "also stop after this many minutes; 0 = no limit")
     eval_interval: int = setting(200, "validate and checkpoint every this many steps")
     eval_exact_match: int = setting(500, "val pairs decoded for exact match (tasks that use it)")
+    eval_bleu: int = setting(500, "val pairs translated greedily for BLEU and chrF (datasets with references)")
     num_samples: int = setting(3, "val sources to decode and print at the end")
     max_decode_len: int = setting(60, "longest decoded output")
     seed: int = setting(1337, "data order; the batch order is fixed by (seed, epoch)")
@@ -55,9 +57,13 @@ def check(cfg, mcfg):
         require(getattr(cfg, name) > 0, f"{name}={getattr(cfg, name)}: must be positive")
     for name in ("embed_size", "hidden_size", "embed_init_std"):
         require(getattr(mcfg, name) > 0, f"{name}={getattr(mcfg, name)}: must be positive")
+    require(mcfg.encoder_layers > 0, f"encoder_layers={mcfg.encoder_layers}: must be positive")
+    require(mcfg.attention in ("none", "bahdanau", "luong"), f"attention={mcfg.attention!r}: use none, bahdanau or luong")
+    require(mcfg.attention_size >= 0, f"attention_size={mcfg.attention_size}: must not be negative")
+    require(0 <= mcfg.dropout < 1, f"dropout={mcfg.dropout}: must be in [0, 1)")
     require(cfg.learning_rate > 0, f"learning_rate={cfg.learning_rate}: must be positive")
     require(0 <= cfg.min_lr <= cfg.learning_rate, f"min_lr={cfg.min_lr}: must be in [0, learning_rate]")
-    for name in ("warmup_iters", "grad_clip", "max_minutes", "eval_exact_match", "num_samples"):
+    for name in ("warmup_iters", "grad_clip", "max_minutes", "eval_exact_match", "eval_bleu", "num_samples"):
         require(getattr(cfg, name) >= 0, f"{name}={getattr(cfg, name)}: must not be negative")
 
 
@@ -69,9 +75,10 @@ def learning_rate(cfg, step):
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
 
-def evaluate(model, pairs, cfg, exact_match):
+def evaluate(model, pairs, cfg, exact_match, references=None):
     """Validation metrics: loss and perplexity per target token (EOS included), plus
-    greedy exact match on up to eval_exact_match pairs where the task uses it."""
+    greedy exact match on up to eval_exact_match pairs where the task uses it, and greedy
+    BLEU and chrF on up to eval_bleu pairs where the data has references."""
     eval_fn = model.compile_eval()
     nll = n_tokens = 0.0
     for idx in eval_batches(pairs, cfg.batch_size):
@@ -88,6 +95,11 @@ def evaluate(model, pairs, cfg, exact_match):
                 out = row[: np.argmax(row == EOS_ID)] if (row == EOS_ID).any() else row
                 hits += len(out) == len(subset[i][1]) and bool(np.all(out == subset[i][1]))
         metrics["val_exact_match"] = hits / len(subset)
+    if references is not None and cfg.eval_bleu:
+        n = min(cfg.eval_bleu, len(pairs))
+        hypotheses = translate(model, pairs[:n], cfg.batch_size, cfg.max_decode_len)
+        scores = score(hypotheses, references[:n])
+        metrics["val_bleu"], metrics["val_chrf"] = scores["bleu"], scores["chrf"]
     return metrics
 
 
@@ -151,6 +163,7 @@ def main(argv):
     root = os.path.dirname(os.path.abspath(__file__))
     data_dir = cfg.dataset if os.sep in cfg.dataset else os.path.join(root, "data", cfg.dataset)
     meta, src_vocab, tgt_vocab, splits = load_dataset(data_dir)
+    references = read_references(data_dir, "val", len(splits["val"])) if meta.get("bleu") else None
     if cfg.init_from == "resume":
         if model.tgt_vocab.itos != tgt_vocab.itos or model.src_vocab.itos != src_vocab.itos:
             raise DataError(f"{data_dir}: its vocabulary differs from the checkpoint's; "
@@ -212,7 +225,7 @@ def main(argv):
 
             out_of_time = bool(cfg.max_minutes) and time.time() - start_time > 60 * cfg.max_minutes
             if out_of_time or state["step"] % cfg.eval_interval == 0 or state["step"] == cfg.max_iters:
-                metrics = evaluate(model, splits["val"], cfg, meta.get("exact_match", False))
+                metrics = evaluate(model, splits["val"], cfg, meta.get("exact_match", False), references)
                 row = {"step": state["step"], "epoch": state["epoch"],
                        "train_loss": window["loss"] / max(1.0, window["tokens"]), **metrics,
                        "lr": lr, "tokens_per_s": rate, "elapsed_s": time.time() - start_time}

@@ -1,0 +1,163 @@
+"""English -> Spanish verse translation: KJV and Reina-Valera 1909, aligned verse by verse.
+
+Both Bibles come from Debian's SWORD modules (sword-text-kjv, sword-text-sparv; public
+domain), read with PyPI `pysword`. If /usr/share/sword lacks them, this script fetches the
+two packages with `apt-get download` and unpacks them with `dpkg-deb -x` into
+data/kjv_es/sword/ (no root needed; as root, `apt-get install sword-text-kjv
+sword-text-sparv` puts them in /usr/share/sword instead). Pairs with an empty side are
+dropped. Text is cleaned of pilcrows, lowercased and word-tokenised (vocab.tokenize). Verses
+are split at random with a fixed seed; training pairs longer than --max_len tokens on either
+side are skipped (counted in meta.json), val and test keep every pair. Writes
+train/val/test.npz, meta.json and {val,test}.ref.txt (one tokenised reference per line,
+what BLEU is scored against).
+
+    python data/kjv_es/prepare.py [--src_vocab 8000] [--tgt_vocab 8000] [--max_len 60]
+    python data/kjv_es/prepare.py --pairs_tsv my_corpus.tsv --out_dir data/my_corpus
+
+--pairs_tsv reads any parallel corpus instead, one "source<TAB>target" pair per line.
+"""
+import argparse
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository root
+
+from dataset import save_split, write_meta  # noqa: E402
+from vocab import UNK_ID, Vocab, tokenize  # noqa: E402
+
+MODULES = {"en": "engKJV2006eb", "es": "spaRV1909eb"}
+PACKAGES = ("sword-text-kjv", "sword-text-sparv")
+SYSTEM_SWORD = "/usr/share/sword"
+
+
+def has_modules(sword_dir):
+    return all(os.path.exists(os.path.join(sword_dir, "mods.d", f"{m}.conf")) for m in MODULES.values())
+
+
+def find_sword(local_root):
+    """A SWORD folder holding both modules: the system one, or one unpacked here."""
+    if has_modules(SYSTEM_SWORD):
+        return SYSTEM_SWORD
+    local = os.path.join(local_root, "usr", "share", "sword")
+    if not has_modules(local):
+        debs = os.path.join(local_root, "debs")
+        os.makedirs(debs, exist_ok=True)
+        if subprocess.run(["apt-get", "download", *PACKAGES], cwd=debs).returncode != 0:
+            sys.exit(f"error: `apt-get download {' '.join(PACKAGES)}` failed; as root, "
+                     f"`apt-get install {' '.join(PACKAGES)}` also works")
+        for deb in glob.glob(os.path.join(debs, "*.deb")):
+            subprocess.run(["dpkg-deb", "-x", deb, local_root], check=True)
+    if not has_modules(local):
+        sys.exit(f"error: {local} lacks the modules {', '.join(MODULES.values())}")
+    return local
+
+
+def read_pairs(sword_dir):
+    """[(english, spanish)] verse texts in canonical order, both sides non-empty."""
+    from pysword.modules import SwordModules
+
+    modules = SwordModules(sword_dir)
+    modules.parse_modules()
+    bibles = {lang: modules.get_bible_from_module(name) for lang, name in MODULES.items()}
+    structure = bibles["en"].get_structure().get_books()
+    pairs = []
+    for book in structure["ot"] + structure["nt"]:
+        for chapter in range(1, book.num_chapters + 1):
+            n_verses = book.chapter_lengths[chapter - 1]
+            verses = list(range(1, n_verses + 1))
+            texts = {
+                lang: bible.get(books=[book.osis_name], chapters=[chapter], verses=verses, clean=True, join="\x00")
+                .split("\x00")
+                for lang, bible in bibles.items()
+            }
+            for en, es in zip(texts["en"], texts["es"]):
+                en, es = clean(en), clean(es)
+                if en and es:
+                    pairs.append((en, es))
+    return pairs
+
+
+def read_tsv(path):
+    """[(source, target)] from a UTF-8 file of "source<TAB>target" lines; errors name the line."""
+    pairs = []
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as err:
+        sys.exit(f"error: {path}: {err.strerror}")
+    with f:
+        try:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                fields = line.rstrip("\n").split("\t")
+                if len(fields) != 2:
+                    sys.exit(f"error: {path}:{line_no}: expected source<TAB>target, got {len(fields)} fields")
+                src, tgt = clean(fields[0]), clean(fields[1])
+                if src and tgt:
+                    pairs.append((src, tgt))
+        except UnicodeDecodeError as err:
+            sys.exit(f"error: {path}: not UTF-8 after line {line_no} ({err.reason})")
+    if not pairs:
+        sys.exit(f"error: {path}: no pairs")
+    return pairs
+
+
+def clean(text):
+    return " ".join(text.replace("\u00b6", " ").split())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out_dir", default=HERE, help="where to write the splits (default: beside this script)")
+    ap.add_argument("--src_vocab", type=int, default=8000, help="English vocabulary cap, specials included")
+    ap.add_argument("--tgt_vocab", type=int, default=8000, help="Spanish vocabulary cap, specials included")
+    ap.add_argument("--max_len", type=int, default=60, help="skip training pairs longer than this (tokens)")
+    ap.add_argument("--n_val", type=int, default=500, help="verses held out for validation")
+    ap.add_argument("--n_test", type=int, default=1000, help="verses held out for test")
+    ap.add_argument("--seed", type=int, default=1234, help="seed of the split")
+    ap.add_argument("--pairs_tsv", default=None, help="read source<TAB>target lines from this file instead")
+    args = ap.parse_args(argv)
+    if min(args.src_vocab, args.tgt_vocab) < 5 or args.max_len < 1 or min(args.n_val, args.n_test) < 1:
+        ap.error("vocabularies need at least 5 entries; --max_len, --n_val, --n_test must be positive")
+
+    raw = read_tsv(args.pairs_tsv) if args.pairs_tsv else read_pairs(find_sword(os.path.join(HERE, "sword")))
+    if len(raw) <= args.n_val + args.n_test:
+        sys.exit(f"error: {len(raw)} pairs leave none for training after --n_val and --n_test")
+    tokens = [(tokenize(en), tokenize(es)) for en, es in raw]
+    order = np.random.default_rng(args.seed).permutation(len(tokens))
+    held = {"val": order[: args.n_val], "test": order[args.n_val : args.n_val + args.n_test]}
+    train_idx = order[args.n_val + args.n_test :]
+    splits = {name: [tokens[i] for i in sorted(idx)] for name, idx in held.items()}
+    splits["train"] = [tokens[i] for i in sorted(train_idx)
+                       if max(len(tokens[i][0]), len(tokens[i][1])) <= args.max_len]
+    n_skipped = len(train_idx) - len(splits["train"])
+
+    src_vocab = Vocab.build([s for s, _ in splits["train"]], args.src_vocab)
+    tgt_vocab = Vocab.build([t for _, t in splits["train"]], args.tgt_vocab)
+    os.makedirs(args.out_dir, exist_ok=True)
+    counts, unk = {}, {}
+    for name, pairs in splits.items():
+        ids = [(src_vocab.encode(s), tgt_vocab.encode(t)) for s, t in pairs]
+        save_split(os.path.join(args.out_dir, f"{name}.npz"), ids)
+        counts[name] = len(ids)
+        unk[name] = round(float(np.mean(np.concatenate([t for _, t in ids]) == UNK_ID)), 4)
+        if name != "train":
+            with open(os.path.join(args.out_dir, f"{name}.ref.txt"), "w", encoding="utf-8") as f:
+                f.writelines(" ".join(t) + "\n" for _, t in pairs)
+    write_meta(
+        args.out_dir, src_vocab, tgt_vocab, task="translation", source_lang="en", target_lang="es",
+        corpus=args.pairs_tsv or MODULES, n_pairs=len(raw), max_len=args.max_len, n_train_skipped_long=n_skipped,
+        pairs=counts, tgt_unk_rate=unk, exact_match=False, bleu=True,
+    )
+    print(f"{len(raw)} verse pairs; {n_skipped} training pairs over {args.max_len} tokens skipped; "
+          f"pairs {counts}; vocab en {len(src_vocab)} es {len(tgt_vocab)}; target <unk> rate {unk}; "
+          f"wrote {args.out_dir}")
+
+
+if __name__ == "__main__":
+    main()
