@@ -6,10 +6,10 @@ PY      = $(VENV)/bin/python
 
 .PHONY: train test sample vowels clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-mpi.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-mpi.txt
 	touch $@
 
 data/kjv/meta.json: data/kjv/prepare.py $(VENV)/.installed

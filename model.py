@@ -140,7 +140,7 @@ class Model:
 
     def _dropout(self, x):
         keep = np.float32(1.0 - self.config.dropout)
-        self._rng_next, u = pt.random.uniform(size=x.shape, rng=self._rng_next).owner.outputs
+        self._rng_next, u = pt.random.uniform(size=x.shape, rng=self._rng_next, return_next_rng=True)
         return x * pt.lt(u, keep).astype(layers.FLOATX) / keep
 
     def decoder_init(self, memory):
@@ -271,6 +271,22 @@ class Model:
             self._functions[key] = build()
         return self._functions[key]
 
+    def _updates(self, grads, lr, optimizer, grad_clip):
+        """Clipped optimizer updates, skipped (every variable kept) when the gradient norm is
+        not finite. Registers the optimizer's state variables for checkpoints."""
+        grads, norm = optim.clip_by_global_norm(grads, grad_clip)
+        updates = optim.OPTIMIZERS[optimizer](self.params, grads, lr)
+        finite = pt.isfinite(norm)
+        updates = [(var, pt.switch(finite, new, var)) for var, new in updates]
+        param_ids = {id(p) for p in self.params}
+        self.opt_state = [var for var, _ in updates if id(var) not in param_ids]
+        self._restore_opt_state()
+        return updates, norm
+
+    def _dropout_update(self):
+        """The RNG update if the graph just built drew dropout masks, else nothing."""
+        return [(self.dropout_rng, self._rng_next)] if self._rng_next is not self.dropout_rng else []
+
     def compile_train(self, optimizer="adam", grad_clip=1.0):
         """The training step `f(src, tgt, lr) -> (loss, n_tokens, grad_norm)`.
 
@@ -282,21 +298,36 @@ class Model:
             lr = pt.scalar("lr", dtype=layers.FLOATX)
             self._rng_next = self.dropout_rng
             loss, n_tokens = self.loss(src, tgt, train=True)
-            grads = pytensor.grad(loss, self.params)
-            grads, norm = optim.clip_by_global_norm(grads, grad_clip)
-            updates = optim.OPTIMIZERS[optimizer](self.params, grads, lr)
-            finite = pt.isfinite(norm)
-            updates = [(var, pt.switch(finite, new, var)) for var, new in updates]
-            param_ids = {id(p) for p in self.params}
-            self.opt_state = [var for var, _ in updates if id(var) not in param_ids]
-            self._restore_opt_state()
-            if self._rng_next is not self.dropout_rng:  # the graph drew dropout masks
-                updates.append((self.dropout_rng, self._rng_next))
-            return pytensor.function(
-                [src, tgt, lr], [loss, n_tokens, norm], updates=updates, mode=self.mode
-            )
+            updates, norm = self._updates(pytensor.grad(loss, self.params), lr, optimizer, grad_clip)
+            return pytensor.function([src, tgt, lr], [loss, n_tokens, norm],
+                                     updates=updates + self._dropout_update(), mode=self.mode)
 
         return self._compiled(("train", optimizer, grad_clip), build)
+
+    def compile_grad(self):
+        """Data-parallel half 1: `f(src, tgt) -> [summed nll, n_tokens, *gradients of the
+        summed nll]`, one gradient per param, no parameter updates."""
+        def build():
+            src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
+            self._rng_next = self.dropout_rng
+            nll, mask = self.token_nll(src, tgt, train=True)
+            total = pt.sum(nll, dtype=layers.FLOATX)
+            outputs = [total, pt.sum(mask, dtype=layers.FLOATX), *pytensor.grad(total, self.params)]
+            return pytensor.function([src, tgt], outputs, updates=self._dropout_update(), mode=self.mode)
+
+        return self._compiled("grad", build)
+
+    def compile_apply(self, optimizer="adam", grad_clip=1.0):
+        """Data-parallel half 2: `f(lr, scale, *summed gradients) -> grad_norm` applies the
+        optimizer to scale * gradients (scale = 1 / global token count), as compile_train."""
+        def build():
+            lr = pt.scalar("lr", dtype=layers.FLOATX)
+            scale = pt.scalar("scale", dtype=layers.FLOATX)
+            grads = [p.type(f"grad.{p.name}") for p in self.params]
+            updates, norm = self._updates([g * scale for g in grads], lr, optimizer, grad_clip)
+            return pytensor.function([lr, scale, *grads], norm, updates=updates, mode=self.mode)
+
+        return self._compiled(("apply", optimizer, grad_clip), build)
 
     def compile_eval(self):
         """`f(src, tgt) -> (summed nll, n_tokens)` for validation, with no updates."""

@@ -4,6 +4,7 @@
     python train.py config/reverse.toml               # the synthetic reverse task
     python train.py --init_from=resume                # continue a stopped run exactly
     python train.py --help                            # every setting
+    mpiexec -n 4 python train.py ...                  # data-parallel over MPI (distributed.py)
 
 Writes <out_dir>/ckpt_latest.npz and ckpt_best.npz (atomically), log.jsonl (one JSON
 object per evaluation) and loss.png.
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import backend
+import distributed
 from configurator import ConfigError, configure, require, setting
 from dataset import Batcher, DataError, eval_batches, load_dataset, make_batch
 from evaluate import read_references, score, translate
@@ -47,6 +49,7 @@ class TrainConfig:
     max_decode_len: int = setting(60, "longest decoded output")
     seed: int = setting(1337, "data order; the batch order is fixed by (seed, epoch)")
     mode: str = setting(backend.DEFAULT_MODE, f"compile mode: {', '.join(backend.MODES)}")
+    mpi_check_interval: int = setting(100, "under mpiexec: compare the ranks' parameters this often; 0 = never")
 
 
 def check(cfg, mcfg):
@@ -63,7 +66,8 @@ def check(cfg, mcfg):
     require(0 <= mcfg.dropout < 1, f"dropout={mcfg.dropout}: must be in [0, 1)")
     require(cfg.learning_rate > 0, f"learning_rate={cfg.learning_rate}: must be positive")
     require(0 <= cfg.min_lr <= cfg.learning_rate, f"min_lr={cfg.min_lr}: must be in [0, learning_rate]")
-    for name in ("warmup_iters", "grad_clip", "max_minutes", "eval_exact_match", "eval_bleu", "num_samples"):
+    for name in ("warmup_iters", "grad_clip", "max_minutes", "eval_exact_match", "eval_bleu", "num_samples",
+                 "mpi_check_interval"):
         require(getattr(cfg, name) >= 0, f"{name}={getattr(cfg, name)}: must not be negative")
 
 
@@ -147,6 +151,9 @@ def main(argv):
     cfg, mcfg = TrainConfig(), ModelConfig()
     explicit = configure([cfg, mcfg], argv, __doc__.strip())
     check(cfg, mcfg)
+    comm = distributed.world()  # None unless started by mpiexec with several processes
+    is_root = comm is None or comm.Get_rank() == 0  # only rank 0 logs and writes files
+    say = print if is_root else (lambda *args, **kwargs: None)
     latest, best = (os.path.join(cfg.out_dir, f"ckpt_{n}.npz") for n in ("latest", "best"))
     log_path = os.path.join(cfg.out_dir, "log.jsonl")
     if cfg.init_from == "resume":
@@ -171,22 +178,35 @@ def main(argv):
         # Evaluations logged after the checkpoint (a crash in between) would be repeated.
         rows = [] if not os.path.exists(log_path) else [
             line for line in open(log_path, encoding="utf-8") if json.loads(line)["step"] <= state["step"]]
-        with open(log_path, "w", encoding="utf-8") as f:
-            f.writelines(rows)
+        if is_root:
+            with open(log_path, "w", encoding="utf-8") as f:
+                f.writelines(rows)
     else:
         mcfg.src_vocab_size, mcfg.tgt_vocab_size = len(src_vocab), len(tgt_vocab)
         model = Model(mcfg, src_vocab, tgt_vocab, mode=cfg.mode)
         state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val_loss": None, "tokens": 0}
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        open(log_path, "w").close()
+        if is_root:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            open(log_path, "w").close()
 
     n_params = sum(p.get_value(borrow=True).size for p in model.params)
-    print(f"{cfg.dataset}: {len(splits['train'])} train pairs, vocab {len(src_vocab)}/{len(tgt_vocab)}; "
-          f"model {n_params / 1e6:.2f}M params; compiling ({cfg.mode}) ...", flush=True)
+    ranks = f"; {comm.Get_size()} MPI ranks" if comm else ""
+    say(f"{cfg.dataset}: {len(splits['train'])} train pairs, vocab {len(src_vocab)}/{len(tgt_vocab)}; "
+        f"model {n_params / 1e6:.2f}M params{ranks}; compiling ({cfg.mode}) ...", flush=True)
     t0 = time.time()
-    train_step = model.compile_train(cfg.optimizer, cfg.grad_clip)
-    model.compile_eval()
-    print(f"compiled in {time.time() - t0:.1f}s", flush=True)
+    batcher = Batcher(splits["train"], cfg.batch_size, cfg.seed)
+    if comm is None:
+        fused = model.compile_train(cfg.optimizer, cfg.grad_clip)
+
+        def train_step(indices, lr, stop):
+            loss, n_tokens, norm = fused(*batcher.batch(indices), np.float32(lr))
+            return float(loss), float(n_tokens), float(norm), stop
+    else:
+        train_step = distributed.DataParallelStep(model, comm, batcher, cfg.optimizer, cfg.grad_clip,
+                                                  cfg.mpi_check_interval)
+    if is_root:
+        model.compile_eval()
+    say(f"compiled in {time.time() - t0:.1f}s", flush=True)
 
     def save(path):
         state["train_config"] = dataclasses.asdict(cfg)
@@ -195,21 +215,21 @@ def main(argv):
 
     # SIGTERM (a scheduler's kill) behaves like Ctrl-C: checkpoint, then exit cleanly.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    batcher = Batcher(splits["train"], cfg.batch_size, cfg.seed)
     order = batcher.epoch(state["epoch"])
     start_step, start_time = state["step"], time.time()
     window = {"loss": 0.0, "tokens": 0.0, "steps": 0, "time": time.time()}
     # Redraw twice a second on a terminal; every 30 s in a log file, which keeps it readable.
     bar = tqdm(total=cfg.max_iters, initial=start_step, unit="step", dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 30)
+               mininterval=0.5 if sys.stderr.isatty() else 30, disable=not is_root)
     try:
         while state["step"] < cfg.max_iters:
             if state["batch_in_epoch"] >= len(order):
                 state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
                 order = batcher.epoch(state["epoch"])
-            src, tgt = batcher.batch(order[state["batch_in_epoch"]])
             lr = learning_rate(cfg, state["step"])
-            loss, n_tokens, norm = (float(v) for v in train_step(src, tgt, np.float32(lr)))
+            # Under MPI the time limit is rank 0's clock, agreed on inside the step's all-reduce.
+            out_of_time = is_root and bool(cfg.max_minutes) and time.time() - start_time > 60 * cfg.max_minutes
+            loss, n_tokens, norm, out_of_time = train_step(order[state["batch_in_epoch"]], lr, out_of_time)
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 bar.close()
                 sys.exit(f"error: step {state['step']}: loss {loss}, gradient norm {norm}; stopping "
@@ -223,8 +243,8 @@ def main(argv):
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.1e}", refresh=False)
             bar.update(1)
 
-            out_of_time = bool(cfg.max_minutes) and time.time() - start_time > 60 * cfg.max_minutes
-            if out_of_time or state["step"] % cfg.eval_interval == 0 or state["step"] == cfg.max_iters:
+            at_eval = out_of_time or state["step"] % cfg.eval_interval == 0 or state["step"] == cfg.max_iters
+            if at_eval and is_root:
                 metrics = evaluate(model, splits["val"], cfg, meta.get("exact_match", False), references)
                 row = {"step": state["step"], "epoch": state["epoch"],
                        "train_loss": window["loss"] / max(1.0, window["tokens"]), **metrics,
@@ -242,11 +262,14 @@ def main(argv):
                 bar.write(f"stopping at step {state['step']}: max_minutes={cfg.max_minutes} reached")
                 break
     except KeyboardInterrupt:
-        bar.write(f"interrupted at step {state['step']}: saving {latest}")
-        save(latest)
+        if is_root:
+            bar.write(f"interrupted at step {state['step']}: saving {latest}")
+            save(latest)
         bar.close()
         return 0
     bar.close()
+    if not is_root:
+        return 0
     if state["step"] > start_step:
         save(latest)
     print(f"done: step {state['step']}, best val loss {state['best_val_loss']}, "
@@ -258,5 +281,5 @@ def main(argv):
 if __name__ == "__main__":
     try:
         sys.exit(main(sys.argv[1:]))
-    except (ConfigError, DataError, CheckpointError) as err:
+    except (ConfigError, DataError, CheckpointError, distributed.DivergenceError) as err:
         sys.exit(f"error: {err}")

@@ -1,0 +1,95 @@
+"""Data-parallel training over MPI (mpi4py), used by train.py when launched by mpiexec:
+
+    mpiexec -n 4 python train.py <the usual flags>
+
+Every rank builds the same model and walks the same global batch order (a function of
+(seed, epoch)); rank r takes rows r, r+N, r+2N, ... of each global batch. Each rank computes
+the gradient of its shard's *summed* token loss with its compiled function; one Allreduce on
+one flat float32 buffer sums the gradients of every parameter, the token loss and the token
+count (and a stop flag) across ranks. Dividing by the global token count gives exactly the
+gradient of the global batch's mean loss, so N ranks with global batch B follow one process
+with batch B. Every rank then applies the same clipped optimizer update, so the parameters stay
+identical; a checksum comparison every `check_interval` steps stops the job if they do not.
+
+Plain `python train.py` never imports mpi4py.
+"""
+import os
+
+import numpy as np
+
+# Set by MPI launchers: MPICH/hydra and Intel MPI (PMI_*), Open MPI, PMIx (srun --mpi=pmix).
+LAUNCHER_VARIABLES = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
+
+
+class DivergenceError(RuntimeError):
+    """The ranks' parameters differ; the message names the step and the checksums."""
+
+
+def world():
+    """MPI.COMM_WORLD when launched by an MPI launcher with more than one process, else None."""
+    if not any(name in os.environ for name in LAUNCHER_VARIABLES):
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise SystemExit("error: started by an MPI launcher but mpi4py is not installed "
+                         "(pip install -r requirements-mpi.txt)") from None
+    comm = MPI.COMM_WORLD
+    return comm if comm.Get_size() > 1 else None
+
+
+def checksum(model):
+    """A float64 fingerprint of every parameter; identical params give identical sums."""
+    return float(sum(np.sum(p.get_value(borrow=True), dtype=np.float64) for p in model.params))
+
+
+class DataParallelStep:
+    """`step(indices, lr, stop) -> (loss, n_tokens, grad_norm, stop)` for one global batch.
+
+    loss and n_tokens are global (every rank gets the same); `stop` is True on every rank if
+    it was True on any, which keeps decisions such as a time limit in step across ranks.
+    """
+
+    def __init__(self, model, comm, batcher, optimizer="adam", grad_clip=1.0, check_interval=100):
+        self.model, self.comm, self.batcher = model, comm, batcher
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.grad_fn = model.compile_grad()
+        self.apply_fn = model.compile_apply(optimizer, grad_clip)
+        self.shapes = [p.get_value(borrow=True).shape for p in model.params]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.buffer = np.zeros(sum(self.sizes) + 3, dtype=np.float32)  # grads, nll, tokens, stop
+        self.check_interval = check_interval
+        self.steps = 0
+
+    def bytes_per_step(self):
+        return self.buffer.nbytes
+
+    def __call__(self, indices, lr, stop=False):
+        from mpi4py import MPI
+
+        shard = indices[self.rank :: self.size]
+        buf = self.buffer
+        if len(shard):
+            nll, n_tokens, *grads = self.grad_fn(*self.batcher.batch(shard))
+            np.concatenate([g.ravel() for g in grads], out=buf[:-3])
+            buf[-3:] = (nll, n_tokens, float(stop))
+        else:  # a global batch smaller than the number of ranks
+            buf[:] = 0.0
+            buf[-1] = float(stop)
+        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)  # the one collective per step
+        nll, n_tokens, stop = float(buf[-3]), float(buf[-2]), bool(buf[-1] > 0)
+        grads, start = [], 0
+        for shape, size in zip(self.shapes, self.sizes):
+            grads.append(buf[start : start + size].reshape(shape))
+            start += size
+        norm = float(self.apply_fn(np.float32(lr), np.float32(1.0 / max(n_tokens, 1.0)), *grads))
+        self.steps += 1
+        if self.check_interval and self.steps % self.check_interval == 0:
+            self.check_identical()
+        return nll / max(n_tokens, 1.0), n_tokens, norm, stop
+
+    def check_identical(self):
+        sums = self.comm.allgather(checksum(self.model))
+        if len(set(sums)) > 1:
+            raise DivergenceError(f"parameters differ across ranks after {self.steps} steps of this "
+                                  f"run: checksums {sums}")

@@ -1,0 +1,99 @@
+"""Data-parallel training under mpiexec: 2 ranks follow 1 process exactly, a dead rank stops
+the job instead of hanging it, and its last checkpoint resumes with another rank count."""
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from model import read_npz
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(MPIEXEC) or importlib.util.find_spec("mpi4py") is None,
+    reason="needs mpi4py and mpich (pip install -r requirements-mpi.txt)",
+)
+FLAGS = ["--embed_size=8", "--hidden_size=16", "--batch_size=8", "--eval_exact_match=0", "--num_samples=0",
+         "--max_minutes=0", "--learning_rate=0.01", "--min_lr=0.01", "--warmup_iters=0", "--mpi_check_interval=2"]
+
+
+def train_cmd(data, out, *extra):
+    return [sys.executable, os.path.join(ROOT, "train.py"), f"--dataset={data}", f"--out_dir={out}", *FLAGS, *extra]
+
+
+def run(cmd, timeout=600):
+    # Each process is given one BLAS thread so that two ranks fit on two cores.
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout, env=env)
+    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reverse_mpi")
+    run([sys.executable, os.path.join(ROOT, "data/reverse/prepare.py"), "--out_dir", str(folder),
+         "--n_train", "200", "--n_heldout", "20", "--max_len", "6"])
+    return str(folder)
+
+
+def rows(out):
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_two_ranks_equal_one_process(data, tmp_path):
+    single, parallel = tmp_path / "single", tmp_path / "mpi"
+    run(train_cmd(data, single, "--max_iters=6", "--eval_interval=2"))
+    proc = run([MPIEXEC, "-n", "2", *train_cmd(data, parallel, "--max_iters=6", "--eval_interval=2")])
+    assert "2 MPI ranks" in proc.stdout
+    a, b = rows(single), rows(parallel)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [2, 4, 6]
+    for ra, rb in zip(a, b):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], abs=1e-5)
+        assert rb["val_loss"] == pytest.approx(ra["val_loss"], abs=1e-5)
+    pa, pb = read_npz(single / "ckpt_latest.npz"), read_npz(parallel / "ckpt_latest.npz")
+    for key in (k for k in pa if k.startswith(("param/", "opt/"))):
+        np.testing.assert_allclose(pb[key], pa[key], atol=1e-5, err_msg=key)
+
+
+def rank_pid(rank, marker):
+    """The pid of the MPI rank `rank` whose command line contains `marker`."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in cmdline and b"train.py" in cmdline and f"PMI_RANK={rank}".encode() in environ:
+            return int(pid)
+    return None
+
+
+def test_a_dead_rank_stops_the_job_and_the_checkpoint_resumes(data, tmp_path):
+    out = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    job = subprocess.Popen([MPIEXEC, "-n", "2", *train_cmd(data, out, "--max_iters=100000", "--eval_interval=2")],
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (out / "ckpt_latest.npz").exists():
+            assert job.poll() is None and time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.5)
+        pid = rank_pid(1, str(out))
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        job.wait(timeout=60)  # a hang would time out here
+        assert job.returncode != 0
+    finally:
+        if job.poll() is None:
+            job.kill()
+    step = json.loads(str(read_npz(out / "ckpt_latest.npz")["meta"]))["state"]["step"]
+    run(train_cmd(data, out, "--init_from=resume", f"--max_iters={step + 2}", "--eval_interval=2"))
+    assert rows(out)[-1]["step"] == step + 2
