@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -504,6 +505,8 @@ def atomic_savez(path, arrays):
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        if os.environ.get("SEQ2SEQ_TEST_SLOW_SAVE"):  # fault-injection tests kill us here
+            time.sleep(float(os.environ["SEQ2SEQ_TEST_SLOW_SAVE"]))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -29,6 +29,10 @@ from model import CheckpointError, Model, ModelConfig
 from vocab import EOS_ID
 
 
+# With skip_nonfinite, this many non-finite batches in a row mean the model has diverged.
+MAX_SKIPPED_IN_A_ROW = 20
+
+
 @dataclass
 class TrainConfig:
     dataset: str = setting("kjv", "a folder under data/ written by its prepare.py, or a path")
@@ -49,6 +53,7 @@ class TrainConfig:
     max_decode_len: int = setting(60, "longest decoded output")
     seed: int = setting(1337, "data order; the batch order is fixed by (seed, epoch)")
     mode: str = setting(backend.DEFAULT_MODE, f"compile mode: {', '.join(backend.MODES)}")
+    skip_nonfinite: bool = setting(False, "skip a batch whose loss or gradient is NaN/inf (counted) instead of stopping")
     mpi_check_interval: int = setting(100, "under mpiexec: compare the ranks' parameters this often; 0 = never")
 
 
@@ -184,7 +189,8 @@ def main(argv):
     else:
         mcfg.src_vocab_size, mcfg.tgt_vocab_size = len(src_vocab), len(tgt_vocab)
         model = Model(mcfg, src_vocab, tgt_vocab, mode=cfg.mode)
-        state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val_loss": None, "tokens": 0}
+        state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val_loss": None, "tokens": 0,
+                 "skipped_nonfinite": 0}
         if is_root:
             os.makedirs(cfg.out_dir, exist_ok=True)
             open(log_path, "w").close()
@@ -211,12 +217,16 @@ def main(argv):
     def save(path):
         state["train_config"] = dataclasses.asdict(cfg)
         state["data"] = {"dataset": cfg.dataset, "reverse_source": bool(meta.get("reverse_source"))}
-        model.save(path, state)
+        try:
+            model.save(path, state)
+        except OSError as err:  # disk full, unwritable folder: the previous file is untouched
+            raise CheckpointError(f"cannot write {path} ({err.strerror or err}); "
+                                  "the checkpoint already there, if any, is unchanged") from None
 
     # SIGTERM (a scheduler's kill) behaves like Ctrl-C: checkpoint, then exit cleanly.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     order = batcher.epoch(state["epoch"])
-    start_step, start_time = state["step"], time.time()
+    start_step, start_time, skipped_in_a_row = state["step"], time.time(), 0
     window = {"loss": 0.0, "tokens": 0.0, "steps": 0, "time": time.time()}
     # Redraw twice a second on a terminal; every 30 s in a log file, which keeps it readable.
     bar = tqdm(total=cfg.max_iters, initial=start_step, unit="step", dynamic_ncols=True,
@@ -230,9 +240,17 @@ def main(argv):
             # Under MPI the time limit is rank 0's clock, agreed on inside the step's all-reduce.
             out_of_time = is_root and bool(cfg.max_minutes) and time.time() - start_time > 60 * cfg.max_minutes
             loss, n_tokens, norm, out_of_time = train_step(order[state["batch_in_epoch"]], lr, out_of_time)
-            if not (math.isfinite(loss) and math.isfinite(norm)):
+            finite = math.isfinite(loss) and math.isfinite(norm)
+            skipped_in_a_row = 0 if finite else skipped_in_a_row + 1
+            if not finite and cfg.skip_nonfinite and skipped_in_a_row < MAX_SKIPPED_IN_A_ROW:
+                # The compiled step left the params as they were; move on to the next batch.
+                state["batch_in_epoch"] += 1
+                state["skipped_nonfinite"] = state.get("skipped_nonfinite", 0) + 1
+                continue
+            if not finite:
                 bar.close()
-                sys.exit(f"error: step {state['step']}: loss {loss}, gradient norm {norm}; stopping "
+                why = f"{skipped_in_a_row} batches in a row" if cfg.skip_nonfinite else f"gradient norm {norm}"
+                sys.exit(f"error: step {state['step']}: loss {loss}, {why}; stopping "
                          f"(params were not updated). Last good checkpoint: {latest}")
             state["step"], state["batch_in_epoch"] = state["step"] + 1, state["batch_in_epoch"] + 1
             state["tokens"] += int(n_tokens)
@@ -248,7 +266,8 @@ def main(argv):
                 metrics = evaluate(model, splits["val"], cfg, meta.get("exact_match", False), references)
                 row = {"step": state["step"], "epoch": state["epoch"],
                        "train_loss": window["loss"] / max(1.0, window["tokens"]), **metrics,
-                       "lr": lr, "tokens_per_s": rate, "elapsed_s": time.time() - start_time}
+                       "lr": lr, "tokens_per_s": rate, "elapsed_s": time.time() - start_time,
+                       "skipped_nonfinite": state.get("skipped_nonfinite", 0)}
                 with open(log_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
                 plot_log(log_path, os.path.join(cfg.out_dir, "loss.png"))

@@ -66,6 +66,8 @@ def test_sample_from_checkpoint(smoke_run):
     assert proc.stdout.count("log p =") == 2  # greedy: one output per input
     proc = run("sample.py", f"--out_dir={out}", "--start=   ")
     assert "no words in this input" in proc.stdout
+    proc = run("sample.py", f"--out_dir={out}", "--start=qqq zzz", "--temperature=0")
+    assert "every word is outside the vocabulary" in proc.stdout and "log p =" in proc.stdout
 
 
 def test_resume_continues_exactly(tiny_data, tmp_path):

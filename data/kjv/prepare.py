@@ -35,12 +35,16 @@ def read_verses(path):
     """[(book, chapter, text)] in file order; placeholder verses ("[]") are dropped."""
     verses = []
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")
     except OSError as err:
         sys.exit(f"error: {path}: {err.strerror}")
     with f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                sys.exit(f"error: {path}:{line_no}: not UTF-8 ({err.reason} at column {err.start + 1})")
+            if not line.strip():  # blank lines are skipped
                 continue
             try:
                 row = json.loads(line)
@@ -87,6 +91,10 @@ def main(argv=None):
         if book == next_book:
             raw[split_of.get((book, ch), "train")].append((tokens[i], tokens[i + 1]))
 
+    for name, pairs in raw.items():
+        if not pairs:
+            sys.exit(f"error: {source}: no {name} pairs; the corpus has too few chapters "
+                     f"for --val_frac {args.val_frac} and --test_frac {args.test_frac}")
     vocab = Vocab.build([t for pair in raw["train"] for t in pair], args.vocab_size)
     os.makedirs(args.out_dir, exist_ok=True)
     counts, unk_rates = {}, {}
