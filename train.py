@@ -112,6 +112,14 @@ def evaluate(model, pairs, cfg, exact_match, references=None):
     return metrics
 
 
+def logged_step(line):
+    """The step of a log.jsonl line; infinity for a line a crash cut short."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 def plot_log(log_path, png_path):
     """loss.png: train and val loss against step, from log.jsonl."""
     import matplotlib
@@ -180,9 +188,10 @@ def main(argv):
         if model.tgt_vocab.itos != tgt_vocab.itos or model.src_vocab.itos != src_vocab.itos:
             raise DataError(f"{data_dir}: its vocabulary differs from the checkpoint's; "
                             "re-run its prepare.py with the settings the run used")
-        # Evaluations logged after the checkpoint (a crash in between) would be repeated.
+        # Evaluations logged after the checkpoint (a crash in between) would be repeated; a
+        # line cut short by a crash is dropped too.
         rows = [] if not os.path.exists(log_path) else [
-            line for line in open(log_path, encoding="utf-8") if json.loads(line)["step"] <= state["step"]]
+            line for line in open(log_path, encoding="utf-8") if logged_step(line) <= state["step"]]
         if is_root:
             with open(log_path, "w", encoding="utf-8") as f:
                 f.writelines(rows)
@@ -223,8 +232,17 @@ def main(argv):
             raise CheckpointError(f"cannot write {path} ({err.strerror or err}); "
                                   "the checkpoint already there, if any, is unchanged") from None
 
-    # SIGTERM (a scheduler's kill) behaves like Ctrl-C: checkpoint, then exit cleanly.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C and SIGTERM (a scheduler's kill) only raise a flag; the loop saves and exits at
+    # the end of the current step, never from the middle of a write. A second one stops at once.
+    stop_signals = []
+
+    def on_signal(signum, frame):
+        if stop_signals:
+            raise KeyboardInterrupt
+        stop_signals.append(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     order = batcher.epoch(state["epoch"])
     start_step, start_time, skipped_in_a_row = state["step"], time.time(), 0
     window = {"loss": 0.0, "tokens": 0.0, "steps": 0, "time": time.time()}
@@ -237,55 +255,60 @@ def main(argv):
                 state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
                 order = batcher.epoch(state["epoch"])
             lr = learning_rate(cfg, state["step"])
-            # Under MPI the time limit is rank 0's clock, agreed on inside the step's all-reduce.
-            out_of_time = is_root and bool(cfg.max_minutes) and time.time() - start_time > 60 * cfg.max_minutes
-            loss, n_tokens, norm, out_of_time = train_step(order[state["batch_in_epoch"]], lr, out_of_time)
+            # Under MPI every rank must stop at the same step: the request travels in the
+            # step's all-reduce, and the time limit is rank 0's clock.
+            timed_out = is_root and bool(cfg.max_minutes) and time.time() - start_time > 60 * cfg.max_minutes
+            loss, n_tokens, norm, stop = train_step(order[state["batch_in_epoch"]], lr, timed_out or bool(stop_signals))
+            interrupted = stop and not timed_out  # a signal, on this rank or another
             finite = math.isfinite(loss) and math.isfinite(norm)
             skipped_in_a_row = 0 if finite else skipped_in_a_row + 1
             if not finite and cfg.skip_nonfinite and skipped_in_a_row < MAX_SKIPPED_IN_A_ROW:
                 # The compiled step left the params as they were; move on to the next batch.
                 state["batch_in_epoch"] += 1
                 state["skipped_nonfinite"] = state.get("skipped_nonfinite", 0) + 1
-                continue
-            if not finite:
+            elif not finite:
                 bar.close()
                 why = f"{skipped_in_a_row} batches in a row" if cfg.skip_nonfinite else f"gradient norm {norm}"
                 sys.exit(f"error: step {state['step']}: loss {loss}, {why}; stopping "
                          f"(params were not updated). Last good checkpoint: {latest}")
-            state["step"], state["batch_in_epoch"] = state["step"] + 1, state["batch_in_epoch"] + 1
-            state["tokens"] += int(n_tokens)
-            window["loss"] += loss * n_tokens
-            window["tokens"] += n_tokens
-            window["steps"] += 1
-            rate = window["tokens"] / max(1e-9, time.time() - window["time"])
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.1e}", refresh=False)
-            bar.update(1)
-
-            at_eval = out_of_time or state["step"] % cfg.eval_interval == 0 or state["step"] == cfg.max_iters
-            if at_eval and is_root:
-                metrics = evaluate(model, splits["val"], cfg, meta.get("exact_match", False), references)
-                row = {"step": state["step"], "epoch": state["epoch"],
-                       "train_loss": window["loss"] / max(1.0, window["tokens"]), **metrics,
-                       "lr": lr, "tokens_per_s": rate, "elapsed_s": time.time() - start_time,
-                       "skipped_nonfinite": state.get("skipped_nonfinite", 0)}
-                with open(log_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
-                plot_log(log_path, os.path.join(cfg.out_dir, "loss.png"))
-                bar.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-                if state["best_val_loss"] is None or metrics["val_loss"] < state["best_val_loss"]:
-                    state["best_val_loss"] = metrics["val_loss"]
-                    save(best)
-                save(latest)
-                window = {"loss": 0.0, "tokens": 0.0, "steps": 0, "time": time.time()}
-            if out_of_time:
+            else:
+                state["step"], state["batch_in_epoch"] = state["step"] + 1, state["batch_in_epoch"] + 1
+                state["tokens"] += int(n_tokens)
+                window["loss"] += loss * n_tokens
+                window["tokens"] += n_tokens
+                window["steps"] += 1
+                rate = window["tokens"] / max(1e-9, time.time() - window["time"])
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.1e}", refresh=False)
+                bar.update(1)
+                at_eval = timed_out or state["step"] % cfg.eval_interval == 0 or state["step"] == cfg.max_iters
+                if at_eval and is_root:
+                    metrics = evaluate(model, splits["val"], cfg, meta.get("exact_match", False), references)
+                    row = {"step": state["step"], "epoch": state["epoch"],
+                           "train_loss": window["loss"] / max(1.0, window["tokens"]), **metrics,
+                           "lr": lr, "tokens_per_s": rate, "elapsed_s": time.time() - start_time,
+                           "skipped_nonfinite": state.get("skipped_nonfinite", 0)}
+                    with open(log_path, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(row) + "\n")
+                    plot_log(log_path, os.path.join(cfg.out_dir, "loss.png"))
+                    bar.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+                    if state["best_val_loss"] is None or metrics["val_loss"] < state["best_val_loss"]:
+                        state["best_val_loss"] = metrics["val_loss"]
+                        save(best)
+                    save(latest)
+                    window = {"loss": 0.0, "tokens": 0.0, "steps": 0, "time": time.time()}
+            if interrupted:
+                if is_root:
+                    why = stop_signals[0] if stop_signals else "another rank was signalled"
+                    bar.write(f"interrupted at step {state['step']} ({why}): saving {latest}")
+                    save(latest)
+                bar.close()
+                return 0
+            if stop:
                 bar.write(f"stopping at step {state['step']}: max_minutes={cfg.max_minutes} reached")
                 break
     except KeyboardInterrupt:
-        if is_root:
-            bar.write(f"interrupted at step {state['step']}: saving {latest}")
-            save(latest)
         bar.close()
-        return 0
+        sys.exit(f"error: interrupted twice: stopped at once without saving; {latest} is the last checkpoint")
     bar.close()
     if not is_root:
         return 0
