@@ -29,7 +29,7 @@ sample: $(VENV)/.installed
 	$(PY) sample.py
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
 
 clean:
 	rm -rf out .pytensor_cache .pytest_cache

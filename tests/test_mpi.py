@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
+from helpers import ROOT, log_rows as rows, run_command
 from model import read_npz
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 pytestmark = pytest.mark.skipif(
     not os.path.exists(MPIEXEC) or importlib.util.find_spec("mpi4py") is None,
@@ -27,25 +27,14 @@ def train_cmd(data, out, *extra):
     return [sys.executable, os.path.join(ROOT, "train.py"), f"--dataset={data}", f"--out_dir={out}", *FLAGS, *extra]
 
 
-def run(cmd, timeout=600):
-    # Each process is given one BLAS thread so that two ranks fit on two cores.
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout, env=env)
-    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-    return proc
+def run(cmd):
+    # One BLAS thread per process, so that two ranks fit on two cores.
+    return run_command(cmd, env=dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"))
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("reverse_mpi")
-    run([sys.executable, os.path.join(ROOT, "data/reverse/prepare.py"), "--out_dir", str(folder),
-         "--n_train", "200", "--n_heldout", "20", "--max_len", "6"])
-    return str(folder)
-
-
-def rows(out):
-    with open(os.path.join(out, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
+@pytest.fixture
+def data(tiny_reverse):
+    return tiny_reverse
 
 
 def test_two_ranks_equal_one_process(data, tmp_path):

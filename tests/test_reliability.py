@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
+from helpers import ROOT, log_rows, run_command as run
 from model import Model, read_npz
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "data", "kjv"))
 import prepare as kjv_prepare  # noqa: E402
 
@@ -26,19 +26,9 @@ def train_cmd(data, out, *extra):
     return [sys.executable, os.path.join(ROOT, "train.py"), f"--dataset={data}", f"--out_dir={out}", *TINY, *extra]
 
 
-def run(cmd, check=True, env=None):
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("reverse_faults")
-    run([sys.executable, os.path.join(ROOT, "data/reverse/prepare.py"), "--out_dir", str(folder),
-         "--n_train", "200", "--n_heldout", "20", "--max_len", "6"])
-    return str(folder)
+@pytest.fixture
+def data(tiny_reverse):
+    return tiny_reverse
 
 
 def params_of(path):
@@ -47,7 +37,7 @@ def params_of(path):
 
 
 def test_sigkill_at_random_moments_loses_nothing_since_the_last_checkpoint(data, tmp_path):
-    steps = 12
+    steps = 10
     reference = tmp_path / "reference"
     run(train_cmd(data, reference, f"--max_iters={steps}", "--eval_interval=1"))
     out = tmp_path / "killed"
@@ -56,7 +46,7 @@ def test_sigkill_at_random_moments_loses_nothing_since_the_last_checkpoint(data,
     env = dict(os.environ, SEQ2SEQ_TEST_SLOW_SAVE="0.3")
     rng = np.random.default_rng(0)
     kills, steps_seen = 0, []
-    for attempt in range(4):
+    for attempt in range(3):
         resume = ["--init_from=resume"] if (out / "ckpt_latest.npz").exists() else []
         job = subprocess.Popen(train_cmd(data, out, f"--max_iters={steps}", "--eval_interval=1", *resume),
                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -75,7 +65,7 @@ def test_sigkill_at_random_moments_loses_nothing_since_the_last_checkpoint(data,
         kills += 1
         model = Model.load(out / "ckpt_latest.npz")  # every kill leaves a loadable checkpoint
         steps_seen.append(model.checkpoint_state["step"])
-    assert kills >= 3, f"only {kills} kills landed"
+    assert kills >= 2, f"only {kills} kills landed"
     assert steps_seen == sorted(steps_seen) and steps_seen[-1] < steps
     run(train_cmd(data, out, f"--max_iters={steps}", "--eval_interval=1", "--init_from=resume"))
     a, b = params_of(reference / "ckpt_latest.npz"), params_of(out / "ckpt_latest.npz")
@@ -152,7 +142,7 @@ def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(data, tmp_path):
     arrays["param/src_embed.W"] = poisoned
     np.savez(out / "ckpt_latest.npz", **arrays)
     run(train_cmd(data, out, "--init_from=resume", "--max_iters=14", "--eval_interval=12", "--skip_nonfinite=true"))
-    last = [json.loads(line) for line in open(out / "log.jsonl")][-1]
+    last = log_rows(out)[-1]
     assert last["step"] == 14 and last["skipped_nonfinite"] > 0
     # Blown-up weights make every batch non-finite: that stops after 20 in a row.
     proc = run(train_cmd(data, tmp_path / "diverged", "--max_iters=60", "--eval_interval=100",

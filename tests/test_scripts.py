@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from helpers import ROOT, log_rows
 from model import read_npz
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--embed_size=8", "--hidden_size=16", "--batch_size=8", "--eval_exact_match=20",
         "--num_samples=2", "--max_decode_len=10", "--max_minutes=0"]
 CONSTANT_LR = ["--learning_rate=0.005", "--min_lr=0.005", "--warmup_iters=0"]
@@ -25,10 +25,8 @@ def run(script, *args, stdin=None, check=True):
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("reverse_tiny")
-    run("data/reverse/prepare.py", "--out_dir", folder, "--n_train", 200, "--n_heldout", 20, "--max_len", 6)
-    return str(folder)
+def tiny_data(tiny_reverse):
+    return tiny_reverse
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +34,6 @@ def smoke_run(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     proc = run("train.py", f"--dataset={tiny_data}", f"--out_dir={out}", "--max_iters=4", "--eval_interval=2", *TINY)
     return out, proc
-
-
-def log_rows(out_dir):
-    with open(os.path.join(out_dir, "log.jsonl"), encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
 
 
 def test_train_smoke_writes_log_plot_and_checkpoints(smoke_run):
