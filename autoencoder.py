@@ -29,7 +29,6 @@ one mask per sequence for all timesteps, in training only.
 """
 import io
 import json
-import math
 import os
 import tempfile
 import zipfile

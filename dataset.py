@@ -15,6 +15,14 @@ from vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
 SPLITS = ("train", "val", "test")
 
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def dataset_dir(name):
+    """The folder of a prepared dataset: a name under data/ (kjv, reverse, ...) or a path."""
+    return name if os.sep in name else os.path.join(ROOT, "data", name)
+
+
 class DataError(ValueError):
     """Prepared data that is missing or malformed; the message names the file."""
 

@@ -51,6 +51,9 @@ class DataParallelStep:
     """
 
     def __init__(self, model, comm, batcher, optimizer="adam", grad_clip=1.0, check_interval=100):
+        from mpi4py import MPI
+
+        self.MPI = MPI
         self.model, self.comm, self.batcher = model, comm, batcher
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.grad_fn = model.compile_grad()
@@ -65,8 +68,7 @@ class DataParallelStep:
         return self.buffer.nbytes
 
     def __call__(self, indices, lr, stop=False):
-        from mpi4py import MPI
-
+        MPI = self.MPI
         shard = indices[self.rank :: self.size]
         buf = self.buffer
         if len(shard):

@@ -19,8 +19,8 @@ import numpy as np
 import backend
 from beam import beam_search
 from configurator import ConfigError, configure, require, setting
-from dataset import DataError, eval_batches, load_dataset, make_batch
-from model import CheckpointError, Model
+from dataset import DataError, dataset_dir, eval_batches, load_dataset, make_batch
+from model import CheckpointError, Model, checkpoint_path
 
 
 @dataclass
@@ -76,11 +76,9 @@ def main(argv):
     require(cfg.split in ("val", "test"), f"split={cfg.split!r}: use val or test")
     require(cfg.beam_size >= 1, f"beam_size={cfg.beam_size}: must be at least 1")
     require(cfg.batch_size > 0 and cfg.max_len > 0, "batch_size and max_len must be positive")
-    path = cfg.ckpt if cfg.ckpt.endswith(".npz") else os.path.join(cfg.out_dir, f"ckpt_{cfg.ckpt}.npz")
+    path = checkpoint_path(cfg.out_dir, cfg.ckpt)
     model = Model.load(path, mode=cfg.mode)
-    dataset = model.checkpoint_state.get("data", {}).get("dataset", "kjv_es")
-    root = os.path.dirname(os.path.abspath(__file__))
-    data_dir = dataset if os.sep in dataset else os.path.join(root, "data", dataset)
+    data_dir = dataset_dir(model.checkpoint_state.get("data", {}).get("dataset", "kjv_es"))
     _, _, _, splits = load_dataset(data_dir)
     pairs = splits[cfg.split]
     references = read_references(data_dir, cfg.split, len(pairs))

@@ -482,6 +482,11 @@ class Model:
         self._pending_opt_state = {}
 
 
+def checkpoint_path(out_dir, ckpt):
+    """`ckpt` is best, latest (<out_dir>/ckpt_<name>.npz) or a path to an .npz."""
+    return ckpt if ckpt.endswith(".npz") else os.path.join(out_dir, f"ckpt_{ckpt}.npz")
+
+
 def read_npz(path):
     """All arrays of an .npz as a dict, refusing pickled objects; errors name the file."""
     try:

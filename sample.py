@@ -11,7 +11,6 @@ greedily when temperature is 0, else by sampling at that temperature. With beam_
 beam search gives one output per line instead. --plot_attention saves a source x output
 heatmap of the attention weights for the first input (attention models).
 """
-import os
 import sys
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ import numpy as np
 import backend
 from configurator import ConfigError, configure, require, setting
 from dataset import pad_batch
-from model import CheckpointError, Model
+from model import CheckpointError, Model, checkpoint_path
 from vocab import EOS_ID, PAD_ID, UNK_ID, tokenize
 from beam import beam_search
 
@@ -47,7 +46,7 @@ def main(argv):
     require(cfg.max_len > 0, f"max_len={cfg.max_len}: must be positive")
     require(cfg.temperature >= 0, f"temperature={cfg.temperature}: must not be negative")
     require(cfg.beam_size >= 1, f"beam_size={cfg.beam_size}: must be at least 1")
-    path = cfg.ckpt if cfg.ckpt.endswith(".npz") else os.path.join(cfg.out_dir, f"ckpt_{cfg.ckpt}.npz")
+    path = checkpoint_path(cfg.out_dir, cfg.ckpt)
     model = Model.load(path, mode=cfg.mode)
     if model.src_vocab is None or model.tgt_vocab is None:
         raise CheckpointError(f"{path}: holds no vocabulary, so text cannot be encoded")

@@ -23,9 +23,9 @@ import numpy as np
 import backend
 import distributed
 from configurator import ConfigError, configure, require, setting
-from dataset import Batcher, DataError, eval_batches, load_dataset, make_batch
+from dataset import Batcher, DataError, dataset_dir, eval_batches, load_dataset, make_batch
 from evaluate import read_references, score, translate
-from model import CheckpointError, Model, ModelConfig
+from model import CheckpointError, Model, ModelConfig, checkpoint_path
 from vocab import EOS_ID
 
 
@@ -167,7 +167,7 @@ def main(argv):
     comm = distributed.world()  # None unless started by mpiexec with several processes
     is_root = comm is None or comm.Get_rank() == 0  # only rank 0 logs and writes files
     say = print if is_root else (lambda *args, **kwargs: None)
-    latest, best = (os.path.join(cfg.out_dir, f"ckpt_{n}.npz") for n in ("latest", "best"))
+    latest, best = (checkpoint_path(cfg.out_dir, name) for name in ("latest", "best"))
     log_path = os.path.join(cfg.out_dir, "log.jsonl")
     if cfg.init_from == "resume":
         model = Model.load(latest, mode=cfg.mode)
@@ -180,8 +180,7 @@ def main(argv):
         require(not changed, f"cannot change architecture settings on resume: {', '.join(changed)}")
         check(cfg, model.config)
 
-    root = os.path.dirname(os.path.abspath(__file__))
-    data_dir = cfg.dataset if os.sep in cfg.dataset else os.path.join(root, "data", cfg.dataset)
+    data_dir = dataset_dir(cfg.dataset)
     meta, src_vocab, tgt_vocab, splits = load_dataset(data_dir)
     references = read_references(data_dir, "val", len(splits["val"])) if meta.get("bleu") else None
     if cfg.init_from == "resume":
