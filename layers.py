@@ -14,6 +14,7 @@ Time is axis 0 everywhere.
 import numpy as np
 
 import backend  # noqa: F401  (sets floatX before pytensor is used)
+import kernels
 import pytensor
 import pytensor.tensor as pt
 
@@ -216,9 +217,21 @@ class GRU(Recurrent):
 
     n_gates = 3
 
-    def __init__(self, inputSize, hiddenSize, name="gru", rng=None, reset_after=False):
+    def __init__(self, inputSize, hiddenSize, name="gru", rng=None, reset_after=False, fused=True):
         super().__init__(inputSize, hiddenSize, name, rng)
         self.reset_after = reset_after
+        self.fused = fused
+
+    def scan(self, x_proj, mask, init=None, go_backwards=False):
+        """As Recurrent.scan. With `fused` (the default) the whole time loop is one op,
+        kernels.GRUSequence, with the same equations and masking and a hand-written backward
+        pass: 3-4x faster than scan on CPU (README, Performance). fused=False is scan."""
+        if not self.fused:
+            return super().scan(x_proj, mask, init, go_backwards)
+        h0 = init[0] if init is not None else self.zeros(x_proj.shape[1])[0]
+        if go_backwards:  # scan's convention: states come out in the order computed
+            x_proj, mask = x_proj[::-1], mask[::-1]
+        return [kernels.gru_sequence(x_proj, mask, h0, self.U, self.reset_after)]
 
     # recur(x_proj_t, h_prev): x_proj_t (B, 3H) is this step's input projection.
     def recur(self, x_t, h_prev):

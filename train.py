@@ -306,9 +306,9 @@ def main(argv):
                 bar.write(f"stopping at step {state['step']}: max_minutes={cfg.max_minutes} reached")
                 break
     except KeyboardInterrupt:
-        bar.close()
         sys.exit(f"error: interrupted twice: stopped at once without saving; {latest} is the last checkpoint")
-    bar.close()
+    finally:  # also before an error (e.g. an unwritable checkpoint) is printed below the bar
+        bar.close()
     if not is_root:
         return 0
     if state["step"] > start_step:

@@ -58,3 +58,94 @@ class TorchSeq2Seq(torch.nn.Module):
         logits = readout @ self["ffout.W"] + self["ffout.b"]  # (T, B, V)
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1), reduction="none")
         return (nll * tgt_mask.reshape(-1)).sum() / tgt_mask.sum()
+
+    @torch.no_grad()
+    def greedy(self, src, max_len):
+        """Greedy decoding for max_len steps (no early stop); returns the last ids (B,)."""
+        H, E = self.H, self.E
+        x_proj = self["src_embed.W"][src] @ self["encoder.W"] + self["encoder.b"]
+        h = torch.zeros(src.shape[1], H)
+        for t in range(src.shape[0]):
+            h = cho_gru_step(x_proj[t], h, self["encoder.U"], H)
+        c = h
+        W, Wr = self["decoder.W"], self["readout.W"]
+        c_proj, c_out = c @ W[E:] + self["decoder.b"], c @ Wr[H + E :] + self["readout.b"]
+        h = torch.tanh(c @ self["init.W"] + self["init.b"])
+        y = torch.full((src.shape[1],), 1, dtype=torch.int64)
+        for _ in range(max_len):
+            emb = self["tgt_embed.W"][y]
+            h = cho_gru_step(emb @ W[:E] + c_proj, h, self["decoder.U"], H)
+            readout = torch.tanh(h @ Wr[:H] + emb @ Wr[H : H + E] + c_out)
+            y = (readout @ self["ffout.W"] + self["ffout.b"]).argmax(1)
+        return y
+
+
+class TorchGRUModel(torch.nn.Module):
+    """The same architecture written with fused nn.GRU layers, as a PyTorch user would.
+
+    nn.GRU applies the reset gate after the recurrent matmul (model.ModelConfig.reset_after).
+    The decoder reads [embedding; c] as its input at every step. `from_model` copies a
+    reset_after Model's weights (tests/test_torch_reference.py checks the two agree)."""
+
+    def __init__(self, E, H, V):
+        super().__init__()
+        nn = torch.nn
+        self.src_embed, self.tgt_embed = nn.Embedding(V, E), nn.Embedding(V, E)
+        self.encoder = nn.GRU(E, H)
+        self.init = nn.Linear(H, H)
+        self.decoder = nn.GRU(E + H, H)
+        self.readout, self.readout_c = nn.Linear(H + E, E), nn.Linear(H, E, bias=False)
+        self.out = nn.Linear(E, V)
+
+    @classmethod
+    def from_model(cls, model):
+        """Copy a PyTensor Model (reset_after=True, no attention, one encoder layer)."""
+        cfg = model.config
+        E, H, V = cfg.embed_size, cfg.hidden_size, cfg.tgt_vocab_size
+        new = cls(E, H, V)
+        p = {q.name: torch.tensor(q.get_value()) for q in model.params}
+        gates = lambda w: torch.cat([w[..., H : 2 * H], w[..., :H], w[..., 2 * H :]], -1)  # noqa: E731  [z,r,h] -> [r,z,n]
+        with torch.no_grad():
+            new.src_embed.weight.copy_(p["src_embed.W"])
+            new.tgt_embed.weight.copy_(p["tgt_embed.W"])
+            for gru, name in ((new.encoder, "encoder"), (new.decoder, "decoder")):
+                gru.weight_ih_l0.copy_(gates(p[f"{name}.W"]).T)
+                gru.weight_hh_l0.copy_(gates(p[f"{name}.U"]).T)
+                gru.bias_ih_l0.copy_(gates(p[f"{name}.b"]))
+                gru.bias_hh_l0.zero_()  # ours has one bias, outside the reset gate
+            new.init.weight.copy_(p["init.W"].T)
+            new.init.bias.copy_(p["init.b"])
+            Wr = p["readout.W"]
+            new.readout.weight.copy_(Wr[: H + E].T)
+            new.readout.bias.copy_(p["readout.b"])
+            new.readout_c.weight.copy_(Wr[H + E :].T)
+            new.out.weight.copy_(p["ffout.W"].T)
+            new.out.bias.copy_(p["ffout.b"])
+        return new
+
+    def start(self, src):
+        _, c = self.encoder(self.src_embed(src))  # (1, B, H)
+        return c[0], torch.tanh(self.init(c[0]))[None]
+
+    def logits(self, hs, emb, c):
+        return self.out(torch.tanh(self.readout(torch.cat([hs, emb], -1)) + self.readout_c(c)))
+
+    def loss(self, src, tgt):
+        """Mean NLL per target token; no padding (nn.GRU would need packed sequences)."""
+        c, h0 = self.start(src)
+        emb = self.tgt_embed(tgt[:-1])  # (T, B, E)
+        x = torch.cat([emb, c.expand(emb.shape[0], -1, -1)], 2)  # (T, B, E + H)
+        hs, _ = self.decoder(x, h0)
+        logits = self.logits(hs, emb, c[None])
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt[1:].reshape(-1))
+
+    @torch.no_grad()
+    def greedy(self, src, max_len):
+        """Greedy decoding for max_len steps (no early stop); returns the last ids (B,)."""
+        c, h = self.start(src)
+        y = torch.ones(src.shape[1], dtype=torch.int64)
+        for _ in range(max_len):
+            emb = self.tgt_embed(y)
+            _, h = self.decoder(torch.cat([emb, c], 1)[None], h)
+            y = self.logits(h[0], emb, c).argmax(1)
+        return y

@@ -12,10 +12,11 @@ torch = pytest.importorskip("torch")
 import pytensor  # noqa: E402
 import pytensor.tensor as pt  # noqa: E402
 from dataset import make_batch  # noqa: E402
+from vocab import BOS_ID  # noqa: E402
 from model import Model, ModelConfig  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-from torch_reference import TorchSeq2Seq  # noqa: E402
+from torch_reference import TorchGRUModel, TorchSeq2Seq  # noqa: E402
 
 
 def test_loss_and_gradients_match_pytorch():
@@ -35,3 +36,31 @@ def test_loss_and_gradients_match_pytorch():
     assert float(ours[0]) == pytest.approx(torch_loss.item(), abs=1e-5)
     for p, grad in zip(model.params, ours[1:]):
         np.testing.assert_allclose(grad, reference[p.name].grad.numpy(), atol=1e-5, err_msg=p.name)
+
+
+def test_reset_after_model_matches_fused_nn_gru():
+    """The benchmark's nn.GRU model computes the same function as Model(reset_after=True)."""
+    V, E, H, T, B = 30, 6, 9, 5, 4
+    model = Model(ModelConfig(src_vocab_size=V, tgt_vocab_size=V, embed_size=E, hidden_size=H, reset_after=True))
+    rng = np.random.default_rng(1)
+    src = rng.integers(4, V, size=(T, B)).astype("int32")  # no padding: nn.GRU has no mask
+    tgt = rng.integers(4, V, size=(T + 1, B)).astype("int32")
+    tgt[0] = BOS_ID
+    s, t = pt.imatrix(), pt.imatrix()
+    loss, _ = model.loss(s, t)
+    names = ["encoder.U", "decoder.W", "ffout.W"]
+    params = [p for p in model.params if p.name in names]
+    ours = pytensor.function([s, t], [loss] + pytensor.grad(loss, params), mode=model.mode)(src, tgt)
+
+    reference = TorchGRUModel.from_model(model)
+    torch_loss = reference.loss(torch.tensor(src).long(), torch.tensor(tgt).long())
+    torch_loss.backward()
+    assert float(ours[0]) == pytest.approx(torch_loss.item(), abs=1e-5)
+    perm = lambda g: torch.cat([g[..., H : 2 * H], g[..., :H], g[..., 2 * H :]], -1)  # [r,z,n] -> [z,r,h]
+    torch_grads = {
+        "encoder.U": perm(reference.encoder.weight_hh_l0.grad.T),
+        "decoder.W": perm(reference.decoder.weight_ih_l0.grad.T),
+        "ffout.W": reference.out.weight.grad.T,
+    }
+    for p, grad in zip(params, ours[1:]):
+        np.testing.assert_allclose(grad, torch_grads[p.name].numpy(), atol=1e-5, err_msg=p.name)

@@ -1,0 +1,304 @@
+"""Training and greedy-decoding speed of this project's Model against PyTorch, side by side.
+
+    pip install torch==2.13.0            # CPU build; needed by this script only
+    python benchmarks/bench_train.py     # about 10 minutes on 2 cores
+    python benchmarks/bench_train.py --quick
+
+The model: embedding 256, GRU encoder 512, GRU decoder 512 fed c at every step, the deep
+output layer (width 256) and a softmax over 10,000 words; batch 64, source and target length
+30, no padding; masked cross-entropy, full backward pass, SGD with global-norm clipping.
+
+Implementations, each in its own process, run in rotating order for --rounds rounds with the
+same thread settings (OMP/OpenBLAS/MKL threads and torch.set_num_threads):
+- pytensor:          model.Model, Cho's GRU (reset before the recurrent matmul), the default;
+- pytensor_ra:       model.Model with reset_after=True, the nn.GRU convention;
+- torch_gru:         PyTorch with fused nn.GRU layers (reset after; the decoder reads
+                     [embedding; c] as its input, so c's projection is repeated per step);
+- torch_loop:        PyTorch with a hand-written Cho GRU cell in a Python loop
+                     (benchmarks/torch_reference.py), masks and all, as model.Model.
+The ratio column divides by torch_gru, the issue's reference.
+
+Reported per implementation: median training s/step and target tokens/s after warm-up;
+greedy decoding tokens/s (64 sentences, 30 steps); compile time, cold (empty compile cache,
+first round) and cached (later rounds); peak RSS of the process; achieved GFLOP/s (matmul
+FLOPs counted from the shapes, backward = 2x forward) as a fraction of numpy's float32
+matmul peak, measured in the same run with the same threads. Writes JSON and prints a table.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZES = dict(E=256, H=512, V=10000, B=64, T=30)
+IMPLS = ("pytensor", "pytensor_ra", "torch_gru", "torch_loop")
+REFERENCE = "torch_gru"
+
+
+def flops(E, H, V, B, T):
+    """Matmul FLOPs of one training step and of one greedy decoding step (2 per multiply-add).
+
+    The decoder's per-step input width is counted as E: c's projection (B, H) x (H, 3H) is
+    computed once per sequence, as model.Model does."""
+    mm = lambda m, k, n: 2 * m * k * n  # noqa: E731
+    N = B * T
+    forward = (mm(N, E, 3 * H) + mm(N, H, 3 * H)  # encoder: input projection, recurrence
+               + mm(B, H, H) + mm(B, H, 3 * H)  # init, c's projection into the decoder
+               + mm(N, E, 3 * H) + mm(N, H, 3 * H)  # decoder
+               + mm(N, H + E, E) + mm(B, H, E)  # deep output layer
+               + mm(N, E, V))  # softmax layer
+    decode_step = mm(B, E, 3 * H) + mm(B, H, 3 * H) + mm(B, H + E, E) + mm(B, E, V)
+    return 3 * forward, decode_step
+
+
+def batch(rng, V, B, T):
+    """Source (T, B) and target (T + 1, B) ids: BOS, T tokens; ids 3.. avoid PAD/BOS/EOS."""
+    src = rng.integers(3, V, size=(T, B)).astype("int32")
+    tgt = rng.integers(3, V, size=(T + 1, B)).astype("int32")
+    tgt[0] = 1
+    return src, tgt
+
+
+# ---- workers: one implementation, one process --------------------------------------------
+
+
+def run_pytensor(args, reset_after):
+    sys.path.insert(0, ROOT)
+    import numpy as np
+
+    t0 = time.perf_counter()
+    from model import Model, ModelConfig
+
+    import_s = time.perf_counter() - t0
+    s = SIZES
+    cfg = ModelConfig(embed_size=s["E"], hidden_size=s["H"], src_vocab_size=s["V"], tgt_vocab_size=s["V"],
+                      reset_after=reset_after)
+    model = Model(cfg, mode=args.mode)
+    t0 = time.perf_counter()
+    step = model.compile_train(optimizer="sgd", grad_clip=1.0)
+    train_compile = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model.compile_decode()
+    decode_compile = time.perf_counter() - t0
+    src, tgt = batch(np.random.default_rng(0), s["V"], s["B"], s["T"])
+    lr = np.float32(0.01)
+    train = [timed(lambda: step(src, tgt, lr))[0] for _ in range(args.warmup + args.steps)][args.warmup:]
+    loss = float(step(src, tgt, lr)[0])
+    decode, decode_tokens = [], 0
+    for i in range(args.warmup + args.decode_reps):
+        seconds, (ys, _) = timed(lambda: model.decode(src, max_len=s["T"]))
+        if i >= args.warmup:
+            decode.append(seconds)
+            decode_tokens = ys.size  # steps run x sentences (the scan stops when all ended)
+    return dict(train_s=train, decode_s=decode, decode_tokens=decode_tokens, loss=loss, import_s=import_s,
+                train_compile_s=train_compile, decode_compile_s=decode_compile)
+
+
+def run_torch(args, fused):
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
+    torch.manual_seed(0)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from torch_reference import TorchGRUModel
+
+    s = SIZES
+    model = TorchGRUModel(s["E"], s["H"], s["V"]) if fused else torch_loop_model(s["E"], s["H"], s["V"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    src, tgt = (torch.from_numpy(a.astype("int64")) for a in batch(np.random.default_rng(0), s["V"], s["B"], s["T"]))
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = model.loss(src, tgt)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        return loss
+
+    train = [timed(train_step)[0] for _ in range(args.warmup + args.steps)][args.warmup:]
+    loss = float(train_step())
+    with torch.no_grad():
+        decode = [timed(lambda: model.greedy(src, s["T"]))[0] for _ in range(args.warmup + args.decode_reps)]
+    return dict(train_s=train, decode_s=decode[args.warmup:], decode_tokens=s["T"] * s["B"], loss=loss,
+                train_compile_s=0.0, decode_compile_s=0.0)
+
+
+def torch_loop_model(E, H, V):
+    """benchmarks/torch_reference.TorchSeq2Seq (Cho GRU in a Python loop) with fresh weights."""
+    import numpy as np
+    from torch_reference import TorchSeq2Seq
+
+    rng = np.random.default_rng(0)
+    u = lambda *shape: rng.uniform(-0.05, 0.05, size=shape).astype("float32")  # noqa: E731
+    params = {"src_embed.W": u(V, E), "tgt_embed.W": u(V, E), "encoder.W": u(E, 3 * H),
+              "encoder.U": u(H, 3 * H), "encoder.b": u(3 * H), "init.W": u(H, H), "init.b": u(H),
+              "decoder.W": u(E + H, 3 * H), "decoder.U": u(H, 3 * H), "decoder.b": u(3 * H),
+              "readout.W": u(H + E + H, E), "readout.b": u(E), "ffout.W": u(E, V), "ffout.b": u(V)}
+    return TorchSeq2Seq(params, H, E)
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def worker(args):
+    if args.worker.startswith("pytensor"):
+        result = run_pytensor(args, reset_after=args.worker == "pytensor_ra")
+    else:
+        result = run_torch(args, fused=args.worker == "torch_gru")
+    import resource
+
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+# ---- the parent: rounds, the matmul peak, the table -----------------------------------------
+
+
+def matmul_peak(n=2048, reps=10):
+    """numpy float32 a @ b, n x n, best of `reps`: this machine's practical matmul peak."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((n, n)).astype("float32")
+    a @ a
+    best = min(timed(lambda: a @ a)[0] for _ in range(reps))
+    return 2 * n**3 / best / 1e9
+
+
+def spawn(impl, args, env):
+    cmd = [sys.executable, os.path.abspath(__file__), f"--worker={impl}", f"--threads={args.threads}",
+           f"--steps={args.steps}", f"--warmup={args.warmup}", f"--decode_reps={args.decode_reps}",
+           f"--mode={args.mode}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.exit(f"{impl} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def summarise(runs, peak, train_flops, decode_step_flops):
+    s = SIZES
+    out = {}
+    for impl, results in runs.items():
+        train = statistics.median(t for r in results for t in r["train_s"])
+        decode = statistics.median(t for r in results for t in r["decode_s"])
+        decode_tokens = results[0]["decode_tokens"]
+        compiles = [r["train_compile_s"] + r["decode_compile_s"] for r in results]
+        out[impl] = dict(
+            train_s_per_step=train,
+            train_tokens_per_s=s["B"] * s["T"] / train,
+            decode_tokens_per_s=decode_tokens / decode,
+            decode_s=decode,
+            compile_cold_s=compiles[0],
+            compile_cached_s=statistics.median(compiles[1:]) if len(compiles) > 1 else None,
+            peak_rss_mb=max(r["peak_rss_mb"] for r in results),
+            train_gflops=train_flops / train / 1e9,
+            train_fraction_of_peak=train_flops / train / 1e9 / peak,
+            decode_gflops=decode_step_flops * decode_tokens / s["B"] / decode / 1e9,
+            final_loss=results[-1]["loss"],
+            runs=results,
+        )
+    ref = out.get(REFERENCE)
+    for row in out.values():
+        row["train_ratio"] = row["train_tokens_per_s"] / ref["train_tokens_per_s"] if ref else None
+        row["decode_ratio"] = row["decode_tokens_per_s"] / ref["decode_tokens_per_s"] if ref else None
+    return out
+
+
+def table(summary, peak):
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    lines = [f"matmul peak (numpy float32 2048^2): {peak:.0f} GFLOP/s",
+             "| implementation | train s/step | train tok/s | x torch_gru | decode tok/s | x torch_gru "
+             "| compile cold / cached s | peak RSS MB | GFLOP/s (of peak) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for impl, r in summary.items():
+        lines.append(
+            f"| {impl} | {r['train_s_per_step']:.3f} | {r['train_tokens_per_s']:.0f} | {fmt(r['train_ratio'], '.2f')} "
+            f"| {r['decode_tokens_per_s']:.0f} | {fmt(r['decode_ratio'], '.2f')} "
+            f"| {r['compile_cold_s']:.1f} / {fmt(r['compile_cached_s'], '.1f')} | {r['peak_rss_mb']:.0f} "
+            f"| {r['train_gflops']:.0f} ({100 * r['train_fraction_of_peak']:.0f}%) |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1 round of 3 steps, cold + cached compile (< 2 min)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of all implementations, in rotating order")
+    ap.add_argument("--steps", type=int, default=10, help="timed training steps per round")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps (and decodes) before timing")
+    ap.add_argument("--decode_reps", type=int, default=5, help="timed greedy decodes per round")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every implementation")
+    ap.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated subset of {','.join(IMPLS)}")
+    ap.add_argument("--mode", default="CVM", help="PyTensor compile mode for ours")
+    ap.add_argument("--out", default=None, help="JSON output (default benchmarks/bench_train[_quick].json)")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+    impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    unknown = sorted(set(impls) - set(IMPLS))
+    if unknown:
+        ap.error(f"unknown implementation(s) {', '.join(unknown)}; choose from {', '.join(IMPLS)}")
+    if any(i.startswith("torch") for i in impls):
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            sys.exit("PyTorch is not installed: pip install torch==2.13.0 (the CPU build), or pass --impls=pytensor")
+    if args.quick:
+        args.rounds, args.steps, args.decode_reps, args.warmup = 1, 3, 2, 1
+    out_path = args.out or os.path.join(ROOT, "benchmarks", f"bench_train{'_quick' if args.quick else ''}.json")
+
+    threads = str(args.threads)
+    env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    os.environ.update(OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)  # for the peak below
+    cache = tempfile.mkdtemp(prefix="bench-pytensor-cache-")
+    env["PYTENSOR_FLAGS"] = ",".join(f for f in (env.get("PYTENSOR_FLAGS", ""), f"compiledir={cache}") if f)
+    runs = {impl: [] for impl in impls}
+    try:
+        # Round r starts at implementation r: the order rotates. In --quick, ours runs twice
+        # (cold, then cached compile) and the rest once.
+        for r in range(args.rounds):
+            for impl in impls[r % len(impls):] + impls[: r % len(impls)]:
+                print(f"round {r + 1}/{args.rounds}: {impl} ...", flush=True)
+                runs[impl].append(spawn(impl, args, env))
+        if args.quick:
+            for impl in impls:
+                if impl.startswith("pytensor"):
+                    runs[impl].append(spawn(impl, args, env))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    peak = matmul_peak()
+    train_flops, decode_step_flops = flops(**SIZES)
+    summary = summarise(runs, peak, train_flops, decode_step_flops)
+    report = dict(sizes=SIZES, threads=args.threads, quick=args.quick, rounds=args.rounds, steps=args.steps,
+                  matmul_peak_gflops=peak, train_gflop_per_step=train_flops / 1e9, machine=machine(),
+                  results=summary)
+    with open(out_path, "w") as f:
+        json.dump(report, f, indent=1)
+    print(table(summary, peak))
+    print(f"wrote {os.path.relpath(out_path)}")
+
+
+def machine():
+    import platform
+
+    info = dict(cpus=os.cpu_count(), platform=platform.platform(), python=platform.python_version())
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+if __name__ == "__main__":
+    main()
