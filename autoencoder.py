@@ -272,6 +272,7 @@ class NDS2SAE:
             n_steps=n_steps,
             name="ae.decode",
             return_updates=False,
+            mode=backend.compile_mode(self.settings["mode"]),
         )
         return code, outputs[-2], outputs[-1]
 

@@ -13,6 +13,10 @@ os.environ["PYTENSOR_FLAGS"] = ",".join(
     f for f in (_DEFAULT_FLAGS, os.environ.get("PYTENSOR_FLAGS", "")) if f
 )
 
+# OpenMP threads (kernels.py) sleep when idle instead of spinning: spinning, they took the
+# cores from numpy's BLAS threads and made the matmuls of a decoding step 2x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import warnings  # noqa: E402
 
 # pytensor warns at import that its C backend found no BLAS; dot products then run through
@@ -41,7 +45,12 @@ DEFAULT_MODE = "CVM"
 
 
 def compile_mode(name=DEFAULT_MODE):
-    """Return the pytensor mode for `name`, or raise ValueError naming the choices."""
+    """Return the pytensor mode for `name`, or raise ValueError naming the choices.
+
+    Without the Gemm rewrite: with no BLAS linked to its C code, PyTensor's Gemm goes through
+    numpy's C API with extra copies, measured 2x slower than Dot22 (numpy.dot) followed by a
+    fused elementwise op (README, Performance). Pass the mode to scan too, whose step
+    function otherwise gets scan's own default rewrites."""
     if name not in MODES:
         raise ValueError(f"unknown compile mode {name!r}; choose one of {', '.join(MODES)}")
-    return pytensor.compile.mode.get_mode(name)
+    return pytensor.compile.mode.get_mode(name).excluding("gemm_optimizer")

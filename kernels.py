@@ -27,6 +27,9 @@ _OPENMP = ["-fopenmp", "-ffast-math"]
 # with a Python exception set. Outputs are (re)allocated unless the arrays PyTensor hands
 # back already fit.
 _SUPPORT = r"""
+/* Below this many logits one thread is faster: waking the team costs more than it saves. */
+#define SCE_PARALLEL_MIN (1 << 20)
+
 static PyArrayObject* sce_output(PyArrayObject* out, int nd, npy_intp N, npy_intp V) {
     if (out && PyArray_NDIM(out) == nd && PyArray_DIMS(out)[0] == N
         && (nd == 1 || PyArray_DIMS(out)[1] == V) && PyArray_IS_C_CONTIGUOUS(out)) return out;
@@ -63,7 +66,7 @@ static int sce_forward(PyArrayObject* x, PyArrayObject* y, PyArrayObject** nll, 
     if (!*nll || !*lse) { Py_DECREF(xc); return -1; }
     const float* X = (const float*)PyArray_DATA(xc);
     float *NLL = (float*)PyArray_DATA(*nll), *LSE = (float*)PyArray_DATA(*lse);
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (N * V >= SCE_PARALLEL_MIN)
     for (npy_intp i = 0; i < N; ++i) {
         const float* row = X + i * V;
         float top = row[0];
@@ -92,7 +95,7 @@ static int sce_backward(PyArrayObject* x, PyArrayObject* y, PyArrayObject* lse, 
     if (!*dx) { Py_DECREF(xc); return -1; }
     const float* X = (const float*)PyArray_DATA(xc);
     float* DX = (float*)PyArray_DATA(*dx);
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (N * V >= SCE_PARALLEL_MIN)
     for (npy_intp i = 0; i < N; ++i) {
         const float* row = X + i * V;
         float* drow = DX + i * V;
@@ -124,7 +127,7 @@ class _Kernel(COp):
         return _SUPPORT
 
     def c_code_cache_version(self):
-        return (2,)
+        return (3,)
 
 
 def _f32(x):

@@ -197,6 +197,7 @@ class Recurrent(Module):
             go_backwards=go_backwards,
             name=f"{self.name}.scan",
             return_updates=False,
+            mode=backend.compile_mode(),  # the project's rewrites, not scan's own default
             return_list=True,
         )
         return states

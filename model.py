@@ -187,6 +187,7 @@ class Model:
             non_sequences=[memory["keys"], memory["annotations"], memory["src_mask"]],
             name="decoder.scan",
             return_updates=False,
+            mode=self.mode,
         )
         return h, ctx, weights
 
@@ -216,48 +217,53 @@ class Model:
         n_tokens = pt.sum(mask, dtype=layers.FLOATX)
         return pt.sum(nll, dtype=layers.FLOATX) / pt.maximum(n_tokens, 1.0), n_tokens
 
-    def decode_graph(self, src, noise, temperature):
-        """Greedy (temperature == 0) or sampled decoding in one scan.
+    def decode_graph(self, src, noise, temperature=None):
+        """Greedy (temperature None) or sampled decoding in one scan.
 
         src (Ts, B); noise (T_max, B) uniform [0, 1) draws, one per step and sentence, which
         also fix the longest output. Returns ids (T, B) and their log-probabilities (T, B)
         under the model at temperature 1; PAD and 0 after a sentence's EOS. The scan stops
-        early once every sentence has produced EOS.
+        early once every sentence has produced EOS. PAD and BOS are never targets in
+        training, so they are never emitted either.
         """
         memory = self.encode(src)
         keys = self.memory_keys()
         B = src.shape[1]
-        safe_t = pt.switch(pt.eq(temperature, 0), np.float32(1.0), temperature)
         init = self.decoder_init(memory)
         n_states = len(init)
+        first = BOS_ID + 1  # ids below are PAD and BOS
+        assert PAD_ID < first
 
         # scan's order: sequences (u_t), previous outputs (states..., y_prev, done),
-        # then non-sequences (the memory entries, safe_t, temperature).
+        # then non-sequences (the memory entries, then temperature when sampling).
         def step(u_t, *args):
             states, (y_prev, done), rest = args[:n_states], args[n_states : n_states + 2], args[n_states + 2 :]
-            mem, (safe_t, temperature) = dict(zip(keys, rest[:-2])), rest[-2:]
+            mem = dict(zip(keys, rest))
             new, logits, _ = self.decoder_step(y_prev, states, mem)  # logits (B, V)
-            logp = logits - pt.logsumexp(logits, axis=1, keepdims=True)  # (B, V), as trained
-            # PAD and BOS are never targets in training; never emit them either.
-            logits = pt.set_subtensor(logits[:, [PAD_ID, BOS_ID]], np.float32(-1e9))
-            probs = pt.special.softmax(logits / safe_t, axis=1)  # (B, V)
-            sampled = pt.sum(pt.lt(pt.cumsum(probs, axis=1), u_t[:, None]), axis=1)
-            sampled = pt.minimum(sampled, logits.shape[1] - 1)
-            y = pt.switch(pt.eq(temperature, 0), pt.argmax(logits, axis=1), sampled)
-            y = pt.switch(done, PAD_ID, y).astype("int32")  # (B,)
-            y_logp = pt.switch(done, np.float32(0.0), logp[pt.arange(B), y])  # (B,)
+            if temperature is None:
+                y = pt.argmax(logits[:, first:], axis=1) + first  # (B,)
+            else:
+                probs = pt.special.softmax(logits[:, first:] / rest[-1], axis=1)  # (B, V - first)
+                y = pt.sum(pt.lt(pt.cumsum(probs, axis=1), u_t[:, None]), axis=1)
+                y = pt.minimum(y, probs.shape[1] - 1) + first
+            y = y.astype("int32")
+            # log p(y) as trained: -(cross-entropy of y), one fused pass over the logits
+            y_logp = pt.switch(done, np.float32(0.0), -kernels.softmax_cross_entropy(logits, y))  # (B,)
+            y = pt.switch(done, PAD_ID, y).astype("int32")
             done_new = pt.or_(done, pt.eq(y, EOS_ID))
             return [*new, y, done_new, y_logp], until(pt.all(done_new))
 
         y0 = pt.full((B,), BOS_ID, dtype="int32")
         done0 = pt.zeros((B,), dtype="bool")
+        extra = [] if temperature is None else [temperature]
         outputs = pytensor.scan(
             step,
             sequences=[noise],
             outputs_info=[*init, y0, done0, None],
-            non_sequences=[*(memory[k] for k in keys), safe_t, temperature],
+            non_sequences=[*(memory[k] for k in keys), *extra],
             name="decode.scan",
             return_updates=False,
+            mode=self.mode,
         )
         ys, logps = outputs[-3], outputs[-1]
         return ys, logps
@@ -337,15 +343,16 @@ class Model:
 
         return self._compiled("eval", build)
 
-    def compile_decode(self):
-        """`f(src, noise, temperature) -> (ids, logps)`; see `decode_graph`."""
+    def compile_decode(self, greedy=True):
+        """`f(src, noise) -> (ids, logps)` (greedy) or `f(src, noise, temperature)`; see
+        `decode_graph`. Greedy decoding has its own graph: an argmax, no softmax or cumsum."""
         def build():
             src, noise = pt.imatrix("src"), pt.matrix("noise", dtype=layers.FLOATX)
-            temperature = pt.scalar("temperature", dtype=layers.FLOATX)
-            ys, logps = self.decode_graph(src, noise, temperature)
-            return pytensor.function([src, noise, temperature], [ys, logps], mode=self.mode)
+            inputs = [src, noise] if greedy else [src, noise, pt.scalar("temperature", dtype=layers.FLOATX)]
+            ys, logps = self.decode_graph(*inputs)
+            return pytensor.function(inputs, [ys, logps], mode=self.mode)
 
-        return self._compiled("decode", build)
+        return self._compiled(("decode", greedy), build)
 
     def compile_step(self):
         """Two functions for searches run step by step from Python (beam search):
@@ -395,7 +402,10 @@ class Model:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         rng = rng if rng is not None else np.random.default_rng(0)
         noise = rng.random((max_len, src.shape[1]), dtype=np.float32)
-        ys, logps = self.compile_decode()(src, noise, np.float32(temperature))
+        if temperature == 0:
+            ys, logps = self.compile_decode(greedy=True)(src, noise)
+        else:
+            ys, logps = self.compile_decode(greedy=False)(src, noise, np.float32(temperature))
         return ys.T, logps.sum(axis=0)
 
     # ---- checkpoints ----------------------------------------------------------------------
