@@ -1,0 +1,121 @@
+"""The hand-written kernels against references: the fused softmax cross-entropy (C) against
+numpy/scipy, and the fused GRU sequence op against layers.GRU under scan, values and
+gradients, both reset conventions, with padding, forwards and backwards."""
+import numpy as np
+import pytest
+import scipy.special
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import backend
+import kernels
+import layers
+import pytensor
+import pytensor.tensor as pt
+
+MODE = backend.compile_mode()
+
+
+@pytest.fixture(scope="module")
+def sce():
+    """f(x, y, w) -> (nll, d sum(w * nll) / dx), compiled once (C) and as numpy (Python)."""
+    x, y, w = pt.matrix("x"), pt.ivector("y"), pt.vector("w")
+    nll = kernels.softmax_cross_entropy(x, y)
+    outs = [nll, pytensor.grad((nll * w).sum(), x)]
+    python = pytensor.compile.mode.Mode(linker=pytensor.link.vm.VMLinker(c_thunks=False), optimizer="fast_run")
+    return pytensor.function([x, y, w], outs, mode=MODE), pytensor.function([x, y, w], outs, mode=python)
+
+
+def sce_reference(x, y, w):
+    x64 = x.astype(np.float64)
+    nll = scipy.special.logsumexp(x64, axis=1) - x64[np.arange(len(y)), y]
+    grad = scipy.special.softmax(x64, axis=1) * w[:, None]
+    grad[np.arange(len(y)), y] -= w
+    return nll, grad
+
+
+@pytest.mark.parametrize("n, v", [(1, 1), (3, 7), (70, 5000)])  # 350k logits: one thread; bigger: OpenMP
+def test_softmax_cross_entropy_matches_reference(sce, n, v):
+    rng = np.random.default_rng(v)
+    x = (rng.standard_normal((n, v)) * 8).astype("float32")
+    y = rng.integers(0, v, n).astype("int32")
+    w = rng.standard_normal(n).astype("float32")
+    want_nll, want_grad = sce_reference(x, y, w)
+    for f in sce:  # the C kernel and the numpy perform
+        nll, grad = f(x, y, w)
+        np.testing.assert_allclose(nll, want_nll, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_softmax_cross_entropy_parallel_rows_and_strided_input(sce):
+    """Over the OpenMP threshold (2^20 logits), and a non-contiguous (transposed) input."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2000, 700)).astype("float32")
+    y = rng.integers(0, 700, 2000).astype("int32")
+    w = np.ones(2000, "float32")
+    nll, grad = sce[0](x, y, w)
+    want_nll, want_grad = sce_reference(x, y, w)
+    np.testing.assert_allclose(nll, want_nll, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(grad, want_grad, atol=1e-6)
+    strided = np.asfortranarray(x)
+    np.testing.assert_array_equal(sce[0](strided, y, w)[0], nll)
+
+
+def test_softmax_cross_entropy_rejects_out_of_range_targets(sce):
+    x = np.zeros((2, 5), "float32")
+    with pytest.raises(ValueError, match=r"target 5 at row 1 is outside \[0, 5\)"):
+        sce[0](x, np.array([0, 5], "int32"), np.ones(2, "float32"))
+
+
+# ---- the fused GRU ---------------------------------------------------------------------------
+
+I, H = 3, 5
+_GRUS = {}
+
+
+def gru_functions(reset_after, go_backwards):
+    """(fused, scan) versions of f(x, mask, h0, w) -> [states, d/dx, d/dh0, d/dW, d/dU, d/db]
+    of sum(w * states), built once per setting from the same weights."""
+    key = (reset_after, go_backwards)
+    if key not in _GRUS:
+        fns = []
+        for fused in (True, False):
+            gru = layers.GRU(I, H, rng=np.random.default_rng(7), reset_after=reset_after, fused=fused)
+            x, m, h0, w = pt.tensor3("x"), pt.matrix("m"), pt.matrix("h0"), pt.tensor3("w")
+            states = gru.scan(gru.project(x), m, init=[h0], go_backwards=go_backwards)[0]
+            grads = pytensor.grad((states * w).sum(), [x, h0, *gru.params])
+            fns.append(pytensor.function([x, m, h0, w], [states, *grads], mode=MODE))
+        _GRUS[key] = fns
+    return _GRUS[key]
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    reset_after=st.booleans(),
+    go_backwards=st.booleans(),
+    lengths=st.lists(st.integers(0, 6), min_size=1, max_size=4),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_gru_equals_scan_values_and_gradients(reset_after, go_backwards, lengths, seed):
+    """Any lengths (0 included), both conventions and directions: same states, same
+    gradients for the inputs, the initial state and every weight."""
+    rng = np.random.default_rng(seed)
+    T, B = max(max(lengths), 1), len(lengths)
+    mask = (np.arange(T)[:, None] < np.array(lengths)[None]).astype("float32")  # (T, B)
+    args = [rng.standard_normal((T, B, I)).astype("float32"), mask,
+            rng.standard_normal((B, H)).astype("float32"), rng.standard_normal((T, B, H)).astype("float32")]
+    fused, scanned = gru_functions(reset_after, go_backwards)
+    for got, want in zip(fused(*args), scanned(*args)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
+
+
+def test_fused_gru_padding_carries_the_state_and_gets_no_gradient():
+    """A sequence of length 2 padded to 4: states after it equal its last real state, and
+    the input gradient on the padded steps is exactly 0."""
+    rng = np.random.default_rng(3)
+    mask = np.array([[1], [1], [0], [0]], "float32")
+    x = rng.standard_normal((4, 1, I)).astype("float32")
+    states, dx = gru_functions(False, False)[0](x, mask, np.zeros((1, H), "float32"), np.ones((4, 1, H), "float32"))[:2]
+    np.testing.assert_array_equal(states[2], states[1])
+    np.testing.assert_array_equal(states[3], states[1])
+    assert not dx[2:].any() and dx[:2].any()
