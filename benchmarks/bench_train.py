@@ -127,7 +127,7 @@ def run_torch(args, fused):
     with torch.no_grad():
         decode = [timed(lambda: model.greedy(src, s["T"]))[0] for _ in range(args.warmup + args.decode_reps)]
     return dict(train_s=train, decode_s=decode[args.warmup:], decode_tokens=s["T"] * s["B"], loss=loss,
-                train_compile_s=0.0, decode_compile_s=0.0)
+                train_compile_s=None, decode_compile_s=None)  # eager: nothing to compile
 
 
 def torch_loop_model(E, H, V):
@@ -192,14 +192,15 @@ def summarise(runs, peak, train_flops, decode_step_flops):
         train = statistics.median(t for r in results for t in r["train_s"])
         decode = statistics.median(t for r in results for t in r["decode_s"])
         decode_tokens = results[0]["decode_tokens"]
-        compiles = [r["train_compile_s"] + r["decode_compile_s"] for r in results]
+        compiles = [None if r["train_compile_s"] is None else r["train_compile_s"] + r["decode_compile_s"]
+                    for r in results]
         out[impl] = dict(
             train_s_per_step=train,
             train_tokens_per_s=s["B"] * s["T"] / train,
             decode_tokens_per_s=decode_tokens / decode,
             decode_s=decode,
             compile_cold_s=compiles[0],
-            compile_cached_s=statistics.median(compiles[1:]) if len(compiles) > 1 else None,
+            compile_cached_s=statistics.median(compiles[1:]) if len(compiles) > 1 and compiles[0] is not None else None,
             peak_rss_mb=max(r["peak_rss_mb"] for r in results),
             train_gflops=train_flops / train / 1e9,
             train_fraction_of_peak=train_flops / train / 1e9 / peak,
@@ -224,7 +225,7 @@ def table(summary, peak):
         lines.append(
             f"| {impl} | {r['train_s_per_step']:.3f} | {r['train_tokens_per_s']:.0f} | {fmt(r['train_ratio'], '.2f')} "
             f"| {r['decode_tokens_per_s']:.0f} | {fmt(r['decode_ratio'], '.2f')} "
-            f"| {r['compile_cold_s']:.1f} / {fmt(r['compile_cached_s'], '.1f')} | {r['peak_rss_mb']:.0f} "
+            f"| {fmt(r['compile_cold_s'], '.1f')} / {fmt(r['compile_cached_s'], '.1f')} | {r['peak_rss_mb']:.0f} "
             f"| {r['train_gflops']:.0f} ({100 * r['train_fraction_of_peak']:.0f}%) |")
     return "\n".join(lines)
 
