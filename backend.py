@@ -62,7 +62,7 @@ def compile_mode(name=DEFAULT_MODE):
 # (measured: -O0 saved 10%). Ops that only move views and shapes, and elementwise ops that
 # map to one numpy ufunc, run as fast from Python (numpy's float32 tanh is faster than the
 # generated C), so they skip compilation: the training and greedy decoding functions of the
-# benchmark model went from 97 modules and 57 s to 33 modules and 30 s, at the same speed
+# benchmark model went from 91 modules and 57 s to 33 modules and 24-35 s, at the same speed
 # (README, Performance). Fused elementwise ops (Composite) and reductions keep their C code:
 # their Python fallback calls Python once per element.
 
