@@ -1,16 +1,19 @@
-"""Hand-written C kernels for the ops that PyTensor runs slowly on this model.
+"""Hand-written kernels for the two parts of a step that PyTensor runs slowly on this model
+(README, Performance), each an op with its own backward pass:
 
-One op so far: softmax cross-entropy fused into a single pass per row, in C with OpenMP.
-Written out as max / exp / sum / log elementwise ops, the (T*B, V) log-softmax and its
-gradient took about a third of a training step (README, Performance): five or six passes
-over a 77 MB matrix, each single-threaded, reductions accumulating in float64.
+- softmax_cross_entropy(logits, targets): one C pass per row (OpenMP over rows). Written out
+  as max / exp / sum / log elementwise ops, the (T*B, V) log-softmax and its gradient took
+  about a third of a training step: five or six single-threaded passes over a 77 MB matrix.
 
-    nll_i = logsumexp(x_i) - x_i[y_i]
-    d nll_i / d x_i = softmax(x_i) - onehot(y_i)
+      nll_i = logsumexp(x_i) - x_i[y_i]
+      d nll_i / d x_i = softmax(x_i) - onehot(y_i)
 
-`softmax_cross_entropy(logits, targets)` returns nll (N,). The forward op also returns
-logsumexp (N,), which the gradient reuses so it needs one pass over the logits, not three.
-Both ops keep a numpy `perform` as the reference the tests compare the C code against.
+  The forward op also returns logsumexp (N,), which the gradient reuses, so the gradient is
+  one more pass over the logits. The numpy `perform`s are the reference the tests compare
+  the C code against.
+
+- gru_sequence(x_proj, mask, h0, U): layers.GRU's whole masked time loop in numpy, with a
+  hand-written backward pass whose weight gradient is one matmul over all timesteps.
 """
 import numpy as np
 
@@ -21,6 +24,7 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.link.c.op import COp
 
+# -ffast-math lets gcc vectorise expf (glibc's vector math); the kernels test no NaNs.
 _OPENMP = ["-fopenmp", "-ffast-math"]
 
 # Both kernels as plain C functions; the ops' c_code only calls them. Each returns 0, or -1

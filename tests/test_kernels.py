@@ -119,3 +119,14 @@ def test_fused_gru_padding_carries_the_state_and_gets_no_gradient():
     np.testing.assert_array_equal(states[2], states[1])
     np.testing.assert_array_equal(states[3], states[1])
     assert not dx[2:].any() and dx[:2].any()
+
+
+def test_softmax_cross_entropy_keeps_nan_and_inf_visible(sce):
+    """Built with -ffast-math, the kernel must still turn NaN or +inf logits into a non-finite
+    loss and gradient: train.py's non-finite guard relies on it. -inf is a legal logit."""
+    x = np.zeros((4, 5), "float32")
+    x[0, 1], x[1, 2], x[2, 3], x[3, 0] = np.nan, np.inf, -np.inf, 1e30
+    nll, grad = sce[0](x, np.zeros(4, "int32"), np.ones(4, "float32"))
+    assert not np.isfinite(nll[:2]).any() and not np.isfinite(grad[:2]).all(axis=1).any()
+    np.testing.assert_allclose(nll[2:], [np.log(4), 0.0], atol=1e-6)
+    assert np.isfinite(grad[2:]).all()
