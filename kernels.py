@@ -24,7 +24,8 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.link.c.op import COp
 
-# -ffast-math lets gcc vectorise expf (glibc's vector math); the kernels test no NaNs.
+# -ffast-math lets gcc vectorise expf (glibc's vector math). The kernels branch on no NaN, and NaN or
+# +inf logits still give a non-finite loss (tests/test_kernels.py), as the NaN guard needs.
 _OPENMP = ["-fopenmp", "-ffast-math"]
 
 # Both kernels as plain C functions; the ops' c_code only calls them. Each returns 0, or -1
