@@ -58,7 +58,7 @@ class DataParallelStep:
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.grad_fn = model.compile_grad()
         self.apply_fn = model.compile_apply(optimizer, grad_clip)
-        self.shapes = [p.get_value(borrow=True).shape for p in model.params]
+        self.shapes = [p.get_value(borrow=True).shape for p in model.trainable_params()]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.buffer = np.zeros(sum(self.sizes) + 3, dtype=np.float32)  # grads, nll, tokens, stop
         self.check_interval = check_interval

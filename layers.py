@@ -1,21 +1,30 @@
-"""Pluggable modules: GRU, LSTM, FF and Embedding.
+"""Pluggable modules: GRU, LSTM, FF, Embedding, attention, and the registry of cell names.
 
 Every module owns named shared variables (`encoder.W`, `decoder.U`, ...) and exposes
-`params` and `getUpdates(cost, lr)`. The recurrent cells split one step in two, so that the
-input matmul for every timestep runs once, outside scan:
+`params` and `getUpdates(cost, lr)`, which is how training updates it (model.py): set
+`module.frozen = True` or `module.lr_scale = 0.1` in `initModules()` to freeze it or slow it.
+The recurrent cells split one step in two, so that the input matmul for every timestep runs
+once, outside the loop:
 
     x_proj = cell.project(x)                          # (T, B, G*H), one matmul for all t
     states = pytensor.scan(cell.recur, sequences=x_proj, outputs_info=...)
 
 `cell.step(x_t, *state)` does both halves for one timestep and can be handed to scan
-directly, as in the seed; `cell.scan(x, mask)` is the batched, masked, fast path.
-Time is axis 0 everywhere.
+directly, as in the seed; `cell.scan(x_proj, mask)` is the batched, masked, fast path: the
+whole time loop as one op derived from the cell's own `recur` (recurrence.py), so a new
+cell, or a subclass that overrides `recur`, is fast and exact with no other code. A cell is
+a `Recurrent` subclass with `n_gates`, `n_states` and `recur`; `register_cell` gives it a
+name for `--cell`. Time is axis 0 everywhere.
 """
+import importlib
+
 import numpy as np
 
 import backend  # noqa: F401  (sets floatX before pytensor is used)
 import kernels
+import optim
 import pytensor
+import recurrence
 import pytensor.tensor as pt
 
 FLOATX = "float32"
@@ -39,7 +48,10 @@ def _orthogonal(rng, n):
 
 
 class Module:
-    """Base class: a named set of shared variables with plain SGD."""
+    """Base class: a named set of shared variables, updated through `getUpdates`."""
+
+    frozen = False  # True: training leaves this module's params as they are
+    lr_scale = 1.0  # this module's learning rate is lr * lr_scale
 
     def __init__(self, name):
         self.name = name
@@ -51,10 +63,14 @@ class Module:
         self.params.append(param)
         return param
 
-    def getUpdates(self, cost, lr):
-        """SGD update pairs `(param, param - lr * dcost/dparam)` for this module's params."""
-        grads = pytensor.grad(cost, self.params)
-        return [(p, p - lr * g) for p, g in zip(self.params, grads)]
+    def getUpdates(self, cost, lr, grads=None, optimizer=optim.sgd):
+        """Update pairs `(shared, new value)` for this module's params: by default plain SGD,
+        `(p, p - lr * dcost/dp)`, as in the seed. Training passes the clipped `grads` (one
+        per param) and the configured optimizer (optim.py). A frozen module returns []."""
+        if self.frozen or not self.params:
+            return []
+        grads = pytensor.grad(cost, self.params) if grads is None else grads
+        return optimizer(self.params, grads, lr * np.float32(self.lr_scale), owner=self.name)
 
 
 def _widths(inputSize):
@@ -134,18 +150,21 @@ class Embedding(Module):
 
 
 class Recurrent(Module):
-    """What GRU and LSTM share: input projection, masked scan and state bookkeeping.
+    """What every cell shares: input projection, the masked time loop, state bookkeeping.
 
-    Subclasses set `n_gates` and define `recur(x_proj_t, *state)`, which returns the new
-    state: one tensor for the GRU, a list [h, c] for the LSTM.
+    Subclasses set `n_gates` (the projection is (T, B, n_gates * H)) and `n_states`, and
+    define `recur(x_proj_t, *state)`, which returns the new state: one tensor for the GRU, a
+    list [h, c] for the LSTM. The first state is h, the one the rest of the model reads.
+    `fused=False` runs the loop under pytensor.scan instead of recurrence.CellLoop.
     """
 
     n_gates = 1
     n_states = 1
 
-    def __init__(self, inputSize, hiddenSize, name, rng):
+    def __init__(self, inputSize, hiddenSize, name="cell", rng=None, fused=True):
         super().__init__(name)
         rng = rng or np.random.default_rng(0)
+        self.fused = fused
         self.widths = _widths(inputSize)
         self.inputSize, self.hiddenSize = sum(self.widths), hiddenSize
         G, H, I = self.n_gates, hiddenSize, self.inputSize
@@ -167,6 +186,9 @@ class Recurrent(Module):
         `pytensor.scan(cell.step, sequences=x, outputs_info=...)`. Returns the new state."""
         return self.recur(self.project(x_t), *state)
 
+    def recur(self, x_proj_t, *state):
+        raise NotImplementedError(f"{type(self).__name__} must define recur(x_proj_t, *state)")
+
     def initial_state(self, h0):
         """The full state to start from, given the hidden part h0 (B, H)."""
         return [h0] + [pt.zeros_like(h0)] * (self.n_states - 1)
@@ -174,14 +196,27 @@ class Recurrent(Module):
     def zeros(self, batch_size):
         return self.initial_state(pt.zeros((batch_size, self.hiddenSize), dtype=FLOATX))
 
-    def scan(self, x_proj, mask, init=None, go_backwards=False):
+    def scan(self, x_proj, mask, init=None, go_backwards=False, mode=backend.DEFAULT_MODE):
         """Run over a padded batch. Returns the list of state sequences, each (T, B, H).
 
         x_proj: (T, B, G*H) from `project`; mask: (T, B) float, 1 for real steps, 0 for
         padding. A padded step carries the previous state through unchanged, so the state at
-        t = T-1 is the state after each sequence's last real token.
+        t = T-1 is the state after each sequence's last real token. Backwards, states come
+        out in the order computed, as scan's go_backwards gives them. `mode` is a name in
+        backend.MODES.
         """
-        init = init if init is not None else self.zeros(x_proj.shape[1])
+        init = list(init) if init is not None else self.zeros(x_proj.shape[1])
+        if go_backwards:
+            x_proj, mask = x_proj[::-1], mask[::-1]
+        states = self._fast_loop(x_proj, mask, init, mode) if self.fused else None
+        return states if states is not None else self._scan(x_proj, mask, init, mode)
+
+    def _fast_loop(self, x_proj, mask, init, mode):
+        """The whole loop as one op derived from `recur`; None if the step can't run alone."""
+        return recurrence.cell_loop(self, x_proj, mask, init, mode)
+
+    def _scan(self, x_proj, mask, init, mode):
+        """The same loop under pytensor.scan: the reference the fast paths are tested against."""
 
         # scan's argument order: sequences (x_proj_t, m_t), then previous states.
         def masked_step(x_t, m_t, *prev):
@@ -190,17 +225,15 @@ class Recurrent(Module):
             m = m_t[:, None]  # (B, 1)
             return [m * n + (1.0 - m) * p for n, p in zip(new, prev)]
 
-        states = pytensor.scan(
+        return pytensor.scan(
             masked_step,
             sequences=[x_proj, mask],
-            outputs_info=list(init),
-            go_backwards=go_backwards,
+            outputs_info=init,
             name=f"{self.name}.scan",
             return_updates=False,
-            mode=backend.compile_mode(),  # the project's rewrites, not scan's own default
+            mode=backend.compile_mode(mode),  # the project's rewrites, not scan's own default
             return_list=True,
         )
-        return states
 
 
 class GRU(Recurrent):
@@ -219,20 +252,16 @@ class GRU(Recurrent):
     n_gates = 3
 
     def __init__(self, inputSize, hiddenSize, name="gru", rng=None, reset_after=False, fused=True):
-        super().__init__(inputSize, hiddenSize, name, rng)
+        super().__init__(inputSize, hiddenSize, name, rng, fused)
         self.reset_after = reset_after
-        self.fused = fused
 
-    def scan(self, x_proj, mask, init=None, go_backwards=False):
-        """As Recurrent.scan. With `fused` (the default) the whole time loop is one op,
-        kernels.GRUSequence, with the same equations and masking and a hand-written backward
-        pass: 3-4x faster than scan on CPU (README, Performance). fused=False is scan."""
-        if not self.fused:
-            return super().scan(x_proj, mask, init, go_backwards)
-        h0 = init[0] if init is not None else self.zeros(x_proj.shape[1])[0]
-        if go_backwards:  # scan's convention: states come out in the order computed
-            x_proj, mask = x_proj[::-1], mask[::-1]
-        return [kernels.gru_sequence(x_proj, mask, h0, self.U, self.reset_after)]
+    def _fast_loop(self, x_proj, mask, init, mode):
+        """The stock GRU gets kernels.GRUSequence, a hand-written loop of these equations
+        (about 2x faster than the generic op, README Performance). A subclass that overrides
+        `recur` gets the generic op, built from its own `recur`."""
+        if type(self).recur is not GRU.recur:
+            return super()._fast_loop(x_proj, mask, init, mode)
+        return [kernels.gru_sequence(x_proj, mask, init[0], self.U, self.reset_after)]
 
     # recur(x_proj_t, h_prev): x_proj_t (B, 3H) is this step's input projection.
     def recur(self, x_t, h_prev):
@@ -265,8 +294,8 @@ class LSTM(Recurrent):
     n_gates = 4
     n_states = 2
 
-    def __init__(self, inputSize, hiddenSize, name="lstm", rng=None):
-        super().__init__(inputSize, hiddenSize, name, rng)
+    def __init__(self, inputSize, hiddenSize, name="lstm", rng=None, fused=True):
+        super().__init__(inputSize, hiddenSize, name, rng, fused)
         b = np.zeros(4 * hiddenSize, dtype=FLOATX)
         b[hiddenSize : 2 * hiddenSize] = 1.0
         self.b.set_value(b)
@@ -305,6 +334,8 @@ class Attention(Module):
     Calling the module gives (ctx (B, C), weights (Ts, B)).
     """
 
+    has_keys = True  # keys differ from the annotations, so the model keeps both
+
     def __init__(self, querySize, contextSize, attentionSize, name="attention", rng=None):
         super().__init__(name)
         rng = rng or np.random.default_rng(0)
@@ -329,6 +360,8 @@ class LuongAttention(Attention):
     """Multiplicative ("general") attention of Luong et al. 2015: e_tj = (s_{t-1} W_a) . h_j.
     Same interface as `Attention`; the keys are the annotations themselves."""
 
+    has_keys = False
+
     def __init__(self, querySize, contextSize, attentionSize=None, name="attention", rng=None):
         Module.__init__(self, name)
         rng = rng or np.random.default_rng(0)
@@ -344,27 +377,77 @@ class LuongAttention(Attention):
 ATTENTIONS = {"bahdanau": Attention, "luong": LuongAttention}
 
 
-class AttentionGRU(GRU):
-    """A GRU decoder that reads an attention context (Bahdanau et al. 2015, appendix A.2.2):
+class AttentionDecoder(Module):
+    """Any cell made to read an attention context (Bahdanau et al. 2015, appendix A.2.2):
 
-        ctx_t = attention(h_{t-1}, annotations)
-        h_t   = GRU(x_t, h_{t-1}) with x_t W + b replaced by  x_t W + ctx_t W_c + b
+        ctx_t   = attention(h_{t-1}, annotations)          h: the cell's first state
+        state_t = cell.recur(x_t W + ctx_t W_c + b, state_{t-1})
 
-    `project(x)` is the part computed outside scan for every timestep; `attend(x_proj_t,
-    h_prev, keys, annotations, src_mask)` is one step and returns (h_t, ctx_t, weights_t).
-    The attention module is a child: its params are part of this module's.
+    The cell keeps its own `recur` and state ([h, c] for the LSTM); the context enters its
+    input projection through W_c (C, n_gates * H). `project(x)` is the part computed for
+    every timestep outside the loop; `attend(x_proj_t, *state, keys, annotations, src_mask)`
+    is one step and returns (new state list, ctx_t, weights_t). The cell and the attention
+    module are children: their params are this module's, named `<cell>.W`, `<cell>.Wc`, ...
     """
 
-    def __init__(self, inputSize, contextSize, hiddenSize, attention, name="decoder", rng=None,
-                 reset_after=False):
-        super().__init__(inputSize, hiddenSize, name, rng, reset_after)
+    def __init__(self, cell, contextSize, attention, rng=None):
+        super().__init__(cell.name)
         rng = rng or np.random.default_rng(0)
-        self.Wc = self.add_param("Wc", np.hstack([_glorot(rng, contextSize, hiddenSize) for _ in range(3)]))
-        self.attention = attention
+        self.cell, self.attention = cell, attention
+        self.params = list(cell.params)
+        blocks = [_glorot(rng, contextSize, cell.hiddenSize) for _ in range(cell.n_gates)]
+        self.Wc = self.add_param("Wc", np.hstack(blocks))
         self.params += attention.params
+        self.n_states, self.hiddenSize = cell.n_states, cell.hiddenSize
 
-    # attend(x_proj_t, h_prev, keys, annotations, src_mask): the order scan passes them in
-    # when x_proj is a sequence, h the previous output and the rest non-sequences.
-    def attend(self, x_t, h_prev, keys, annotations, src_mask):
-        ctx, weights = self.attention(h_prev, keys, annotations, src_mask)
-        return self.recur(x_t + pt.dot(ctx, self.Wc), h_prev), ctx, weights
+    def project(self, x):
+        return self.cell.project(x)
+
+    def initial_state(self, h0):
+        return self.cell.initial_state(h0)
+
+    # attend(x_proj_t, *state, keys, annotations, src_mask): the order scan passes them in
+    # when x_proj is a sequence, the state the previous outputs and the rest non-sequences.
+    def attend(self, x_t, *args):
+        state, (keys, annotations, src_mask) = list(args[: self.n_states]), args[self.n_states :]
+        ctx, weights = self.attention(state[0], keys, annotations, src_mask)
+        new = self.cell.recur(x_t + pt.dot(ctx, self.Wc), *state)
+        return (list(new) if isinstance(new, (list, tuple)) else [new]), ctx, weights
+
+
+# ---- the registry of cell names (ModelConfig.cell, --cell) ----------------------------------
+
+CELLS = {"gru": GRU, "lstm": LSTM}
+
+
+def register_cell(name):
+    """Class decorator: make a Recurrent subclass available as `--cell=<name>`.
+
+        @layers.register_cell("mgu")
+        class MGU(layers.Recurrent): ...
+    """
+
+    def register(cls):
+        if not (isinstance(cls, type) and issubclass(cls, Recurrent)):
+            raise TypeError(f"register_cell({name!r}): {cls!r} is not a layers.Recurrent subclass")
+        CELLS[name] = cls
+        return cls
+
+    return register
+
+
+def cell_class(name):
+    """The cell class for `name`: a name in CELLS, or `module:Class` for a cell in a file of
+    your own (`--cell=mycells:MGU` imports mycells.py). A ValueError names the choices."""
+    if name in CELLS:
+        return CELLS[name]
+    if ":" in name:
+        module_name, _, class_name = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"cell {name!r}: {err}") from None
+        if isinstance(cls, type) and issubclass(cls, Recurrent):
+            return cls
+        raise ValueError(f"cell {name!r} is not a layers.Recurrent subclass")
+    raise ValueError(f"unknown cell {name!r}; choose one of {', '.join(sorted(CELLS))}, or module:Class")

@@ -47,7 +47,8 @@ class ModelConfig:
     # Measured: on KJV, 0.1 left the model at the unigram loss for 800 steps and 1.0 learns;
     # on the reverse task 0.1 reaches 99% exact match and 1.0 stalls near 92%.
     embed_init_std: float = setting(1.0, "std of the initial word vectors (see README)")
-    reset_after: bool = setting(False, "GRU reset gate after the recurrent matmul (nn.GRU's form), not before (Cho's)")
+    cell: str = setting("gru", "recurrent cell of every encoder and decoder slot: a name in layers.CELLS (gru, lstm, ...)")
+    reset_after: bool = setting(False, "GRU only: reset gate after the recurrent matmul (nn.GRU's form), not before (Cho's)")
     encoder_layers: int = setting(1, "stacked encoder layers")
     bidirectional: bool = setting(False, "add a backward scan to every encoder layer")
     attention: str = setting("none", "none (Cho 2014's fixed c), bahdanau or luong")
@@ -64,7 +65,7 @@ class CheckpointError(ValueError):
 class Model:
     def __init__(self, config, src_vocab=None, tgt_vocab=None, mode=backend.DEFAULT_MODE):
         self.config = config
-        self.mode = backend.compile_mode(mode)
+        self.mode_name, self.mode = mode, backend.compile_mode(mode)
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         self.rng = np.random.default_rng(config.init_seed)
         self.attentive = config.attention != "none"
@@ -81,28 +82,37 @@ class Model:
         self._rng_next = self.dropout_rng
 
     def initModules(self):
-        """The model's modules. Edit a line here to swap a cell, e.g. the encoder for
-        `layers.LSTM(E, H, name="encoder", rng=rng)`; everything else adapts."""
+        """The model's modules, one line each: the place to edit. Every recurrent slot is a
+        `Cell`, the class registered as `cell` (--cell=lstm); write `Cell = MyCell` below to
+        try your own everywhere, or replace one line to change one slot, e.g.
+        `modules["decoder"] = layers.LSTM([E, C], H, name="decoder", rng=rng)`. A module with
+        `.frozen = True` is not trained; `.lr_scale = 0.1` slows its learning rate."""
         cfg, rng = self.config, self.rng
-        E, H, ra = cfg.embed_size, cfg.hidden_size, cfg.reset_after
+        E, H = cfg.embed_size, cfg.hidden_size
         C = H * (2 if cfg.bidirectional else 1)  # annotation width: [forward; backward]
+        Cell = layers.cell_class(cfg.cell)
+        options = {"reset_after": True} if cfg.reset_after else {}  # a GRU setting (train.check)
+
+        def cell(input_size, name):
+            return Cell(input_size, H, name=name, rng=rng, **options)
+
         modules = {
             "src_embed": layers.Embedding(cfg.src_vocab_size, E, "src_embed", rng, cfg.embed_init_std),
             "tgt_embed": layers.Embedding(cfg.tgt_vocab_size, E, "tgt_embed", rng, cfg.embed_init_std),
-            "encoder": layers.GRU(E, H, name="encoder", rng=rng, reset_after=ra),
+            "encoder": cell(E, "encoder"),
         }
         for layer in range(cfg.encoder_layers):
             name, width = ("encoder", E) if layer == 0 else (f"encoder{layer}", C)
             if layer > 0:  # stacked layers read the annotations of the layer below
-                modules[name] = layers.GRU(width, H, name=name, rng=rng, reset_after=ra)
+                modules[name] = cell(width, name)
             if cfg.bidirectional:
-                modules[f"{name}_bwd"] = layers.GRU(width, H, name=f"{name}_bwd", rng=rng, reset_after=ra)
+                modules[f"{name}_bwd"] = cell(width, f"{name}_bwd")
         modules["init"] = layers.FF(C, H, "tanh", name="init", rng=rng)
         if self.attentive:
             attention = layers.ATTENTIONS[cfg.attention](H, C, cfg.attention_size or H, "decoder.attention", rng)
-            modules["decoder"] = layers.AttentionGRU(E, C, H, attention, name="decoder", rng=rng, reset_after=ra)
+            modules["decoder"] = layers.AttentionDecoder(cell(E, "decoder"), C, attention, rng)
         else:
-            modules["decoder"] = layers.GRU([E, C], H, name="decoder", rng=rng, reset_after=ra)
+            modules["decoder"] = cell([E, C], "decoder")
         modules["readout"] = layers.FF([H, E, C], E, "tanh", name="readout", rng=rng)
         modules["ffout"] = layers.FF(E, cfg.tgt_vocab_size, "linear", name="ffout", rng=rng)
         return modules
@@ -121,25 +131,32 @@ class Model:
             name = "encoder" if layer == 0 else f"encoder{layer}"
             if layer > 0 and train and cfg.dropout > 0:
                 x = self._dropout(x)
-            fwd = m[name].scan(m[name].project(x), src_mask)[0]  # (Ts, B, H)
+            fwd = m[name].scan(m[name].project(x), src_mask, mode=self.mode_name)[0]  # (Ts, B, H)
             # Masking carried each state past its padding, so fwd[-1] is after the last token.
             annotations, c = fwd, fwd[-1]  # (Ts, B, H), (B, H)
             if cfg.bidirectional:
                 bwd_cell = m[f"{name}_bwd"]
                 # Scanning backwards, padding comes first and leaves the zero state as it is.
-                bwd = bwd_cell.scan(bwd_cell.project(x), src_mask, go_backwards=True)[0]
+                bwd = bwd_cell.scan(bwd_cell.project(x), src_mask, go_backwards=True, mode=self.mode_name)[0]
                 bwd = bwd[::-1]  # (Ts, B, H), back in source order
                 annotations = pt.concatenate([fwd, bwd], axis=2)  # (Ts, B, 2H)
                 c = pt.concatenate([c, bwd[0]], axis=1)  # (B, 2H)
             x = annotations
         memory = {"c": c, "annotations": x, "src_mask": src_mask}
-        if self.attentive:
+        if self.attentive and m["decoder"].attention.has_keys:
             memory["keys"] = m["decoder"].attention.keys(x)  # (Ts, B, A), once per batch
         return memory
 
     def memory_keys(self):
         """The memory entries the decoder reads, in the order compiled functions pass them."""
-        return ("annotations", "keys", "src_mask") if self.attentive else ("c",)
+        if not self.attentive:
+            return ("c",)
+        return ("annotations", "src_mask") + (("keys",) if self.modules["decoder"].attention.has_keys else ())
+
+    def _attended(self, memory):
+        """The memory entries in the order AttentionDecoder.attend reads them (Luong's keys
+        are the annotations themselves)."""
+        return [memory.get("keys", memory["annotations"]), memory["annotations"], memory["src_mask"]]
 
     def _dropout(self, x):
         keep = np.float32(1.0 - self.config.dropout)
@@ -156,9 +173,7 @@ class Model:
         dec = self.modules["decoder"]
         emb = self.modules["tgt_embed"](y_prev)  # (B, E)
         if self.attentive:
-            h, ctx, weights = dec.attend(dec.project(emb), states[0], memory["keys"],
-                                         memory["annotations"], memory["src_mask"])
-            new = [h]
+            new, ctx, weights = dec.attend(dec.project(emb), *states, *self._attended(memory))
         else:
             new = dec.recur(dec.project(emb, memory["c"]), *states)
             new, ctx, weights = (list(new) if isinstance(new, (list, tuple)) else [new]), memory["c"], None
@@ -172,24 +187,29 @@ class Model:
         init = self.decoder_init(memory)
         if not self.attentive:
             x_proj = dec.project(emb, memory["c"])  # (T, B, G*H); c broadcast over T
-            return dec.scan(x_proj, tgt_mask, init=init)[0], memory["c"], None
+            return dec.scan(x_proj, tgt_mask, init=init, mode=self.mode_name)[0], memory["c"], None
+        n = len(init)
+        attended = self._attended(memory)
+        unique = list(dict.fromkeys(attended))  # Luong's keys are the annotations themselves
+        positions = [unique.index(v) for v in attended]
 
-        # scan's order: sequences (x_proj_t, m_t), previous output h, non-sequences.
-        def step(x_t, m_t, h_prev, keys, annotations, src_mask):
-            h, ctx, weights = dec.attend(x_t, h_prev, keys, annotations, src_mask)
+        # scan's order: sequences (x_proj_t, m_t), the previous state, non-sequences (memory).
+        def step(x_t, m_t, *args):
+            prev, mem = args[:n], args[n:]
+            new, ctx, weights = dec.attend(x_t, *prev, *(mem[i] for i in positions))
             m = m_t[:, None]  # (B, 1)
-            return m * h + (1.0 - m) * h_prev, ctx, weights
+            return [*(m * s + (1.0 - m) * p for s, p in zip(new, prev)), ctx, weights]
 
-        h, ctx, weights = pytensor.scan(
+        outputs = pytensor.scan(
             step,
             sequences=[dec.project(emb), tgt_mask],
-            outputs_info=[init[0], None, None],
-            non_sequences=[memory["keys"], memory["annotations"], memory["src_mask"]],
+            outputs_info=[*init, None, None],
+            non_sequences=unique,
             name="decoder.scan",
             return_updates=False,
             mode=self.mode,
         )
-        return h, ctx, weights
+        return outputs[0], outputs[-2], outputs[-1]
 
     def logits(self, h, y_prev_emb, c):
         """Unnormalised next-token scores from decoder states: (..., H) -> (..., V)."""
@@ -275,11 +295,21 @@ class Model:
             self._functions[key] = build()
         return self._functions[key]
 
-    def _updates(self, grads, lr, optimizer, grad_clip):
-        """Clipped optimizer updates, skipped (every variable kept) when the gradient norm is
-        not finite. Registers the optimizer's state variables for checkpoints."""
-        grads, norm = optim.clip_by_global_norm(grads, grad_clip)
-        updates = optim.OPTIMIZERS[optimizer](self.params, grads, lr)
+    def trainable_params(self):
+        """The params training updates: every module's that is not frozen."""
+        return [p for module in self.modules.values() if not module.frozen for p in module.params]
+
+    def _updates(self, cost, grads, lr, optimizer, grad_clip):
+        """The union of every module's `getUpdates`, given the trainable params' `grads`
+        after global-norm clipping and the configured optimizer. All updates are skipped
+        (every variable kept) when the gradient norm is not finite. Registers the
+        optimizer's state variables for checkpoints."""
+        clipped, norm = optim.clip_by_global_norm(grads, grad_clip)
+        grad_of = dict(zip(self.trainable_params(), clipped))
+        updates = []
+        for module in self.modules.values():
+            module_grads = [grad_of.get(p) for p in module.params]
+            updates += module.getUpdates(cost, lr, module_grads, optim.OPTIMIZERS[optimizer])
         finite = pt.isfinite(norm)
         updates = [(var, pt.switch(finite, new, var)) for var, new in updates]
         param_ids = {id(p) for p in self.params}
@@ -302,7 +332,8 @@ class Model:
             lr = pt.scalar("lr", dtype=layers.FLOATX)
             self._rng_next = self.dropout_rng
             loss, n_tokens = self.loss(src, tgt, train=True)
-            updates, norm = self._updates(pytensor.grad(loss, self.params), lr, optimizer, grad_clip)
+            grads = pytensor.grad(loss, self.trainable_params())
+            updates, norm = self._updates(loss, grads, lr, optimizer, grad_clip)
             return pytensor.function([src, tgt, lr], [loss, n_tokens, norm],
                                      updates=updates + self._dropout_update(), mode=self.mode)
 
@@ -310,13 +341,13 @@ class Model:
 
     def compile_grad(self):
         """Data-parallel half 1: `f(src, tgt) -> [summed nll, n_tokens, *gradients of the
-        summed nll]`, one gradient per param, no parameter updates."""
+        summed nll]`, one gradient per trainable param, no parameter updates."""
         def build():
             src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
             self._rng_next = self.dropout_rng
             nll, mask = self.token_nll(src, tgt, train=True)
             total = pt.sum(nll, dtype=layers.FLOATX)
-            outputs = [total, pt.sum(mask, dtype=layers.FLOATX), *pytensor.grad(total, self.params)]
+            outputs = [total, pt.sum(mask, dtype=layers.FLOATX), *pytensor.grad(total, self.trainable_params())]
             return pytensor.function([src, tgt], outputs, updates=self._dropout_update(), mode=self.mode)
 
         return self._compiled("grad", build)
@@ -327,8 +358,8 @@ class Model:
         def build():
             lr = pt.scalar("lr", dtype=layers.FLOATX)
             scale = pt.scalar("scale", dtype=layers.FLOATX)
-            grads = [p.type(f"grad.{p.name}") for p in self.params]
-            updates, norm = self._updates([g * scale for g in grads], lr, optimizer, grad_clip)
+            grads = [p.type(f"grad.{p.name}") for p in self.trainable_params()]
+            updates, norm = self._updates(None, [g * scale for g in grads], lr, optimizer, grad_clip)
             return pytensor.function([lr, scale, *grads], norm, updates=updates, mode=self.mode)
 
         return self._compiled(("apply", optimizer, grad_clip), build)
@@ -422,7 +453,7 @@ class Model:
         meta = {
             "format_version": FORMAT_VERSION,
             "model_config": dataclasses.asdict(self.config),
-            "modules": {name: type(mod).__name__ for name, mod in self.modules.items()},
+            "modules": {name: module_kind(mod) for name, mod in self.modules.items()},
             "state": state or {},
             "dropout_rng": self.dropout_rng.get_value(borrow=True).bit_generator.state,
         }
@@ -445,14 +476,17 @@ class Model:
         except (ValueError, TypeError, KeyError) as err:
             raise CheckpointError(f"{path}: unreadable model config: {err}") from None
         vocabs = [Vocab(arrays[k].tolist()) if k in arrays else None for k in ("src_vocab", "tgt_vocab")]
-        model = cls(config, *vocabs, mode=mode)
+        try:
+            model = cls(config, *vocabs, mode=mode)
+        except ValueError as err:  # e.g. a cell of the user's that cannot be imported here
+            raise CheckpointError(f"{path}: {err}") from None
         saved_modules = meta.get("modules", {})
         for name, module in model.modules.items():
-            saved = saved_modules.get(name)
-            if saved is not None and saved != type(module).__name__:
+            saved = _OLD_KINDS.get(saved_modules.get(name), saved_modules.get(name))
+            if saved is not None and saved != module_kind(module):
                 raise CheckpointError(
                     f"{path}: module {name!r} is a {saved} in the checkpoint but initModules() "
-                    f"builds a {type(module).__name__}"
+                    f"builds a {module_kind(module)}"
                 )
         for p in model.params:
             key = f"param/{p.name}"
@@ -483,10 +517,21 @@ class Model:
         if not self._pending_opt_state:
             return
         for var in self.opt_state:
-            if var.name not in self._pending_opt_state:
+            # Before getUpdates trained each module, one Adam step count served them all.
+            name = "adam.t" if var.name.startswith("adam.t.") and var.name not in self._pending_opt_state else var.name
+            if name not in self._pending_opt_state:
                 raise CheckpointError(f"checkpoint has no optimizer state {var.name}")
-            var.set_value(self._pending_opt_state[var.name].astype(var.dtype))
+            var.set_value(self._pending_opt_state[name].astype(var.dtype))
         self._pending_opt_state = {}
+
+
+def module_kind(module):
+    """A module's class as checkpoints record it: `LSTM`, `AttentionDecoder(LSTM)`."""
+    inner = getattr(module, "cell", None)
+    return type(module).__name__ + (f"({type(inner).__name__})" if inner is not None else "")
+
+
+_OLD_KINDS = {"AttentionGRU": "AttentionDecoder(GRU)"}  # names in checkpoints of earlier versions
 
 
 def checkpoint_path(out_dir, ckpt):

@@ -1,8 +1,9 @@
 """Optimizers as functions that return update pairs `(shared, new_value)`.
 
-An optimizer's state (Adam's moments, its step count) is every shared variable its updates
-write that is not a parameter; `Model` saves it by name (`adam.m.encoder.W`), so resume is
-exact.
+Each module's `getUpdates` calls one of these on its own params (layers.Module), with
+`owner` its name. An optimizer's state (Adam's moments, its step count) is every shared
+variable its updates write that is not a parameter; `Model` saves it by name
+(`adam.m.encoder.W`, `adam.t.encoder`), so resume is exact.
 """
 import numpy as np
 
@@ -28,14 +29,15 @@ def clip_by_global_norm(grads, max_norm, norm=None):
     return [g * scale for g in grads], norm
 
 
-def sgd(params, grads, lr):
-    """Plain SGD: p <- p - lr * g. Same as each module's `getUpdates(cost, lr)`."""
+def sgd(params, grads, lr, owner=None):
+    """Plain SGD: p <- p - lr * g, the seed's `getUpdates(cost, lr)`. No state."""
     return [(p, p - lr * g) for p, g in zip(params, grads)]
 
 
-def adam(params, grads, lr, beta1=0.9, beta2=0.999, eps=1e-8):
-    """Adam (Kingma & Ba 2015) with bias correction folded into the step size."""
-    t = pytensor.shared(np.float32(0.0), name="adam.t")
+def adam(params, grads, lr, owner="all", beta1=0.9, beta2=0.999, eps=1e-8):
+    """Adam (Kingma & Ba 2015) with bias correction folded into the step size. The step
+    count `adam.t.<owner>` counts this call's updates (a frozen module's stays put)."""
+    t = pytensor.shared(np.float32(0.0), name=f"adam.t.{owner}")
     t_new = t + np.float32(1.0)
     b1, b2 = np.float32(beta1), np.float32(beta2)
     step = lr * pt.sqrt(np.float32(1.0) - b2**t_new) / (np.float32(1.0) - b1**t_new)

@@ -22,6 +22,7 @@ import numpy as np
 
 import backend
 import distributed
+import layers
 from configurator import ConfigError, configure, require, setting
 from dataset import Batcher, DataError, dataset_dir, eval_batches, load_dataset, make_batch
 from evaluate import read_references, score, translate
@@ -66,7 +67,13 @@ def check(cfg, mcfg):
     for name in ("embed_size", "hidden_size", "embed_init_std"):
         require(getattr(mcfg, name) > 0, f"{name}={getattr(mcfg, name)}: must be positive")
     require(mcfg.encoder_layers > 0, f"encoder_layers={mcfg.encoder_layers}: must be positive")
-    require(mcfg.attention in ("none", "bahdanau", "luong"), f"attention={mcfg.attention!r}: use none, bahdanau or luong")
+    require(mcfg.attention in ("none", *layers.ATTENTIONS),
+            f"attention={mcfg.attention!r}: use one of none, {', '.join(layers.ATTENTIONS)}")
+    try:
+        cell = layers.cell_class(mcfg.cell)
+    except ValueError as err:
+        raise ConfigError(f"cell={mcfg.cell!r}: {err}") from None
+    require(not mcfg.reset_after or issubclass(cell, layers.GRU), f"reset_after=true is a GRU setting, not {mcfg.cell}'s")
     require(mcfg.attention_size >= 0, f"attention_size={mcfg.attention_size}: must not be negative")
     require(0 <= mcfg.dropout < 1, f"dropout={mcfg.dropout}: must be in [0, 1)")
     require(cfg.learning_rate > 0, f"learning_rate={cfg.learning_rate}: must be positive")

@@ -12,11 +12,17 @@ Implementations, each in its own process, run in rotating order for --rounds rou
 same thread settings (OMP/OpenBLAS/MKL threads and torch.set_num_threads):
 - pytensor:          model.Model, Cho's GRU (reset before the recurrent matmul), the default;
 - pytensor_ra:       model.Model with reset_after=True, the nn.GRU convention;
+- pytensor_lstm:     model.Model with cell=lstm in every slot (recurrence.py's generic loop);
+- pytensor_mgu:      model.Model with cell=benchmarks.mgu:MGU, a cell written only as `recur`
+                     in a file of its own (recurrence.py's generic loop);
 - torch_gru:         PyTorch with fused nn.GRU layers (reset after; the decoder reads
                      [embedding; c] as its input, so c's projection is repeated per step);
+- torch_lstm:        the same on fused nn.LSTM layers;
 - torch_loop:        PyTorch with a hand-written Cho GRU cell in a Python loop
-                     (benchmarks/torch_reference.py), masks and all, as model.Model.
-The ratio column divides by torch_gru, the issue's reference.
+                     (benchmarks/torch_reference.py), masks and all, as model.Model;
+- torch_mgu_loop:    the same loop with the minimal gated unit's step.
+Each row's ratio divides by its reference (REFERENCES): nn.GRU for our GRUs, nn.LSTM for our
+LSTM, the hand-written loop of the same cell for the MGU.
 
 Reported per implementation: median training s/step and target tokens/s after warm-up;
 greedy decoding tokens/s (64 sentences, 30 steps); compile time, cold (empty compile cache,
@@ -36,23 +42,31 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = dict(E=256, H=512, V=10000, B=64, T=30)
-IMPLS = ("pytensor", "pytensor_ra", "torch_gru", "torch_loop")
-REFERENCE = "torch_gru"
+IMPLS = ("pytensor", "pytensor_ra", "pytensor_lstm", "pytensor_mgu", "torch_gru", "torch_lstm", "torch_loop",
+         "torch_mgu_loop")
+REFERENCES = {"pytensor": "torch_gru", "pytensor_ra": "torch_gru", "pytensor_lstm": "torch_lstm",
+              "pytensor_mgu": "torch_mgu_loop", "torch_loop": "torch_gru"}
+# Model settings of our implementations; gates per cell, for the FLOP count.
+OURS = {"pytensor": {}, "pytensor_ra": {"reset_after": True}, "pytensor_lstm": {"cell": "lstm"},
+        "pytensor_mgu": {"cell": "benchmarks.mgu:MGU"}}
+GATES = {"pytensor": 3, "pytensor_ra": 3, "pytensor_lstm": 4, "pytensor_mgu": 2, "torch_gru": 3, "torch_lstm": 4,
+         "torch_loop": 3, "torch_mgu_loop": 2}
 
 
-def flops(E, H, V, B, T):
-    """Matmul FLOPs of one training step and of one greedy decoding step (2 per multiply-add).
+def flops(E, H, V, B, T, G=3):
+    """Matmul FLOPs of one training step and of one greedy decoding step (2 per multiply-add),
+    for a cell with G gates (GRU 3, LSTM 4, MGU 2).
 
-    The decoder's per-step input width is counted as E: c's projection (B, H) x (H, 3H) is
+    The decoder's per-step input width is counted as E: c's projection (B, H) x (H, GH) is
     computed once per sequence, as model.Model does."""
     mm = lambda m, k, n: 2 * m * k * n  # noqa: E731
     N = B * T
-    forward = (mm(N, E, 3 * H) + mm(N, H, 3 * H)  # encoder: input projection, recurrence
-               + mm(B, H, H) + mm(B, H, 3 * H)  # init, c's projection into the decoder
-               + mm(N, E, 3 * H) + mm(N, H, 3 * H)  # decoder
+    forward = (mm(N, E, G * H) + mm(N, H, G * H)  # encoder: input projection, recurrence
+               + mm(B, H, H) + mm(B, H, G * H)  # init, c's projection into the decoder
+               + mm(N, E, G * H) + mm(N, H, G * H)  # decoder
                + mm(N, H + E, E) + mm(B, H, E)  # deep output layer
                + mm(N, E, V))  # softmax layer
-    decode_step = mm(B, E, 3 * H) + mm(B, H, 3 * H) + mm(B, H + E, E) + mm(B, E, V)
+    decode_step = mm(B, E, G * H) + mm(B, H, G * H) + mm(B, H + E, E) + mm(B, E, V)
     return 3 * forward, decode_step
 
 
@@ -67,7 +81,7 @@ def batch(rng, V, B, T):
 # ---- workers: one implementation, one process --------------------------------------------
 
 
-def run_pytensor(args, reset_after):
+def run_pytensor(args, settings):
     sys.path.insert(0, ROOT)
     import numpy as np
 
@@ -77,7 +91,7 @@ def run_pytensor(args, reset_after):
     import_s = time.perf_counter() - t0
     s = SIZES
     cfg = ModelConfig(embed_size=s["E"], hidden_size=s["H"], src_vocab_size=s["V"], tgt_vocab_size=s["V"],
-                      reset_after=reset_after)
+                      **settings)
     model = Model(cfg, mode=args.mode)
     t0 = time.perf_counter()
     step = model.compile_train(optimizer="sgd", grad_clip=1.0)
@@ -99,7 +113,7 @@ def run_pytensor(args, reset_after):
                 train_compile_s=train_compile, decode_compile_s=decode_compile)
 
 
-def run_torch(args, fused):
+def run_torch(args, impl):
     import numpy as np
     import torch
 
@@ -107,10 +121,13 @@ def run_torch(args, fused):
     torch.set_num_interop_threads(1)
     torch.manual_seed(0)
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    from torch_reference import TorchGRUModel
+    from torch_reference import TorchGRUModel, TorchLSTMModel, mgu_step
 
     s = SIZES
-    model = TorchGRUModel(s["E"], s["H"], s["V"]) if fused else torch_loop_model(s["E"], s["H"], s["V"])
+    model = {"torch_gru": lambda: TorchGRUModel(s["E"], s["H"], s["V"]),
+             "torch_lstm": lambda: TorchLSTMModel(s["E"], s["H"], s["V"]),
+             "torch_loop": lambda: torch_loop_model(s["E"], s["H"], s["V"]),
+             "torch_mgu_loop": lambda: torch_loop_model(s["E"], s["H"], s["V"], 2, mgu_step)}[impl]()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     src, tgt = (torch.from_numpy(a.astype("int64")) for a in batch(np.random.default_rng(0), s["V"], s["B"], s["T"]))
 
@@ -130,18 +147,19 @@ def run_torch(args, fused):
                 train_compile_s=None, decode_compile_s=None)  # eager: nothing to compile
 
 
-def torch_loop_model(E, H, V):
-    """benchmarks/torch_reference.TorchSeq2Seq (Cho GRU in a Python loop) with fresh weights."""
+def torch_loop_model(E, H, V, G=3, step=None):
+    """benchmarks/torch_reference.TorchSeq2Seq (a cell of G gates in a Python loop; Cho's GRU
+    by default) with fresh weights."""
     import numpy as np
-    from torch_reference import TorchSeq2Seq
+    from torch_reference import TorchSeq2Seq, cho_gru_step
 
     rng = np.random.default_rng(0)
     u = lambda *shape: rng.uniform(-0.05, 0.05, size=shape).astype("float32")  # noqa: E731
-    params = {"src_embed.W": u(V, E), "tgt_embed.W": u(V, E), "encoder.W": u(E, 3 * H),
-              "encoder.U": u(H, 3 * H), "encoder.b": u(3 * H), "init.W": u(H, H), "init.b": u(H),
-              "decoder.W": u(E + H, 3 * H), "decoder.U": u(H, 3 * H), "decoder.b": u(3 * H),
+    params = {"src_embed.W": u(V, E), "tgt_embed.W": u(V, E), "encoder.W": u(E, G * H),
+              "encoder.U": u(H, G * H), "encoder.b": u(G * H), "init.W": u(H, H), "init.b": u(H),
+              "decoder.W": u(E + H, G * H), "decoder.U": u(H, G * H), "decoder.b": u(G * H),
               "readout.W": u(H + E + H, E), "readout.b": u(E), "ffout.W": u(E, V), "ffout.b": u(V)}
-    return TorchSeq2Seq(params, H, E)
+    return TorchSeq2Seq(params, H, E, step or cho_gru_step)
 
 
 def timed(fn):
@@ -151,10 +169,10 @@ def timed(fn):
 
 
 def worker(args):
-    if args.worker.startswith("pytensor"):
-        result = run_pytensor(args, reset_after=args.worker == "pytensor_ra")
+    if args.worker in OURS:
+        result = run_pytensor(args, OURS[args.worker])
     else:
-        result = run_torch(args, fused=args.worker == "torch_gru")
+        result = run_torch(args, args.worker)
     import resource
 
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -185,10 +203,11 @@ def spawn(impl, args, env):
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def summarise(runs, peak, train_flops, decode_step_flops):
+def summarise(runs, peak):
     s = SIZES
     out = {}
     for impl, results in runs.items():
+        train_flops, decode_step_flops = flops(**SIZES, G=GATES[impl])
         train = statistics.median(t for r in results for t in r["train_s"])
         decode = statistics.median(t for r in results for t in r["decode_s"])
         decode_tokens = results[0]["decode_tokens"]
@@ -208,8 +227,9 @@ def summarise(runs, peak, train_flops, decode_step_flops):
             final_loss=results[-1]["loss"],
             runs=results,
         )
-    ref = out.get(REFERENCE)
-    for row in out.values():
+    for impl, row in out.items():
+        ref = out.get(REFERENCES.get(impl))
+        row["reference"] = REFERENCES.get(impl) if ref else None
         row["train_ratio"] = row["train_tokens_per_s"] / ref["train_tokens_per_s"] if ref else None
         row["decode_ratio"] = row["decode_tokens_per_s"] / ref["decode_tokens_per_s"] if ref else None
     return out
@@ -218,12 +238,12 @@ def summarise(runs, peak, train_flops, decode_step_flops):
 def table(summary, peak):
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     lines = [f"matmul peak (numpy float32 2048^2): {peak:.0f} GFLOP/s",
-             "| implementation | train s/step | train tok/s | x torch_gru | decode tok/s | x torch_gru "
+             "| implementation | reference | train s/step | train tok/s | x reference | decode tok/s | x reference "
              "| compile cold / cached s | peak RSS MB | GFLOP/s (of peak) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for impl, r in summary.items():
         lines.append(
-            f"| {impl} | {r['train_s_per_step']:.3f} | {r['train_tokens_per_s']:.0f} | {fmt(r['train_ratio'], '.2f')} "
+            f"| {impl} | {r['reference'] or '-'} | {r['train_s_per_step']:.3f} | {r['train_tokens_per_s']:.0f} | {fmt(r['train_ratio'], '.2f')} "
             f"| {r['decode_tokens_per_s']:.0f} | {fmt(r['decode_ratio'], '.2f')} "
             f"| {fmt(r['compile_cold_s'], '.1f')} / {fmt(r['compile_cached_s'], '.1f')} | {r['peak_rss_mb']:.0f} "
             f"| {r['train_gflops']:.0f} ({100 * r['train_fraction_of_peak']:.0f}%) |")
@@ -255,9 +275,9 @@ def main():
             import torch  # noqa: F401
         except ImportError:
             sys.exit("PyTorch is not installed: pip install torch==2.13.0 (the CPU build), or pass --impls=pytensor")
-    if args.quick:  # the issue's pair only, one round
+    if args.quick:  # ours and nn.GRU only, one round
         args.rounds, args.steps, args.decode_reps, args.warmup = 1, 3, 2, 1
-        impls = [i for i in impls if i in ("pytensor", REFERENCE)] if args.impls == ",".join(IMPLS) else impls
+        impls = [i for i in impls if i in ("pytensor", "torch_gru")] if args.impls == ",".join(IMPLS) else impls
     out_path = args.out or os.path.join(ROOT, "benchmarks", f"bench_train{'_quick' if args.quick else ''}.json")
 
     threads = str(args.threads)
@@ -280,18 +300,17 @@ def main():
                 print(f"round {r + 1}/{args.rounds}: {impl} ...", flush=True)
                 run(impl)
         if args.quick:
-            for impl in (i for i in impls if i.startswith("pytensor")):
+            for impl in (i for i in impls if i in OURS):
                 print(f"{impl} again (cached compile) ...", flush=True)
                 run(impl)
     finally:
         for cache in caches.values():
             shutil.rmtree(cache, ignore_errors=True)
     peak = matmul_peak()
-    train_flops, decode_step_flops = flops(**SIZES)
-    summary = summarise(runs, peak, train_flops, decode_step_flops)
+    summary = summarise(runs, peak)
     report = dict(sizes=SIZES, threads=args.threads, quick=args.quick, rounds=args.rounds, steps=args.steps,
-                  matmul_peak_gflops=peak, train_gflop_per_step=train_flops / 1e9, machine=machine(),
-                  results=summary)
+                  matmul_peak_gflops=peak, train_gflop_per_step={i: flops(**SIZES, G=GATES[i])[0] / 1e9 for i in impls},
+                  machine=machine(), results=summary)
     with open(out_path, "w") as f:
         json.dump(report, f, indent=1)
     print(table(summary, peak))

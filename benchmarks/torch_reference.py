@@ -17,10 +17,17 @@ def cho_gru_step(x_proj, h, U, H):
     return z * h + (1 - z) * h_tilde
 
 
+def mgu_step(x_proj, h, U, H):
+    """One minimal gated unit step, as benchmarks/mgu.py documents."""
+    f = torch.sigmoid(x_proj[:, :H] + h @ U[:, :H])
+    h_tilde = torch.tanh(x_proj[:, H:] + (f * h) @ U[:, H:])
+    return (1 - f) * h + f * h_tilde
+
+
 class TorchSeq2Seq(torch.nn.Module):
-    def __init__(self, params, hidden_size, embed_size):
+    def __init__(self, params, hidden_size, embed_size, step=cho_gru_step):
         super().__init__()
-        self.H, self.E = hidden_size, embed_size
+        self.H, self.E, self.step = hidden_size, embed_size, step
         self.p = torch.nn.ParameterDict({k.replace(".", "__"): torch.nn.Parameter(torch.tensor(v)) for k, v in params.items()})
 
     @classmethod
@@ -39,7 +46,7 @@ class TorchSeq2Seq(torch.nn.Module):
         h = torch.zeros(src.shape[1], H)
         for t in range(src.shape[0]):
             m = src_mask[t][:, None]
-            h = m * cho_gru_step(x_proj[t], h, self["encoder.U"], H) + (1 - m) * h
+            h = m * self.step(x_proj[t], h, self["encoder.U"], H) + (1 - m) * h
         c = h  # (B, H)
         tgt_in, tgt_out = tgt[:-1], tgt[1:]
         tgt_mask = (tgt_out != PAD_ID).float()
@@ -50,7 +57,7 @@ class TorchSeq2Seq(torch.nn.Module):
         states = []
         for t in range(tgt_in.shape[0]):
             m = tgt_mask[t][:, None]
-            h = m * cho_gru_step(x_proj[t], h, self["decoder.U"], H) + (1 - m) * h
+            h = m * self.step(x_proj[t], h, self["decoder.U"], H) + (1 - m) * h
             states.append(h)
         hs = torch.stack(states)  # (T, B, H)
         Wr = self["readout.W"]
@@ -66,7 +73,7 @@ class TorchSeq2Seq(torch.nn.Module):
         x_proj = self["src_embed.W"][src] @ self["encoder.W"] + self["encoder.b"]
         h = torch.zeros(src.shape[1], H)
         for t in range(src.shape[0]):
-            h = cho_gru_step(x_proj[t], h, self["encoder.U"], H)
+            h = self.step(x_proj[t], h, self["encoder.U"], H)
         c = h
         W, Wr = self["decoder.W"], self["readout.W"]
         c_proj, c_out = c @ W[E:] + self["decoder.b"], c @ Wr[H + E :] + self["readout.b"]
@@ -74,7 +81,7 @@ class TorchSeq2Seq(torch.nn.Module):
         y = torch.full((src.shape[1],), 1, dtype=torch.int64)
         for _ in range(max_len):
             emb = self["tgt_embed.W"][y]
-            h = cho_gru_step(emb @ W[:E] + c_proj, h, self["decoder.U"], H)
+            h = self.step(emb @ W[:E] + c_proj, h, self["decoder.U"], H)
             readout = torch.tanh(h @ Wr[:H] + emb @ Wr[H : H + E] + c_out)
             y = (readout @ self["ffout.W"] + self["ffout.b"]).argmax(1)
         return y
@@ -87,13 +94,15 @@ class TorchGRUModel(torch.nn.Module):
     The decoder reads [embedding; c] as its input at every step. `from_model` copies a
     reset_after Model's weights (tests/test_torch_reference.py checks the two agree)."""
 
+    RNN = torch.nn.GRU
+
     def __init__(self, E, H, V):
         super().__init__()
         nn = torch.nn
         self.src_embed, self.tgt_embed = nn.Embedding(V, E), nn.Embedding(V, E)
-        self.encoder = nn.GRU(E, H)
+        self.encoder = self.RNN(E, H)
         self.init = nn.Linear(H, H)
-        self.decoder = nn.GRU(E + H, H)
+        self.decoder = self.RNN(E + H, H)
         self.readout, self.readout_c = nn.Linear(H + E, E), nn.Linear(H, E, bias=False)
         self.out = nn.Linear(E, V)
 
@@ -142,10 +151,22 @@ class TorchGRUModel(torch.nn.Module):
     @torch.no_grad()
     def greedy(self, src, max_len):
         """Greedy decoding for max_len steps (no early stop); returns the last ids (B,)."""
-        c, h = self.start(src)
+        c, state = self.start(src)
         y = torch.ones(src.shape[1], dtype=torch.int64)
         for _ in range(max_len):
             emb = self.tgt_embed(y)
-            _, h = self.decoder(torch.cat([emb, c], 1)[None], h)
-            y = self.logits(h[0], emb, c).argmax(1)
+            out, state = self.decoder(torch.cat([emb, c], 1)[None], state)
+            y = self.logits(out[0], emb, c).argmax(1)
         return y
+
+
+class TorchLSTMModel(TorchGRUModel):
+    """The same architecture on fused nn.LSTM layers; the decoder starts from
+    (tanh(c V + b), 0), as model.Model's LSTM does (Model(cell="lstm"))."""
+
+    RNN = torch.nn.LSTM
+
+    def start(self, src):
+        _, (h, _) = self.encoder(self.src_embed(src))  # (1, B, H)
+        h0 = torch.tanh(self.init(h[0]))[None]
+        return h[0], (h0, torch.zeros_like(h0))

@@ -1,0 +1,317 @@
+"""Pluggable cells: the generic time-loop op against scan, overrides honoured on every path,
+any cell in every slot, a user's own cell, and training through each module's getUpdates."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import backend
+import layers
+import pytensor
+import pytensor.tensor as pt
+from beam import beam_search
+from configurator import ConfigError
+from model import CheckpointError, Model, ModelConfig
+from train import TrainConfig, check
+from vocab import BOS_ID, EOS_ID, PAD_ID
+
+MODE = backend.compile_mode("CVM")
+I, H = 3, 5
+
+
+class HalfGRU(layers.GRU):
+    """A GRU subclass that changes `recur`: the stock kernel must step aside for it."""
+
+    def recur(self, x_t, h_prev):
+        return 0.5 * super().recur(x_t, h_prev)
+
+
+class LeakyLSTM(layers.LSTM):
+    """An LSTM subclass that changes `recur` (and so both of its states)."""
+
+    def recur(self, x_t, h_prev, c_prev):
+        h, c = super().recur(x_t, h_prev, c_prev)
+        return [0.9 * h + 0.1 * h_prev, c * 0.8]
+
+
+@layers.register_cell("test_mgu")
+class UserMGU(layers.Recurrent):
+    """A user's cell defined in a test file, written only as `recur` (Zhou et al. 2016)."""
+
+    n_gates = 2
+
+    def recur(self, x_t, h_prev):
+        f = pt.sigmoid(x_t[:, : self.hiddenSize] + pt.dot(h_prev, self.U[:, : self.hiddenSize]))
+        h_tilde = pt.tanh(x_t[:, self.hiddenSize :] + pt.dot(f * h_prev, self.U[:, self.hiddenSize :]))
+        return (1.0 - f) * h_prev + f * h_tilde
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def numpy_mgu(x_proj, h, U):
+    """UserMGU's equations in numpy, for one step on a projected input."""
+    Hs = h.shape[1]
+    f = sigmoid(x_proj[:, :Hs] + h @ U[:, :Hs])
+    h_tilde = np.tanh(x_proj[:, Hs:] + (f * h) @ U[:, Hs:])
+    return (1 - f) * h + f * h_tilde
+
+
+# ---- the generic loop op against scan ---------------------------------------------------------
+
+CELLS = {"gru": layers.GRU, "lstm": layers.LSTM, "half_gru": HalfGRU, "leaky_lstm": LeakyLSTM, "mgu": UserMGU}
+_FUNCTIONS = {}
+
+
+def loop_functions(name, go_backwards):
+    """(fast, scan) versions of f(x, mask, h0, w) -> [every state sequence, d/dx, d/dh0,
+    d/dparams] of sum(w * h) + sum(last state of every kind), from the same weights. The
+    fast path is the cell's default: kernels.py for the stock GRU, recurrence.py otherwise."""
+    key = (name, go_backwards)
+    if key not in _FUNCTIONS:
+        fns = []
+        for fused in (True, False):
+            cell = CELLS[name](I, H, name="cell", rng=np.random.default_rng(7), fused=fused)
+            for p in cell.params:  # biases too, so every term counts
+                p.set_value(np.random.default_rng(1).normal(0, 0.5, p.get_value().shape).astype("float32"))
+            x, m, h0, w = pt.tensor3("x"), pt.matrix("m"), pt.matrix("h0"), pt.tensor3("w")
+            states = cell.scan(cell.project(x), m, init=cell.initial_state(h0), go_backwards=go_backwards)
+            cost = (states[0] * w).sum() + sum(s[-1].sum() for s in states)
+            grads = pytensor.grad(cost, [x, h0, *cell.params])
+            fns.append(pytensor.function([x, m, h0, w], [*states, *grads], mode=MODE))
+        _FUNCTIONS[key] = fns
+    return _FUNCTIONS[key]
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    name=st.sampled_from(sorted(CELLS)),
+    go_backwards=st.booleans(),
+    lengths=st.lists(st.integers(0, 5), min_size=1, max_size=3),
+    seed=st.integers(0, 2**16),
+)
+def test_fast_loop_equals_scan_over_recur(name, go_backwards, lengths, seed):
+    """Every cell, subclasses that override recur included, any lengths (0 too) and both
+    directions: the fast path gives scan's states and gradients (inputs, h0, every param)."""
+    rng = np.random.default_rng(seed)
+    T, B = max(max(lengths), 1), len(lengths)
+    mask = (np.arange(T)[:, None] < np.array(lengths)[None]).astype("float32")  # (T, B)
+    args = [rng.standard_normal((T, B, I)).astype("float32"), mask,
+            rng.standard_normal((B, H)).astype("float32"), rng.standard_normal((T, B, H)).astype("float32")]
+    fast, scanned = loop_functions(name, go_backwards)
+    for got, want in zip(fast(*args), scanned(*args)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=3e-5)
+
+
+def test_override_is_not_the_stock_cell():
+    """The check above could not pass by accident: HalfGRU's states differ from the GRU's."""
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal((4, 2, I)).astype("float32"), np.ones((4, 2), "float32"),
+            rng.standard_normal((2, H)).astype("float32"), np.ones((4, 2, H), "float32")]
+    half, stock = loop_functions("half_gru", False)[0](*args)[0], loop_functions("gru", False)[0](*args)[0]
+    assert np.abs(half - stock).max() > 0.1
+
+
+def test_fast_paths_are_the_ones_expected():
+    """The stock GRU runs kernels.GRUSequence; a GRU subclass with its own recur, the LSTM and
+    a user's cell run recurrence.CellLoop; fused=False runs scan."""
+    x, m = pt.tensor3("x"), pt.matrix("m")
+
+    def ops(cell):
+        out = cell.scan(cell.project(x), m)[0]
+        return {type(v.owner.op).__name__ for v in pytensor.graph.traversal.ancestors([out]) if v.owner}
+
+    assert "GRUSequence" in ops(layers.GRU(I, H))
+    for cell in (HalfGRU(I, H), layers.LSTM(I, H), UserMGU(I, H)):
+        found = ops(cell)
+        assert "CellLoop" in found and "GRUSequence" not in found and "Scan" not in found
+    assert "Scan" in ops(layers.LSTM(I, H, fused=False))
+
+
+def test_user_cell_matches_numpy_and_finite_differences():
+    """The README's recipe for a new cell: its step against a numpy version of its
+    equations, and its gradient against finite differences."""
+    cell = UserMGU(I, H, name="mgu", rng=np.random.default_rng(2))
+    x, h = pt.matrix("x"), pt.matrix("h")
+    step = pytensor.function([x, h], cell.recur(x, h), mode=MODE)
+    rng = np.random.default_rng(3)
+    xv, hv = rng.standard_normal((4, 2 * H)).astype("float32"), rng.standard_normal((4, H)).astype("float32")
+    np.testing.assert_allclose(step(xv, hv), numpy_mgu(xv, hv, cell.U.get_value()), rtol=1e-5, atol=1e-6)
+    # Gradient of sum(w * h') for x, h and U against central differences of the numpy
+    # equations in float64, at a few coordinates of each.
+    w = rng.standard_normal((4, H))
+    cost = (cell.recur(x, h) * w.astype("float32")).sum()
+    grads = pytensor.function([x, h], pytensor.grad(cost, [x, h, cell.U]), mode=MODE)(xv, hv)
+    values = [xv.astype("float64"), hv.astype("float64"), cell.U.get_value().astype("float64")]
+    for which, grad in enumerate(grads):
+        for index in list(zip(*[rng.integers(0, n, 3) for n in values[which].shape])):
+            shifted = []
+            for sign in (1, -1):
+                args = [v.copy() for v in values]
+                args[which][index] += sign * 1e-5
+                shifted.append((numpy_mgu(*args) * w).sum())
+            np.testing.assert_allclose(grad[index], (shifted[0] - shifted[1]) / 2e-5, rtol=1e-3, atol=1e-4)
+
+
+# ---- any cell in every slot --------------------------------------------------------------------
+
+V = 11
+
+
+def tiny_config(**kw):
+    return ModelConfig(src_vocab_size=V, tgt_vocab_size=V, embed_size=6, hidden_size=8, **kw)
+
+
+def batch(seed, B=4):
+    rng = np.random.default_rng(seed)
+    src = rng.integers(EOS_ID + 1, V, size=(5, B)).astype("int32")
+    src[3:, 0] = PAD_ID
+    tgt = rng.integers(EOS_ID + 1, V, size=(6, B)).astype("int32")
+    tgt[0], tgt[4:, 1] = BOS_ID, PAD_ID
+    tgt[3, 1] = EOS_ID
+    return src, tgt
+
+
+def recurrent_slots(model):
+    """(module name, the cell in it) for every recurrent slot of the model."""
+    slots = []
+    for name, module in model.modules.items():
+        cell = getattr(module, "cell", module)
+        if isinstance(cell, layers.Recurrent):
+            slots.append((name, cell))
+    return slots
+
+
+@pytest.mark.parametrize("cell", ["lstm", "test_mgu"])
+def test_every_slot_takes_the_cell_with_attention_bidirectional_stacked(cell):
+    """One setting puts the cell in each encoder layer, both directions and the attention
+    decoder; the model trains, decodes greedily and with a beam."""
+    model = Model(tiny_config(cell=cell, attention="bahdanau", bidirectional=True, encoder_layers=2))
+    slots = recurrent_slots(model)
+    assert sorted(name for name, _ in slots) == ["decoder", "encoder", "encoder1", "encoder1_bwd", "encoder_bwd"]
+    assert all(type(c) is layers.cell_class(cell) for _, c in slots)
+    src, tgt = batch(0)
+    step = model.compile_train("adam", 1.0)
+    losses = [float(step(src, tgt, np.float32(0.02))[0]) for _ in range(15)]
+    assert losses[-1] < losses[0] - 0.3
+    ys, logps = model.decode(src, max_len=6)
+    outputs, scores = beam_search(model, src, beam_size=2, max_len=6)
+    assert ys.shape[0] == 4 and len(outputs) == 4 and np.isfinite(logps).all() and np.isfinite(scores).all()
+
+
+def test_lstm_attention_query_is_h_not_c():
+    """The attention decoder reads the first state (h) of a multi-state cell."""
+    model = Model(tiny_config(cell="lstm", attention="luong"))
+    dec = model.modules["decoder"]
+    h, c = pt.matrix("h"), pt.matrix("c")
+    keys = annotations = pt.tensor3("a")
+    mask = pt.matrix("m")
+    _, _, weights = dec.attend(pt.matrix("x"), h, c, keys, annotations, mask)
+    assert c not in pytensor.graph.traversal.ancestors([weights])
+    assert h in pytensor.graph.traversal.ancestors([weights])
+
+
+layers.register_cell("test_half_gru")(HalfGRU)
+layers.register_cell("test_leaky_lstm")(LeakyLSTM)
+
+
+@pytest.mark.parametrize("cell", ["test_half_gru", "test_leaky_lstm"])
+def test_overrides_are_honoured_in_training_evaluation_and_decoding(cell):
+    """In every slot of a model: the teacher-forced loss through the fast loop equals the one
+    through scan over the override's recur, and greedy and beam decoding (which step recur
+    one token at a time) report the log-probabilities the training path gives their output."""
+    fast, slow = Model(tiny_config(cell=cell)), Model(tiny_config(cell=cell))  # same init seed
+    assert all(type(c) is layers.CELLS[cell] for _, c in recurrent_slots(fast))
+    for _, c in recurrent_slots(slow):
+        c.fused = False
+    src, tgt = batch(1)
+    nll_fast, _ = fast.compile_eval()(src, tgt)
+    nll_slow, _ = slow.compile_eval()(src, tgt)
+    np.testing.assert_allclose(nll_fast, nll_slow, rtol=1e-5)
+    ys, logps = fast.decode(src, max_len=5)
+    outputs, beam_scores = beam_search(fast, src, beam_size=2, max_len=5)
+    score = fast.compile_eval()
+    for i in range(src.shape[1]):
+        greedy = [int(w) for w in ys[i] if w != PAD_ID]  # with its EOS if it ended
+        beam = outputs[i] + ([EOS_ID] if len(outputs[i]) < 5 else [])
+        for out, reported in ((greedy, logps[i]), (beam, beam_scores[i])):
+            nll, _ = score(src[:, i : i + 1], np.array([[BOS_ID] + out], dtype="int32").T)
+            np.testing.assert_allclose(-nll, reported, rtol=1e-4, atol=1e-4)
+
+
+# ---- getUpdates is the training path ---------------------------------------------------------
+
+
+class FrozenEncoderModel(Model):
+    def initModules(self):
+        modules = super().initModules()
+        modules["encoder"].frozen = True
+        modules["readout"].lr_scale = 0.5
+        return modules
+
+
+def test_frozen_module_stays_bit_identical_while_the_rest_moves():
+    model = FrozenEncoderModel(tiny_config(cell="lstm"))
+    before = {p.name: p.get_value() for p in model.params}
+    step = model.compile_train("adam", 1.0)
+    src, tgt = batch(2)
+    for _ in range(3):
+        step(src, tgt, np.float32(0.05))
+    for p in model.params:
+        if p.name.startswith("encoder."):
+            np.testing.assert_array_equal(p.get_value(), before[p.name])
+        else:
+            assert not np.array_equal(p.get_value(), before[p.name]), p.name
+    assert "adam.t.encoder" not in {v.name for v in model.opt_state}
+
+
+def test_lr_scale_scales_a_modules_sgd_step():
+    """With SGD and no clipping, readout's first update is half of what it is unscaled."""
+    plain, scaled = Model(tiny_config()), FrozenEncoderModel(tiny_config())
+    src, tgt = batch(3)
+    moves = []
+    for model in (plain, scaled):
+        before = model.modules["readout"].W.get_value()
+        model.compile_train("sgd", 0.0)(src, tgt, np.float32(0.1))
+        moves.append(model.modules["readout"].W.get_value() - before)
+    np.testing.assert_allclose(moves[1], 0.5 * moves[0], rtol=1e-4, atol=1e-7)
+
+
+def test_getUpdates_with_the_seeds_signature_is_still_sgd():
+    ff = layers.FF(3, 2, name="ff")
+    x = pt.matrix("x")
+    cost = (ff(x) ** 2).sum()
+    (p, new), _ = ff.getUpdates(cost, 0.1)
+    grad = pytensor.grad(cost, ff.W)
+    f = pytensor.function([x], [new, ff.W - 0.1 * grad], mode=MODE)
+    a, b = f(np.ones((2, 3), "float32"))
+    np.testing.assert_allclose(a, b)
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+
+def test_unknown_cell_is_one_line_listing_the_choices():
+    with pytest.raises(ConfigError, match=r"cell='rnn'.*gru.*lstm"):
+        check(TrainConfig(), tiny_config(cell="rnn"))
+    with pytest.raises(ConfigError, match="reset_after"):
+        check(TrainConfig(), tiny_config(cell="lstm", reset_after=True))
+    assert layers.cell_class("benchmarks.mgu:MGU").__name__ == "MGU"
+
+
+class LSTMEncoderModel(Model):
+    def initModules(self):
+        modules = super().initModules()
+        modules["encoder"] = layers.LSTM(self.config.embed_size, self.config.hidden_size, name="encoder", rng=self.rng)
+        return modules
+
+
+def test_loading_a_checkpoint_of_another_cell_names_the_module_and_cells(tmp_path):
+    path = str(tmp_path / "gru.npz")
+    Model(tiny_config()).save(path)
+    with pytest.raises(CheckpointError, match=r"'encoder' is a GRU in the checkpoint but initModules\(\) builds a LSTM"):
+        LSTMEncoderModel.load(path)
+    Model(tiny_config(cell="lstm", attention="bahdanau")).save(path)
+    loaded = Model.load(path)
+    assert type(loaded.modules["decoder"].cell) is layers.LSTM
