@@ -31,6 +31,11 @@ import pytensor  # noqa: E402,F401
 # functions"): the expected set-up here, said once in the README instead.
 logging.getLogger("pytensor.tensor.blas").setLevel(logging.ERROR)
 import pytensor.tensor as pt  # noqa: E402,F401
+import functools  # noqa: E402
+
+import pytensor.scalar.basic as scalar_ops  # noqa: E402
+from pytensor.graph.rewriting.basic import in2out, node_rewriter  # noqa: E402
+from pytensor.tensor.elemwise import Elemwise  # noqa: E402
 
 if pytensor.config.floatX != "float32":
     raise RuntimeError(
@@ -48,23 +53,38 @@ def compile_mode(name=DEFAULT_MODE):
     """Return the pytensor mode for `name`, or raise ValueError naming the choices.
 
     Without the Gemm rewrite: with no BLAS linked to its C code, PyTensor's Gemm goes through
-    numpy's C API with extra copies, measured 2x slower than Dot22 (numpy.dot) followed by a
-    fused elementwise op (README, Performance). Pass the mode to scan too, whose step
-    function otherwise gets scan's own default rewrites."""
+    numpy's C API with extra copies, measured 2x slower than Dot22 (numpy.dot) followed by an
+    elementwise op (README, Performance). Without elementwise fusion, and with n-ary adds and
+    multiplies split into binary ones: every elementwise op is then one numpy ufunc, run from
+    Python (below), so it needs no C module of its own (cold compile of the benchmark model's
+    train and decode functions: 35 C modules to 21, see README, Performance) and runs numpy's
+    vectorised loops. Pass the mode to scan too, whose step function otherwise gets scan's
+    own default rewrites."""
     if name not in MODES:
         raise ValueError(f"unknown compile mode {name!r}; choose one of {', '.join(MODES)}")
-    return pytensor.compile.mode.get_mode(name).excluding("gemm_optimizer")
+    mode = pytensor.compile.mode.get_mode(name).excluding("gemm_optimizer", "fusion")
+    return mode.register((in2out(_binary_add_mul, name="binary_add_mul"), 49.1))
+
+
+@node_rewriter([Elemwise])
+def _binary_add_mul(fgraph, node):
+    """add(a, b, c, ...) -> add(add(a, b), c) ..., and the same for mul."""
+    scalar = node.op.scalar_op
+    if len(node.inputs) <= 2 or not isinstance(scalar, (scalar_ops.Add, scalar_ops.Mul)) or node.op.inplace_pattern:
+        return None
+    out = functools.reduce(pt.add if isinstance(scalar, scalar_ops.Add) else pt.mul, node.inputs)
+    return [out] if out.type == node.outputs[0].type else None
 
 
 # ---- fewer C modules to compile -----------------------------------------------------------
 #
-# On a cold cache every distinct C op costs one gcc run of about 0.7 s, whatever the -O level
-# (measured: -O0 saved 10%). Ops that only move views and shapes, and elementwise ops that
-# map to one numpy ufunc, run as fast from Python (numpy's float32 tanh is faster than the
-# generated C), so they skip compilation: the training and greedy decoding functions of the
-# benchmark model went from 91 modules and 57 s to 33 modules and 24-35 s, at the same speed
-# (README, Performance). Fused elementwise ops (Composite) and reductions keep their C code:
-# their Python fallback calls Python once per element.
+# On a cold cache every distinct C op costs one gcc run of about 0.7-1 s, whatever the -O
+# level (measured: -O0 saved 10%). Ops that only move views and shapes, and elementwise ops
+# that map to one numpy ufunc (all of them, with the mode above), run as fast from Python
+# (numpy's float32 tanh is faster than the generated C), so they skip compilation. A float32
+# ufunc writes into its previous output buffer, or in place into the input the graph lets
+# it destroy: a fresh 77 MB (T, B, V) array per call cost more than the addition itself.
+# Reductions keep their C code: their Python fallback is slower.
 
 
 def _python_when(cls, use_python):
@@ -72,7 +92,10 @@ def _python_when(cls, use_python):
     original = cls.make_thunk
 
     def make_thunk(self, node, storage_map, compute_map, no_recycling, impl=None):
-        impl = "py" if impl is None and use_python(node) else impl
+        if impl is None and use_python(node):
+            if _float32_ufunc(node):
+                return _ufunc_thunk(node, storage_map, compute_map)
+            impl = "py"
         return original(self, node, storage_map, compute_map, no_recycling, impl=impl)
 
     cls.make_thunk = make_thunk
@@ -83,12 +106,47 @@ def _one_numpy_ufunc(node):
     return spec is not None and len(node.inputs) == spec[1] and not isinstance(node.op.scalar_op, Composite)
 
 
+def _float32_ufunc(node):
+    op = node.op
+    if not isinstance(op, Elemwise) or len(node.outputs) != 1:
+        return False
+    op.prepare_node(node, None, None, "py")
+    return isinstance(op.nfunc, np.ufunc) and all(v.dtype == "float32" for v in node.inputs + node.outputs)
+
+
+def _ufunc_thunk(node, storage_map, compute_map):
+    """One numpy ufunc call with `out=`: in place when the graph allows it, else into the
+    buffer of the previous call when its shape still fits (as PyTensor's C ops do)."""
+    ufunc, destroyed = node.op.nfunc, node.op.inplace_pattern.get(0)
+    inputs, output = [storage_map[v] for v in node.inputs], storage_map[node.outputs[0]]
+    done = compute_map[node.outputs[0]] if compute_map is not None else None
+
+    def thunk():
+        args = [i[0] for i in inputs]
+        if destroyed is not None:
+            target = args[destroyed]
+        else:
+            shape = np.broadcast_shapes(*(a.shape for a in args))
+            target = output[0]
+            if target is None or target.shape != shape:
+                target = np.empty(shape, np.float32)
+        with np.errstate(all="ignore"):
+            ufunc(*args, out=target)
+        output[0] = target
+        if done is not None:
+            done[0] = True
+
+    thunk.inputs, thunk.outputs, thunk.lazy = inputs, [output], False
+    return thunk
+
+
+import numpy as np  # noqa: E402
 from pytensor.raise_op import Assert  # noqa: E402
 from pytensor.scalar.basic import Composite  # noqa: E402
 from pytensor.tensor.basic import Alloc, AllocEmpty, ARange, MakeVector, ScalarFromTensor  # noqa: E402
-from pytensor.tensor.elemwise import DimShuffle, Elemwise  # noqa: E402
 from pytensor.tensor.shape import Reshape, Shape, Shape_i, SpecifyShape  # noqa: E402
 from pytensor.tensor.subtensor import AdvancedSubtensor1, IncSubtensor, Subtensor  # noqa: E402
+from pytensor.tensor.elemwise import DimShuffle  # noqa: E402
 
 for _cls in (Shape, Shape_i, Reshape, SpecifyShape, MakeVector, ScalarFromTensor, Alloc, AllocEmpty, ARange,
              DimShuffle, Subtensor, IncSubtensor, AdvancedSubtensor1, Assert):
