@@ -84,6 +84,8 @@ def _binary_add_mul(fgraph, node):
 # (numpy's float32 tanh is faster than the generated C), so they skip compilation. A float32
 # ufunc writes into its previous output buffer, or in place into the input the graph lets
 # it destroy: a fresh 77 MB (T, B, V) array per call cost more than the addition itself.
+# Overflow in exp and the like gives inf or NaN silently, as the C code does: the non-finite
+# guards in training check for them.
 # Reductions keep their C code: their Python fallback is slower.
 
 
@@ -93,7 +95,7 @@ def _python_when(cls, use_python):
 
     def make_thunk(self, node, storage_map, compute_map, no_recycling, impl=None):
         if impl is None and use_python(node):
-            if _float32_ufunc(node):
+            if _single_ufunc(node):
                 return _ufunc_thunk(node, storage_map, compute_map)
             impl = "py"
         return original(self, node, storage_map, compute_map, no_recycling, impl=impl)
@@ -106,32 +108,36 @@ def _one_numpy_ufunc(node):
     return spec is not None and len(node.inputs) == spec[1] and not isinstance(node.op.scalar_op, Composite)
 
 
-def _float32_ufunc(node):
+def _single_ufunc(node):
     op = node.op
     if not isinstance(op, Elemwise) or len(node.outputs) != 1:
         return False
     op.prepare_node(node, None, None, "py")
-    return isinstance(op.nfunc, np.ufunc) and all(v.dtype == "float32" for v in node.inputs + node.outputs)
+    return isinstance(op.nfunc, np.ufunc)
 
 
 def _ufunc_thunk(node, storage_map, compute_map):
     """One numpy ufunc call with `out=`: in place when the graph allows it, else into the
-    buffer of the previous call when its shape still fits (as PyTensor's C ops do)."""
+    buffer of the previous call when the input shapes are the same (as PyTensor's C ops
+    reuse theirs). Small tensors are most of a small model's ops, so this stays lean."""
     ufunc, destroyed = node.op.nfunc, node.op.inplace_pattern.get(0)
+    dtype = np.dtype(node.outputs[0].dtype)
     inputs, output = [storage_map[v] for v in node.inputs], storage_map[node.outputs[0]]
     done = compute_map[node.outputs[0]] if compute_map is not None else None
+    last_shapes = [None]
 
     def thunk():
         args = [i[0] for i in inputs]
         if destroyed is not None:
             target = args[destroyed]
         else:
-            shape = np.broadcast_shapes(*(a.shape for a in args))
+            shapes = [a.shape for a in args]
             target = output[0]
-            if target is None or target.shape != shape:
-                target = np.empty(shape, np.float32)
-        with np.errstate(all="ignore"):
-            ufunc(*args, out=target)
+            if target is None or shapes != last_shapes[0]:
+                target = np.empty(np.broadcast_shapes(*shapes), dtype)
+                last_shapes[0] = shapes
+        # As PyTensor's own Python implementation: numpy's result, cast to the output type.
+        ufunc(*args, out=target, casting="unsafe")
         output[0] = target
         if done is not None:
             done[0] = True
@@ -142,6 +148,8 @@ def _ufunc_thunk(node, storage_map, compute_map):
 
 import numpy as np  # noqa: E402
 from pytensor.raise_op import Assert  # noqa: E402
+
+warnings.filterwarnings("ignore", category=RuntimeWarning, module=__name__)
 from pytensor.scalar.basic import Composite  # noqa: E402
 from pytensor.tensor.basic import Alloc, AllocEmpty, ARange, MakeVector, ScalarFromTensor  # noqa: E402
 from pytensor.tensor.shape import Reshape, Shape, Shape_i, SpecifyShape  # noqa: E402
