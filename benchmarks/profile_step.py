@@ -1,7 +1,8 @@
 """PyTensor's own profile of one training step of the benchmark model (bench_train.py's sizes).
 
     python benchmarks/profile_step.py                 # the default: fused GRU op
-    python benchmarks/profile_step.py --scan_gru      # the GRUs as pytensor.scan, for comparison
+    python benchmarks/profile_step.py --scan_gru      # the recurrent cells under pytensor.scan, for comparison
+    python benchmarks/profile_step.py --cell=lstm     # another cell (recurrence.CellLoop)
 
 Prints seconds per step (median) and `pytensor.function(..., profile=True)`'s table of ops by
 time, summed over the timed steps: where a step's time goes.
@@ -23,14 +24,15 @@ from model import Model, ModelConfig  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scan_gru", action="store_true", help="run the GRUs with pytensor.scan, not the fused op")
+    ap.add_argument("--scan_gru", action="store_true", help="run the recurrent cells with pytensor.scan, not their fused op")
+    ap.add_argument("--cell", default="gru", help="ModelConfig.cell: gru, lstm, benchmarks.mgu:MGU, ...")
     ap.add_argument("--reset_after", action="store_true", help="nn.GRU's reset convention")
     ap.add_argument("--steps", type=int, default=5, help="timed steps, after one warm-up step")
     ap.add_argument("--ops", type=int, default=15, help="rows of the op table to print")
     args = ap.parse_args()
     s = SIZES
     model = Model(ModelConfig(embed_size=s["E"], hidden_size=s["H"], src_vocab_size=s["V"],
-                              tgt_vocab_size=s["V"], reset_after=args.reset_after))
+                              tgt_vocab_size=s["V"], reset_after=args.reset_after, cell=args.cell))
     for module in model.modules.values():
         if hasattr(module, "fused"):
             module.fused = not args.scan_gru
@@ -44,7 +46,7 @@ def main():
         t0 = time.perf_counter()
         step(src, tgt, np.float32(0.01))
         times.append(time.perf_counter() - t0)
-    print(f"{'scan' if args.scan_gru else 'fused'} GRU: {statistics.median(times):.3f} s/step (median of {args.steps})")
+    print(f"{'scan' if args.scan_gru else 'fused'} {args.cell}: {statistics.median(times):.3f} s/step (median of {args.steps})")
     step.profile.summary(n_ops_to_print=args.ops, n_apply_to_print=0)
 
 
