@@ -31,10 +31,12 @@ import pytensor  # noqa: E402,F401
 # functions"): the expected set-up here, said once in the README instead.
 logging.getLogger("pytensor.tensor.blas").setLevel(logging.ERROR)
 import pytensor.tensor as pt  # noqa: E402,F401
+import contextvars  # noqa: E402
 import functools  # noqa: E402
 
 import pytensor.scalar.basic as scalar_ops  # noqa: E402
 from pytensor.graph.rewriting.basic import in2out, node_rewriter  # noqa: E402
+from pytensor.link.vm import VMLinker  # noqa: E402
 from pytensor.tensor.elemwise import Elemwise  # noqa: E402
 
 if pytensor.config.floatX != "float32":
@@ -59,14 +61,19 @@ def compile_mode(name=DEFAULT_MODE):
     Python (below), so it needs no C module of its own (cold compile of the benchmark model's
     train and decode functions: 35 C modules to 21, see README, Performance) and runs numpy's
     vectorised loops. Pass the mode to scan too, whose step function otherwise gets scan's
-    own default rewrites."""
+    own default rewrites. All of this is the mode's: functions compiled with any other mode,
+    in the same process, are built as PyTensor builds them."""
     if name not in MODES:
         raise ValueError(f"unknown compile mode {name!r}; choose one of {', '.join(MODES)}")
+    base = pytensor.compile.mode.get_mode(name)
+    if isinstance(base.linker, VMLinker):  # CVM and FAST_COMPILE; NUMBA has a linker of its own
+        old = base.linker
+        linker = ProjectLinker(allow_gc=old.allow_gc, use_cloop=old.use_cloop, lazy=old.lazy, c_thunks=old.c_thunks)
+        base = pytensor.compile.mode.Mode(linker=linker, optimizer=base.provided_optimizer)
     # Also without the flattening of add/mul chains (which the split below undoes) and without
     # in-place elementwise rewrites: with a buffer reused per op (below) they saved no time,
     # and cost a third of a cached compile.
-    mode = pytensor.compile.mode.get_mode(name).excluding("gemm_optimizer", "fusion", "add_mul_fusion",
-                                                          "inplace_elemwise")
+    mode = base.excluding("gemm_optimizer", "fusion", "add_mul_fusion", "inplace_elemwise")
     return mode.register((in2out(_binary_add_mul, name="binary_add_mul"), 49.1))
 
 
@@ -82,6 +89,10 @@ def _binary_add_mul(fgraph, node):
 
 # ---- fewer C modules to compile -----------------------------------------------------------
 #
+# ProjectLinker, the linker of compile_mode's modes, decides per op whether it runs from
+# Python. The op classes' make_thunk below are wrapped once, at import, but the wrappers only
+# act while a ProjectLinker makes thunks: everywhere else they call PyTensor's own.
+#
 # On a cold cache every distinct C op costs one gcc run of about 0.7-1 s, whatever the -O
 # level (measured: -O0 saved 10%). Ops that only move views and shapes, and elementwise ops
 # that map to one numpy ufunc (all of them, with the mode above), run as fast from Python
@@ -93,12 +104,26 @@ def _binary_add_mul(fgraph, node):
 # Reductions keep their C code: their Python fallback is slower.
 
 
+_IN_PROJECT_LINKER = contextvars.ContextVar("in_project_linker", default=False)
+
+
+class ProjectLinker(VMLinker):
+    """PyTensor's VM linker, choosing Python thunks for cheap ops (above) while it works."""
+
+    def make_all(self, *args, **kwargs):
+        token = _IN_PROJECT_LINKER.set(True)
+        try:
+            return super().make_all(*args, **kwargs)
+        finally:
+            _IN_PROJECT_LINKER.reset(token)
+
+
 def _python_when(cls, use_python):
-    """Make `cls` ops run their Python implementation when `use_python(node)` holds."""
+    """Make `cls` ops run from Python when `use_python(node)` holds, in a ProjectLinker."""
     original = cls.make_thunk
 
     def make_thunk(self, node, storage_map, compute_map, no_recycling, impl=None):
-        if impl is None and use_python(node):
+        if impl is None and _IN_PROJECT_LINKER.get() and use_python(node):
             if _single_ufunc(node):
                 return _ufunc_thunk(node, storage_map, compute_map)
             impl = "py"
@@ -160,7 +185,8 @@ from pytensor.tensor.shape import Reshape, Shape, Shape_i, SpecifyShape  # noqa:
 from pytensor.tensor.subtensor import AdvancedSubtensor1, IncSubtensor, Subtensor  # noqa: E402
 from pytensor.tensor.elemwise import DimShuffle  # noqa: E402
 
-for _cls in (Shape, Shape_i, Reshape, SpecifyShape, MakeVector, ScalarFromTensor, Alloc, AllocEmpty, ARange,
-             DimShuffle, Subtensor, IncSubtensor, AdvancedSubtensor1, Assert):
+_PYTHON_OPS = (Shape, Shape_i, Reshape, SpecifyShape, MakeVector, ScalarFromTensor, Alloc, AllocEmpty, ARange,
+               DimShuffle, Subtensor, IncSubtensor, AdvancedSubtensor1, Assert)
+for _cls in _PYTHON_OPS:
     _python_when(_cls, lambda node: True)
 _python_when(Elemwise, _one_numpy_ufunc)

@@ -352,15 +352,8 @@ def cell_loop(cell, x_proj, mask, init, mode=backend.DEFAULT_MODE):
     ops = cell.__dict__.setdefault("_cell_loops", {})
     if mode not in ops:
         try:
-            ops[mode] = CellLoop(cell, step_mode(mode))
+            ops[mode] = CellLoop(cell, backend.compile_mode(mode))
         except UnsupportedStep:
             ops[mode] = None
     op = ops[mode]
     return None if op is None else _as_list(op(x_proj, mask, *init, *op.graph.shared))[: cell.n_states]
-
-
-def step_mode(name=backend.DEFAULT_MODE):
-    """The step functions' mode: the project's, without elementwise fusion. Each elementwise
-    op of a step is then one numpy ufunc over a (B, H) block (backend.py), measured 2-3x
-    faster than the fused C loops for the GRU and LSTM steps."""
-    return backend.compile_mode(name).excluding("fusion")

@@ -1,0 +1,63 @@
+"""backend.compile_mode: which ops of a model's functions run from Python, and that functions
+compiled with any other mode are built as PyTensor builds them."""
+import numpy as np
+import pytest
+
+import backend
+import pytensor
+import pytensor.tensor as pt
+from model import Model, ModelConfig
+
+
+def thunk_kinds(fn):
+    """{op name: "C" or "Python"} for every node of a compiled function."""
+    kinds = {}
+    for node, thunk in zip(fn.vm.nodes, fn.vm.thunks):
+        kinds.setdefault(type(node.op).__name__, set()).add("C" if hasattr(thunk, "cthunk") else "Python")
+    return kinds
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Model(ModelConfig(src_vocab_size=13, tgt_vocab_size=13, embed_size=6, hidden_size=8))
+
+
+def test_cheap_ops_run_from_python_and_the_rest_in_c(model):
+    """Views, shapes, matmuls and every elementwise op (one numpy ufunc each) run from
+    Python; what stays C is the fused kernels, reductions, the embedding gradient and casts."""
+    allowed_c = {"SoftmaxCrossEntropy", "SoftmaxCrossEntropyGrad", "Sum", "AdvancedIncSubtensor1", "Elemwise",
+                 "Argmax", "MaxAndArgmax", "Max", "Scan"}
+    for fn in (model.compile_train("adam", 1.0), model.compile_decode(greedy=True)):
+        kinds = thunk_kinds(fn)
+        in_c = {name for name, k in kinds.items() if "C" in k}
+        assert in_c <= allowed_c, in_c - allowed_c
+        for name in ("Reshape", "DimShuffle", "Subtensor", "Dot22"):
+            if name in kinds:
+                assert kinds[name] == {"Python"}, name
+        elemwise_c = [str(n.op) for n, t in zip(fn.vm.nodes, fn.vm.thunks)
+                      if type(n.op).__name__ == "Elemwise" and hasattr(t, "cthunk")]
+        assert all(op.startswith("Cast") for op in elemwise_c), elemwise_c
+        assert "Python" in kinds["Elemwise"]
+
+
+def test_other_modes_are_unchanged(model):
+    """After the project's modules are imported and used, PyTensor's own CVM mode still
+    compiles an elementwise op to C, and fuses."""
+    model.compile_eval()
+    x = pt.matrix("x")
+    fn = pytensor.function([x], pt.tanh(x) * 2 + 1, mode=pytensor.compile.mode.get_mode("CVM"))
+    kinds = thunk_kinds(fn)
+    assert kinds.get("Elemwise") == {"C"}
+    assert any("Composite" in str(n.op) for n in fn.vm.nodes)
+    np.testing.assert_allclose(fn(np.zeros((2, 2), "float32")), np.ones((2, 2)))
+
+
+def test_ufunc_buffers_are_not_shared_with_results():
+    """A reused output buffer never aliases a value already returned to the caller."""
+    x = pt.vector("x", dtype="float32")
+    fn = pytensor.function([x], [pt.tanh(x * 2) + 1, x * 2], mode=backend.compile_mode())
+    first = fn(np.ones(3, "float32"))
+    kept = [a.copy() for a in first]
+    fn(np.full(3, 2.0, "float32"))
+    for a, b in zip(first, kept):
+        np.testing.assert_array_equal(a, b)
