@@ -24,8 +24,8 @@ import backend  # noqa: F401  (sets floatX before pytensor is used)
 import kernels
 import optim
 import pytensor
-import recurrence
 import pytensor.tensor as pt
+import recurrence
 
 FLOATX = "float32"
 

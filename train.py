@@ -59,6 +59,10 @@ class TrainConfig:
 
 
 def check(cfg, mcfg):
+    for settings in (cfg, mcfg):  # inf and NaN pass every range check below, so refuse them first
+        for field in dataclasses.fields(settings):
+            value = getattr(settings, field.name)
+            require(not isinstance(value, float) or math.isfinite(value), f"{field.name}={value}: must be a finite number")
     require(cfg.init_from in ("scratch", "resume"), f"init_from={cfg.init_from!r}: use scratch or resume")
     require(cfg.optimizer in ("adam", "sgd"), f"optimizer={cfg.optimizer!r}: use adam or sgd")
     require(cfg.mode in backend.MODES, f"mode={cfg.mode!r}: use one of {', '.join(backend.MODES)}")

@@ -182,3 +182,16 @@ def test_blank_lines_are_skipped_and_long_verses_truncated_and_counted(tmp_path)
     kjv_prepare.main(args + ["--val_frac", "0.1", "--test_frac", "0.1"])
     meta = json.load(open(tmp_path / "o" / "meta.json"))
     assert meta["n_verses"] == 40 and meta["n_truncated_verses"] == 1
+
+
+@pytest.mark.parametrize("setting", ["--learning_rate=inf", "--grad_clip=nan", "--dropout=nan", "--min_lr=-inf"])
+def test_nonfinite_settings_are_one_line_errors(setting):
+    from configurator import ConfigError, configure
+    from model import ModelConfig
+    from train import TrainConfig, check
+
+    cfg, mcfg = TrainConfig(), ModelConfig()
+    configure([cfg, mcfg], [setting], "")
+    with pytest.raises(ConfigError, match=f"{setting[2:].split('=')[0]}=.*must be a finite number"):
+        check(cfg, mcfg)
+
