@@ -12,6 +12,7 @@ import pytensor.tensor as pt
 from beam import beam_search
 from configurator import ConfigError
 from model import CheckpointError, Model, ModelConfig
+from recurrence import StepGraph
 from train import TrainConfig, check
 from vocab import BOS_ID, EOS_ID, PAD_ID
 
@@ -32,6 +33,17 @@ class LeakyLSTM(layers.LSTM):
     def recur(self, x_t, h_prev, c_prev):
         h, c = super().recur(x_t, h_prev, c_prev)
         return [0.9 * h + 0.1 * h_prev, c * 0.8]
+
+
+class ScaledGRU(layers.GRU):
+    """A GRU subclass with a weight used outside any matmul: a per-unit scale."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scale = self.add_param("scale", np.linspace(0.5, 1.5, self.hiddenSize))
+
+    def recur(self, x_t, h_prev):
+        return super().recur(x_t, h_prev) * self.scale + 0.1 * h_prev * self.scale
 
 
 @layers.register_cell("test_mgu")
@@ -60,7 +72,8 @@ def numpy_mgu(x_proj, h, U):
 
 # ---- the generic loop op against scan ---------------------------------------------------------
 
-CELLS = {"gru": layers.GRU, "lstm": layers.LSTM, "half_gru": HalfGRU, "leaky_lstm": LeakyLSTM, "mgu": UserMGU}
+CELLS = {"gru": layers.GRU, "lstm": layers.LSTM, "half_gru": HalfGRU, "leaky_lstm": LeakyLSTM, "mgu": UserMGU,
+         "scaled_gru": ScaledGRU}
 _FUNCTIONS = {}
 
 
@@ -102,6 +115,20 @@ def test_fast_loop_equals_scan_over_recur(name, go_backwards, lengths, seed):
     fast, scanned = loop_functions(name, go_backwards)
     for got, want in zip(fast(*args), scanned(*args)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=3e-5)
+
+
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_weights_outside_matmuls_get_their_gradient(go_backwards):
+    """A weight read elementwise (not through a matmul) takes the step-by-step gradient path."""
+    rng = np.random.default_rng(5)
+    mask = np.array([[1, 1], [1, 1], [1, 0], [1, 0]], "float32")
+    args = [rng.standard_normal((4, 2, I)).astype("float32"), mask,
+            rng.standard_normal((2, H)).astype("float32"), rng.standard_normal((4, 2, H)).astype("float32")]
+    fast, scanned = loop_functions("scaled_gru", go_backwards)
+    for got, want in zip(fast(*args), scanned(*args)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=3e-5)
+    graph = StepGraph(ScaledGRU(I, H), backend.compile_mode())
+    assert [graph.shared[k].name for k in graph.direct] == ["gru.scale"]
 
 
 def test_override_is_not_the_stock_cell():
