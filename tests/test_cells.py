@@ -210,11 +210,11 @@ def recurrent_slots(model):
     return slots
 
 
-@pytest.mark.parametrize("cell", ["lstm", "test_mgu"])
-def test_every_slot_takes_the_cell_with_attention_bidirectional_stacked(cell):
+@pytest.mark.parametrize("cell, attention", [("lstm", "bahdanau"), ("test_mgu", "luong")])
+def test_every_slot_takes_the_cell_with_attention_bidirectional_stacked(cell, attention):
     """One setting puts the cell in each encoder layer, both directions and the attention
-    decoder; the model trains, decodes greedily and with a beam."""
-    model = Model(tiny_config(cell=cell, attention="bahdanau", bidirectional=True, encoder_layers=2))
+    decoder; the model trains, decodes greedily and with a beam (both attention kinds)."""
+    model = Model(tiny_config(cell=cell, attention=attention, bidirectional=True, encoder_layers=2))
     slots = recurrent_slots(model)
     assert sorted(name for name, _ in slots) == ["decoder", "encoder", "encoder1", "encoder1_bwd", "encoder_bwd"]
     assert all(type(c) is layers.cell_class(cell) for _, c in slots)
