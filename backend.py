@@ -59,7 +59,7 @@ def compile_mode(name=DEFAULT_MODE):
     elementwise op (README, Performance). Without elementwise fusion, and with n-ary adds and
     multiplies split into binary ones: every elementwise op is then one numpy ufunc, run from
     Python (below), so it needs no C module of its own (cold compile of the benchmark model's
-    train and decode functions: 35 C modules to 21, see README, Performance) and runs numpy's
+    train and decode functions: 35 C modules to 13, see README, Performance) and runs numpy's
     vectorised loops. Pass the mode to scan too, whose step function otherwise gets scan's
     own default rewrites. All of this is the mode's: functions compiled with any other mode,
     in the same process, are built as PyTensor builds them."""
@@ -96,7 +96,7 @@ def _binary_add_mul(fgraph, node):
 # On a cold cache every distinct C op costs one gcc run of about 0.7-1 s, whatever the -O
 # level (measured: -O0 saved 10%). Ops that only move views and shapes, and elementwise ops
 # that map to one numpy ufunc (all of them, with the mode above), run as fast from Python
-# (numpy's float32 tanh is faster than the generated C), so they skip compilation. A float32
+# (numpy's float32 tanh is faster than the generated C), so they skip compilation. A
 # ufunc writes into its previous output buffer, or in place into the input the graph lets
 # it destroy: a fresh 77 MB (T, B, V) array per call cost more than the addition itself.
 # Overflow in exp and the like gives inf or NaN silently, as the C code does: the non-finite

@@ -49,6 +49,11 @@ def _as_list(out):
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
+def _reads_only(var, allowed):
+    """Whether `var` is computed from constants and the variables in `allowed` alone."""
+    return all(i in allowed or isinstance(i, Constant) for i in graph_inputs([var]))
+
+
 def _is_matmul(node):
     op = node.op
     return (isinstance(op, Dot) or (isinstance(op, Blockwise) and isinstance(op.core_op, Dot))) and all(
@@ -88,7 +93,7 @@ class StepGraph:
     def _split_matmuls(self, new):
         """Give every matmul `a @ w(W)` its own weight placeholder, so that the per-step
         gradient stops at its output; then decide what the forward pass saves."""
-        weights_only = lambda v: all(i in self.W or isinstance(i, Constant) for i in graph_inputs([v]))  # noqa: E731
+        weights_only = lambda v: _reads_only(v, self.W)  # noqa: E731
         w_exprs = []
         for var in ancestors(new):
             node = var.owner
@@ -115,7 +120,7 @@ class StepGraph:
         # them into the forward graph's, so that they are saved, not computed again.
         new, back_out, self.matmul_inputs = self._merged(new, back_out, self.matmul_inputs, cut)
         # Saved: the forward values the backward graph reads, and each matmul's `a`.
-        consts = lambda v: all(i in self.W or i in cut or isinstance(i, Constant) for i in graph_inputs([v]))  # noqa: E731
+        consts = lambda v: _reads_only(v, [*self.W, *cut])  # noqa: E731
         inputs = {self.x, *self.states, *self.W, *self.d_new}
         forward_vars = set(ancestors(new))
         boundary = [v for v in ancestors(back_out, blockers=forward_vars) if v in forward_vars]
@@ -180,7 +185,7 @@ class _LoopFunction:
     strided U[:, :2H].T made a step's matmul 2x slower), then `f(*step_inputs)` runs a step."""
 
     def __init__(self, inputs, weights, outputs, mode):
-        only_weights = lambda v: all(i in weights or isinstance(i, Constant) for i in graph_inputs([v]))  # noqa: E731
+        only_weights = lambda v: _reads_only(v, weights)  # noqa: E731
         hoisted = []
         for var in ancestors(outputs):
             node = var.owner
