@@ -23,6 +23,12 @@ def dataset_dir(name):
     return name if os.sep in name else os.path.join(ROOT, "data", name)
 
 
+def run_dir(out_dir, dataset):
+    """Where a run lives: out_dir when given, else out/<the dataset's folder name>, the
+    rule train.py, sample.py and evaluate.py share."""
+    return out_dir or os.path.join("out", os.path.basename(os.path.normpath(dataset)))
+
+
 class DataError(ValueError):
     """Prepared data that is missing or malformed; the message names the file."""
 
@@ -58,6 +64,17 @@ def write_meta(folder, src_vocab, tgt_vocab, **facts):
         json.dump(meta, f, ensure_ascii=False)
 
 
+def read_bytes(folder, name):
+    """The bytes of a file named in meta.json (a SentencePiece model), or None for no name."""
+    if name is None:
+        return None
+    try:
+        with open(os.path.join(folder, name), "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise DataError(f"{os.path.join(folder, name)}: {err.strerror}; re-run the dataset's prepare.py") from None
+
+
 def load_dataset(folder):
     """(meta dict, src Vocab, tgt Vocab, {split: pairs}) of a prepared folder."""
     path = os.path.join(folder, "meta.json")
@@ -66,7 +83,9 @@ def load_dataset(folder):
     try:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
-        src_vocab, tgt_vocab = Vocab(meta["src_vocab"]), Vocab(meta["tgt_vocab"])
+        spm_files = meta.get("spm") or {}
+        src_vocab, tgt_vocab = (Vocab(meta[f"{side}_vocab"], spm=read_bytes(folder, spm_files.get(side)))
+                                for side in ("src", "tgt"))
     except (ValueError, KeyError) as err:
         raise DataError(f"{path}: malformed meta.json ({err})") from None
     splits = {name: load_split(os.path.join(folder, f"{name}.npz")) for name in SPLITS}

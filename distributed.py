@@ -6,7 +6,7 @@ Every rank builds the same model and walks the same global batch order (a functi
 (seed, epoch)); rank r takes rows r, r+N, r+2N, ... of each global batch. Each rank computes
 the gradient of its shard's *summed* token loss with its compiled function; one Allreduce on
 one flat float32 buffer sums the gradients of every parameter, the token loss and the token
-count (and a stop flag) across ranks. Dividing by the global token count gives exactly the
+count (and a stop flag, and rank 0's learning rate) across ranks. Dividing by the global token count gives exactly the
 gradient of the global batch's mean loss, so N ranks with global batch B follow one process
 with batch B. Every rank then applies the same clipped optimizer update, so the parameters stay
 identical; a checksum comparison every `check_interval` steps stops the job if they do not.
@@ -47,7 +47,8 @@ class DataParallelStep:
     """`step(indices, lr, stop) -> (loss, n_tokens, grad_norm, stop)` for one global batch.
 
     loss and n_tokens are global (every rank gets the same); `stop` is True on every rank if
-    it was True on any, which keeps decisions such as a time limit in step across ranks.
+    it was True on any, which keeps decisions such as a time limit in step across ranks. The
+    learning rate applied is rank 0's (a time-based schedule reads rank 0's clock).
     """
 
     def __init__(self, model, comm, batcher, optimizer="adam", grad_clip=1.0, check_interval=100):
@@ -60,7 +61,7 @@ class DataParallelStep:
         self.apply_fn = model.compile_apply(optimizer, grad_clip)
         self.shapes = [p.get_value(borrow=True).shape for p in model.trainable_params()]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
-        self.buffer = np.zeros(sum(self.sizes) + 3, dtype=np.float32)  # grads, nll, tokens, stop
+        self.buffer = np.zeros(sum(self.sizes) + 4, dtype=np.float32)  # grads, nll, tokens, stop, lr
         self.check_interval = check_interval
         self.steps = 0
 
@@ -73,13 +74,14 @@ class DataParallelStep:
         buf = self.buffer
         if len(shard):
             nll, n_tokens, *grads = self.grad_fn(*self.batcher.batch(shard))
-            np.concatenate([g.ravel() for g in grads], out=buf[:-3])
-            buf[-3:] = (nll, n_tokens, float(stop))
+            np.concatenate([g.ravel() for g in grads], out=buf[:-4])
+            buf[-4:-1] = (nll, n_tokens, float(stop))
         else:  # a global batch smaller than the number of ranks
             buf[:] = 0.0
-            buf[-1] = float(stop)
+            buf[-2] = float(stop)
+        buf[-1] = lr if self.rank == 0 else 0.0
         self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)  # the one collective per step
-        nll, n_tokens, stop = float(buf[-3]), float(buf[-2]), bool(buf[-1] > 0)
+        nll, n_tokens, stop, lr = float(buf[-4]), float(buf[-3]), bool(buf[-2] > 0), buf[-1]
         grads, start = [], 0
         for shape, size in zip(self.shapes, self.sizes):
             grads.append(buf[start : start + size].reshape(shape))

@@ -1,13 +1,17 @@
 """Score a checkpoint's translations with sacrebleu (BLEU and chrF).
 
-    python evaluate.py --out_dir=out/kjv_es                      # test split, greedy
-    python evaluate.py --out_dir=out/kjv_es --beam_size=5        # beam search
+    python evaluate.py                                   # out/kjv_es (config/kjv_es.toml), test, greedy
+    python evaluate.py --beam_size=5                     # beam search
+    python evaluate.py --dataset=en_es                   # the run of data/text/prepare.py's en_es
+    python evaluate.py --out_dir=out/kjv_es_plain        # any run folder
     python evaluate.py --help
 
-Hypotheses and references are lowercased word tokens (vocab.tokenize) joined by spaces, so
-BLEU runs with sacrebleu's tokenize="none"; an <unk> in a hypothesis counts as a wrong word.
+The checkpoint is <out_dir>/ckpt_best.npz, out_dir defaulting to out/<dataset> as in
+train.py. With word tokens, hypotheses and references are lowercased word tokens joined by
+spaces, so BLEU runs with sacrebleu's tokenize="none" and an <unk> in a hypothesis counts as
+a wrong word; with SentencePiece, both are text and sacrebleu tokenises them (13a).
 References come from <dataset>/<split>.ref.txt, written by the dataset's prepare.py. Writes
-<out_dir>/eval_<split>_beam<k>.json and .txt (the hypotheses).
+<out_dir>/eval_<split>_beam<k>[_norepeat<n>].json and .txt (the hypotheses).
 """
 import json
 import os
@@ -17,37 +21,40 @@ from dataclasses import dataclass
 import numpy as np
 
 import backend
-from beam import beam_search
+from decode import generate
 from configurator import ConfigError, configure, require, setting
-from dataset import DataError, dataset_dir, eval_batches, load_dataset, make_batch
+from dataset import DataError, dataset_dir, eval_batches, load_dataset, make_batch, run_dir
 from model import CheckpointError, Model, checkpoint_path
 
 
 @dataclass
 class EvalConfig:
-    out_dir: str = setting("out/kjv_es", "run folder whose checkpoint to score")
+    dataset: str = setting("kjv_es", "the run of this dataset (out/<dataset>), unless out_dir is given")
+    out_dir: str = setting("", "run folder whose checkpoint to score; empty = out/<dataset>")
     ckpt: str = setting("best", "best, latest, or a path to an .npz")
     split: str = setting("test", "val or test")
     beam_size: int = setting(1, "1 = greedy decoding")
     length_norm: float = setting(1.0, "beam ranks by log p / length**length_norm")
+    no_repeat_ngram_size: int = setting(0, "n > 0: no output repeats an n-gram (a guard against loops)")
     batch_size: int = setting(64, "sentences decoded together")
     max_len: int = setting(100, "longest output, in tokens")
     mode: str = setting(backend.DEFAULT_MODE, f"compile mode: {', '.join(backend.MODES)}")
 
 
-def translate(model, pairs, batch_size=64, max_len=100, beam_size=1, length_norm=1.0):
-    """Decoded target text for every pair's source, in the order of `pairs`. beam_size 1
-    is greedy decoding in scan; larger beams use beam.beam_search."""
+def translate(model, pairs, batch_size=64, max_len=100, beam_size=1, length_norm=1.0, no_repeat_ngram_size=0):
+    """Decoded target text for every pair's source, in the order of `pairs` (decode.generate:
+    greedy, or beam search with beam_size > 1)."""
     texts = [None] * len(pairs)
     for idx in eval_batches(pairs, batch_size):
         src, _ = make_batch([pairs[i] for i in idx])
-        if beam_size == 1:
-            outputs, _ = model.decode(src, max_len=max_len)
-        else:
-            outputs, _ = beam_search(model, src, beam_size, max_len, length_norm)
+        outputs, _ = generate(model, src, max_len, 0.0, None, beam_size, length_norm, no_repeat_ngram_size)
         for i, out in zip(idx, outputs):
             texts[i] = model.tgt_vocab.decode(out)
     return texts
+
+
+def bleu_tokenize(vocab):
+    return "none" if vocab.kind == "word" else "13a"
 
 
 def read_references(data_dir, split, n_pairs):
@@ -61,11 +68,12 @@ def read_references(data_dir, split, n_pairs):
     return refs
 
 
-def score(hypotheses, references):
-    """{"bleu", "chrf"} of tokenised hypotheses against one reference each (sacrebleu)."""
+def score(hypotheses, references, tokenize="none"):
+    """{"bleu", "chrf"} of hypotheses against one reference each (sacrebleu); "none" for
+    word tokens joined by spaces, "13a" for text (SentencePiece datasets)."""
     import sacrebleu
 
-    bleu = sacrebleu.corpus_bleu(hypotheses, [references], tokenize="none")
+    bleu = sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize)
     chrf = sacrebleu.corpus_chrf(hypotheses, [references])
     return {"bleu": round(bleu.score, 2), "chrf": round(chrf.score, 2)}
 
@@ -75,18 +83,22 @@ def main(argv):
     configure([cfg], argv, __doc__.strip())
     require(cfg.split in ("val", "test"), f"split={cfg.split!r}: use val or test")
     require(cfg.beam_size >= 1, f"beam_size={cfg.beam_size}: must be at least 1")
+    require(cfg.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size={cfg.no_repeat_ngram_size}: must not be negative")
     require(cfg.batch_size > 0 and cfg.max_len > 0, "batch_size and max_len must be positive")
+    cfg.out_dir = run_dir(cfg.out_dir, cfg.dataset)
     path = checkpoint_path(cfg.out_dir, cfg.ckpt)
     model = Model.load(path, mode=cfg.mode)
     data_dir = dataset_dir(model.checkpoint_state.get("data", {}).get("dataset", "kjv_es"))
     _, _, _, splits = load_dataset(data_dir)
     pairs = splits[cfg.split]
     references = read_references(data_dir, cfg.split, len(pairs))
-    hypotheses = translate(model, pairs, cfg.batch_size, cfg.max_len, cfg.beam_size, cfg.length_norm)
-    result = dict(score(hypotheses, references), split=cfg.split, beam_size=cfg.beam_size,
-                  length_norm=cfg.length_norm, checkpoint=path, step=model.checkpoint_state.get("step"),
+    hypotheses = translate(model, pairs, cfg.batch_size, cfg.max_len, cfg.beam_size, cfg.length_norm,
+                           cfg.no_repeat_ngram_size)
+    result = dict(score(hypotheses, references, bleu_tokenize(model.tgt_vocab)), split=cfg.split, beam_size=cfg.beam_size,
+                  length_norm=cfg.length_norm, no_repeat_ngram_size=cfg.no_repeat_ngram_size, checkpoint=path, step=model.checkpoint_state.get("step"),
                   n_sentences=len(pairs), mean_output_len=float(np.mean([len(h.split()) for h in hypotheses])))
-    stem = os.path.join(cfg.out_dir, f"eval_{cfg.split}_beam{cfg.beam_size}")
+    guard = f"_norepeat{cfg.no_repeat_ngram_size}" if cfg.no_repeat_ngram_size else ""
+    stem = os.path.join(cfg.out_dir, f"eval_{cfg.split}_beam{cfg.beam_size}{guard}")
     with open(stem + ".json", "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
     with open(stem + ".txt", "w", encoding="utf-8") as f:

@@ -2,11 +2,13 @@
 
     python sample.py --start="In the beginning God created the heaven and the earth."
     echo "the house is on fire" | python sample.py --num_samples=5 --temperature=0.8
-    python sample.py --out_dir=out/kjv_es_attn --beam_size=5 --start="And God said"
-    python sample.py --out_dir=out/kjv_es_attn --start="..." --plot_attention=attention.png
+    python sample.py --dataset=mybook --start="It was a dark and stormy night."
+    python sample.py --dataset=kjv_es --beam_size=5 --start="And God said"
+    python sample.py --dataset=kjv_es --start="..." --plot_attention=attention.png
     python sample.py --help
 
-Each input line is tokenised as in training, encoded, and decoded num_samples times:
+The checkpoint is <out_dir>/ckpt_best.npz, out_dir defaulting to out/<dataset> as in
+train.py. Each input line is tokenised as in training, encoded, and decoded num_samples times:
 greedily when temperature is 0, else by sampling at that temperature. With beam_size > 1,
 beam search gives one output per line instead. --plot_attention saves a source x output
 heatmap of the attention weights for the first input (attention models).
@@ -18,21 +20,23 @@ import numpy as np
 
 import backend
 from configurator import ConfigError, configure, require, setting
-from dataset import pad_batch
+from dataset import pad_batch, run_dir
 from model import CheckpointError, Model, checkpoint_path
-from vocab import EOS_ID, PAD_ID, UNK_ID, tokenize
-from beam import beam_search
+from vocab import EOS_ID, PAD_ID, UNK_ID
+from decode import generate
 
 
 @dataclass
 class SampleConfig:
-    out_dir: str = setting("out/kjv", "run folder whose checkpoint to load")
+    dataset: str = setting("kjv", "the run of this dataset (out/<dataset>), unless out_dir is given")
+    out_dir: str = setting("", "run folder whose checkpoint to load; empty = out/<dataset>")
     ckpt: str = setting("best", "best, latest, or a path to an .npz")
     start: str = setting("", "input sentence; empty = read lines from stdin")
     num_samples: int = setting(3, "outputs per input")
     temperature: float = setting(0.8, "0 = greedy; higher = more varied")
     beam_size: int = setting(1, "1 = greedy or sampling (temperature); > 1 = beam search")
     length_norm: float = setting(1.0, "beam ranks by log p / length**length_norm")
+    no_repeat_ngram_size: int = setting(0, "n > 0: no output repeats an n-gram (a guard against loops)")
     plot_attention: str = setting("", "save the first input's attention heatmap to this PNG")
     max_len: int = setting(60, "longest output, in tokens")
     seed: int = setting(1337, "sampling seed")
@@ -46,7 +50,8 @@ def main(argv):
     require(cfg.max_len > 0, f"max_len={cfg.max_len}: must be positive")
     require(cfg.temperature >= 0, f"temperature={cfg.temperature}: must not be negative")
     require(cfg.beam_size >= 1, f"beam_size={cfg.beam_size}: must be at least 1")
-    path = checkpoint_path(cfg.out_dir, cfg.ckpt)
+    require(cfg.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size={cfg.no_repeat_ngram_size}: must not be negative")
+    path = checkpoint_path(run_dir(cfg.out_dir, cfg.dataset), cfg.ckpt)
     model = Model.load(path, mode=cfg.mode)
     if model.src_vocab is None or model.tgt_vocab is None:
         raise CheckpointError(f"{path}: holds no vocabulary, so text cannot be encoded")
@@ -57,7 +62,7 @@ def main(argv):
     require(lines, "no input: pass --start=... or pipe sentences on stdin")
     rng = np.random.default_rng(cfg.seed)
     for line in lines:
-        tokens = tokenize(line)
+        tokens = model.src_vocab.tokens(line)
         ids = model.src_vocab.encode(tokens)
         known = sum(i != UNK_ID for i in ids)
         print(f"> {line}")
@@ -67,14 +72,11 @@ def main(argv):
         if not known:
             print("  (every word is outside the vocabulary; the model sees only <unk>)")
         ids = ids[::-1] if reverse else ids
-        if cfg.beam_size > 1:
-            outputs, logps = beam_search(model, pad_batch([ids]), cfg.beam_size, cfg.max_len, cfg.length_norm)
-        else:
-            n = 1 if cfg.temperature == 0 else cfg.num_samples  # greedy outputs would repeat
-            src = pad_batch([ids] * n)  # (Ts, n)
-            outputs, logps = model.decode(src, max_len=cfg.max_len, temperature=cfg.temperature, rng=rng)
+        n = 1 if cfg.temperature == 0 or cfg.beam_size > 1 else cfg.num_samples  # greedy outputs would repeat
+        outputs, logps = generate(model, pad_batch([ids] * n), cfg.max_len, cfg.temperature, rng, cfg.beam_size,
+                                  cfg.length_norm, cfg.no_repeat_ngram_size)
         for out, logp in zip(outputs, logps):
-            print(f"  {model.tgt_vocab.decode(out)}    [log p = {logp:.1f}]")
+            print(f"  {model.tgt_vocab.text(out)}    [log p = {logp:.1f}]")
         if cfg.plot_attention:
             out = [int(w) for w in outputs[0] if w not in (PAD_ID, EOS_ID)]  # EOS ends it
             plot_attention(model, ids, out, cfg.plot_attention)

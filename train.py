@@ -13,6 +13,8 @@ import dataclasses
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import sys
 import time
@@ -24,30 +26,32 @@ import backend
 import distributed
 import layers
 from configurator import ConfigError, configure, require, setting
-from dataset import Batcher, DataError, dataset_dir, eval_batches, load_dataset, make_batch
-from evaluate import read_references, score, translate
+from dataset import Batcher, DataError, dataset_dir, eval_batches, load_dataset, make_batch, run_dir
+from evaluate import bleu_tokenize, read_references, score, translate
 from model import CheckpointError, Model, ModelConfig, checkpoint_path
 from vocab import EOS_ID
 
 
 # With skip_nonfinite, this many non-finite batches in a row mean the model has diverged.
 MAX_SKIPPED_IN_A_ROW = 20
+SNAPSHOT = re.compile(r"ckpt_step(\d+)\.npz")
 
 
 @dataclass
 class TrainConfig:
     dataset: str = setting("kjv", "a folder under data/ written by its prepare.py, or a path")
-    out_dir: str = setting("out/kjv", "where checkpoints, log.jsonl and loss.png go")
+    out_dir: str = setting("", "where checkpoints, log.jsonl and loss.png go; empty = out/<dataset>")
     init_from: str = setting("scratch", "scratch, or resume from <out_dir>/ckpt_latest.npz")
     batch_size: int = setting(64, "pairs per step")
     optimizer: str = setting("adam", "adam or sgd (each module's getUpdates)")
     learning_rate: float = setting(5e-3, "peak learning rate")
-    min_lr: float = setting(1e-4, "cosine decay ends here, at max_iters")
+    min_lr: float = setting(1e-4, "cosine decay ends here, at max_iters or at max_minutes, whichever comes first")
     warmup_iters: int = setting(100, "linear warm-up steps")
     grad_clip: float = setting(1.0, "clip the global gradient norm to this; 0 = off")
-    max_iters: int = setting(700, "stop after this many steps (the default run: about 10 min)")
-    max_minutes: float = setting(11.0, "also stop after this many minutes; 0 = no limit")
+    max_iters: int = setting(700, "stop after this many steps (the default run: about 5 min)")
+    max_minutes: float = setting(0.0, "also stop after this many minutes of training, resumes included; 0 = no limit")
     eval_interval: int = setting(200, "validate and checkpoint every this many steps")
+    keep_last: int = setting(2, "also keep the last N evaluations' checkpoints as ckpt_step<N>.npz; 0 = none")
     eval_exact_match: int = setting(500, "val pairs decoded for exact match (tasks that use it)")
     eval_bleu: int = setting(500, "val pairs translated greedily for BLEU and chrF (datasets with references)")
     num_samples: int = setting(3, "val sources to decode and print at the end")
@@ -83,15 +87,20 @@ def check(cfg, mcfg):
     require(cfg.learning_rate > 0, f"learning_rate={cfg.learning_rate}: must be positive")
     require(0 <= cfg.min_lr <= cfg.learning_rate, f"min_lr={cfg.min_lr}: must be in [0, learning_rate]")
     for name in ("warmup_iters", "grad_clip", "max_minutes", "eval_exact_match", "eval_bleu", "num_samples",
-                 "mpi_check_interval"):
+                 "mpi_check_interval", "keep_last"):
         require(getattr(cfg, name) >= 0, f"{name}={getattr(cfg, name)}: must not be negative")
 
 
-def learning_rate(cfg, step):
-    """Linear warm-up, then cosine decay from learning_rate to min_lr at max_iters."""
+def learning_rate(cfg, step, elapsed_s=0.0):
+    """Linear warm-up, then cosine decay from learning_rate to min_lr. The decay's progress
+    is the larger of the step fraction (to max_iters) and, when max_minutes bounds the run,
+    the time fraction, so a run cut by time still finishes its schedule."""
     if step < cfg.warmup_iters:
         return cfg.learning_rate * (step + 1) / cfg.warmup_iters
-    progress = min(1.0, (step - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters))
+    progress = (step - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters)
+    if cfg.max_minutes:
+        progress = max(progress, elapsed_s / (60 * cfg.max_minutes))
+    progress = min(1.0, progress)
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
 
@@ -118,9 +127,27 @@ def evaluate(model, pairs, cfg, exact_match, references=None):
     if references is not None and cfg.eval_bleu:
         n = min(cfg.eval_bleu, len(pairs))
         hypotheses = translate(model, pairs[:n], cfg.batch_size, cfg.max_decode_len)
-        scores = score(hypotheses, references[:n])
+        scores = score(hypotheses, references[:n], bleu_tokenize(model.tgt_vocab))
         metrics["val_bleu"], metrics["val_chrf"] = scores["bleu"], scores["chrf"]
     return metrics
+
+
+def keep_snapshots(latest, step, keep):
+    """Hard-link the just-written ckpt_latest.npz as ckpt_step<step>.npz (a copy where links
+    are not supported) and delete all but the newest `keep` of those."""
+    if not keep:
+        return
+    folder = os.path.dirname(latest) or "."
+    snapshot = os.path.join(folder, f"ckpt_step{step}.npz")
+    tmp = snapshot + ".tmp"
+    try:
+        os.link(latest, tmp)
+    except OSError:
+        shutil.copyfile(latest, tmp)
+    os.replace(tmp, snapshot)
+    steps = sorted(int(m.group(1)) for m in map(SNAPSHOT.fullmatch, os.listdir(folder)) if m)
+    for old in steps[:-keep]:
+        os.remove(os.path.join(folder, f"ckpt_step{old}.npz"))
 
 
 def logged_step(line):
@@ -163,10 +190,10 @@ def print_samples(model, pairs, cfg, meta, rng):
     sampled, _ = model.decode(src, max_len=cfg.max_decode_len, temperature=0.8, rng=rng)
     for (s, t), g, smp in zip(chosen, greedy, sampled):
         s = s[::-1] if meta.get("reverse_source") else s
-        print(f"\n  source:    {model.src_vocab.decode(s)}")
-        print(f"  reference: {model.tgt_vocab.decode(t)}")
-        print(f"  greedy:    {model.tgt_vocab.decode(g)}")
-        print(f"  sampled:   {model.tgt_vocab.decode(smp)}  (temperature 0.8)")
+        print(f"\n  source:    {model.src_vocab.text(s)}")
+        print(f"  reference: {model.tgt_vocab.text(t)}")
+        print(f"  greedy:    {model.tgt_vocab.text(g)}")
+        print(f"  sampled:   {model.tgt_vocab.text(smp)}  (temperature 0.8)")
 
 
 def main(argv):
@@ -175,6 +202,7 @@ def main(argv):
     cfg, mcfg = TrainConfig(), ModelConfig()
     explicit = configure([cfg, mcfg], argv, __doc__.strip())
     check(cfg, mcfg)
+    cfg.out_dir = run_dir(cfg.out_dir, cfg.dataset)
     comm = distributed.world()  # None unless started by mpiexec with several processes
     is_root = comm is None or comm.Get_rank() == 0  # only rank 0 logs and writes files
     say = print if is_root else (lambda *args, **kwargs: None)
@@ -186,7 +214,7 @@ def main(argv):
         saved = dataclasses.replace(TrainConfig(), **state["train_config"])
         for key in explicit & {f.name for f in dataclasses.fields(cfg)}:
             setattr(saved, key, getattr(cfg, key))  # flags given now win over the saved run
-        cfg, saved.init_from = saved, "resume"
+        cfg, saved.init_from, saved.out_dir = saved, "resume", cfg.out_dir
         changed = [k for k in explicit if hasattr(mcfg, k) and getattr(mcfg, k) != getattr(model.config, k)]
         require(not changed, f"cannot change architecture settings on resume: {', '.join(changed)}")
         check(cfg, model.config)
@@ -195,7 +223,7 @@ def main(argv):
     meta, src_vocab, tgt_vocab, splits = load_dataset(data_dir)
     references = read_references(data_dir, "val", len(splits["val"])) if meta.get("bleu") else None
     if cfg.init_from == "resume":
-        if model.tgt_vocab.itos != tgt_vocab.itos or model.src_vocab.itos != src_vocab.itos:
+        if model.tgt_vocab != tgt_vocab or model.src_vocab != src_vocab:
             raise DataError(f"{data_dir}: its vocabulary differs from the checkpoint's; "
                             "re-run its prepare.py with the settings the run used")
         # Evaluations logged after the checkpoint (a crash in between) would be repeated; a
@@ -235,6 +263,7 @@ def main(argv):
 
     def save(path):
         state["train_config"] = dataclasses.asdict(cfg)
+        state["train_seconds"] = elapsed()
         state["data"] = {"dataset": cfg.dataset, "reverse_source": bool(meta.get("reverse_source"))}
         try:
             model.save(path, state)
@@ -255,6 +284,8 @@ def main(argv):
         signal.signal(sig, on_signal)
     order = batcher.epoch(state["epoch"])
     start_step, start_time, skipped_in_a_row = state["step"], time.time(), 0
+    trained_before = state.get("train_seconds", 0.0)  # training time of the run's earlier invocations
+    elapsed = lambda: trained_before + time.time() - start_time  # noqa: E731
     window = {"loss": 0.0, "tokens": 0.0, "steps": 0, "time": time.time()}
     # Redraw twice a second on a terminal; every 30 s in a log file, which keeps it readable.
     bar = tqdm(total=cfg.max_iters, initial=start_step, unit="step", dynamic_ncols=True,
@@ -264,10 +295,10 @@ def main(argv):
             if state["batch_in_epoch"] >= len(order):
                 state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
                 order = batcher.epoch(state["epoch"])
-            lr = learning_rate(cfg, state["step"])
+            lr = learning_rate(cfg, state["step"], elapsed())
             # Under MPI every rank must stop at the same step: the request travels in the
             # step's all-reduce, and the time limit is rank 0's clock.
-            timed_out = is_root and bool(cfg.max_minutes) and time.time() - start_time > 60 * cfg.max_minutes
+            timed_out = is_root and bool(cfg.max_minutes) and elapsed() > 60 * cfg.max_minutes
             loss, n_tokens, norm, stop = train_step(order[state["batch_in_epoch"]], lr, timed_out or bool(stop_signals))
             interrupted = stop and not timed_out  # a signal, on this rank or another
             finite = math.isfinite(loss) and math.isfinite(norm)
@@ -295,7 +326,7 @@ def main(argv):
                     metrics = evaluate(model, splits["val"], cfg, meta.get("exact_match", False), references)
                     row = {"step": state["step"], "epoch": state["epoch"],
                            "train_loss": window["loss"] / max(1.0, window["tokens"]), **metrics,
-                           "lr": lr, "tokens_per_s": rate, "elapsed_s": time.time() - start_time,
+                           "lr": lr, "tokens_per_s": rate, "elapsed_s": elapsed(),
                            "skipped_nonfinite": state.get("skipped_nonfinite", 0)}
                     with open(log_path, "a", encoding="utf-8") as f:
                         f.write(json.dumps(row) + "\n")
@@ -305,6 +336,7 @@ def main(argv):
                         state["best_val_loss"] = metrics["val_loss"]
                         save(best)
                     save(latest)
+                    keep_snapshots(latest, state["step"], cfg.keep_last)
                     window = {"loss": 0.0, "tokens": 0.0, "steps": 0, "time": time.time()}
             if interrupted:
                 if is_root:
