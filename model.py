@@ -450,6 +450,8 @@ class Model:
         for key, vocab in (("src_vocab", self.src_vocab), ("tgt_vocab", self.tgt_vocab)):
             if vocab is not None:
                 arrays[key] = np.array(vocab.itos, dtype=str)
+                if vocab.spm is not None:  # the SentencePiece model travels with the checkpoint
+                    arrays[f"{key}_spm"] = np.frombuffer(vocab.spm, dtype=np.uint8)
         meta = {
             "format_version": FORMAT_VERSION,
             "model_config": dataclasses.asdict(self.config),
@@ -475,7 +477,11 @@ class Model:
             config = ModelConfig(**meta["model_config"])
         except (ValueError, TypeError, KeyError) as err:
             raise CheckpointError(f"{path}: unreadable model config: {err}") from None
-        vocabs = [Vocab(arrays[k].tolist()) if k in arrays else None for k in ("src_vocab", "tgt_vocab")]
+        try:
+            vocabs = [Vocab(arrays[k].tolist(), spm=arrays[f"{k}_spm"].tobytes() if f"{k}_spm" in arrays else None)
+                      if k in arrays else None for k in ("src_vocab", "tgt_vocab")]
+        except (ValueError, RuntimeError, TypeError) as err:
+            raise CheckpointError(f"{path}: unreadable vocabulary: {err}") from None
         try:
             model = cls(config, *vocabs, mode=mode)
         except ValueError as err:  # e.g. a cell of the user's that cannot be imported here

