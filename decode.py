@@ -1,6 +1,16 @@
-"""Beam search over a Model's compiled single step, batched over sentences.
+"""Decoding beyond the model's one-scan greedy and sampled search: a guard against loops,
+step-by-step greedy and sampled decoding that applies it, and beam search.
 
-Each sentence keeps up to `beam_size` live hypotheses. At every step all live rows of all
+`generate` is the one entry point sample.py, evaluate.py, train.py and the benchmarks use:
+beam_size > 1 runs beam search; otherwise temperature 0 is greedy and > 0 samples. Without
+the guard, greedy and sampled decoding run in the model's compiled scan (Model.decode); with
+it they run here, one compiled step per token, so banned tokens can be removed.
+
+The guard, no_repeat_ngram_size = n as in fairseq: an output never contains the same n-gram
+twice. At each step, every token that would complete an n-gram already in the output is
+banned (n = 1 bans every token already emitted).
+
+Beam search: each sentence keeps up to `beam_size` live hypotheses. At every step all live rows of all
 sentences go through one call of the compiled step; each sentence then keeps its best
 `beam_size - n_finished` extensions, and a hypothesis that emits EOS is finished (so the
 beam narrows, as in dl4mt-tutorial and Nematus). A sentence is done when all its hypotheses
@@ -14,9 +24,78 @@ import numpy as np
 from vocab import BOS_ID, EOS_ID, PAD_ID
 
 
-def beam_search(model, src, beam_size=5, max_len=60, length_norm=1.0):
+def generate(model, src, max_len=60, temperature=0.0, rng=None, beam_size=1, length_norm=1.0,
+             no_repeat_ngram_size=0):
+    """src (Ts, B) int32 -> (outputs, log-probabilities): one list of ids (EOS excluded) and
+    its total log-probability per sentence."""
+    if beam_size > 1:
+        return beam_search(model, src, beam_size, max_len, length_norm, no_repeat_ngram_size)
+    if no_repeat_ngram_size:
+        return step_decode(model, src, max_len, temperature, rng, no_repeat_ngram_size)
+    ys, logps = model.decode(src, max_len=max_len, temperature=temperature, rng=rng)
+    return [until_eos(row) for row in ys], logps
+
+
+def until_eos(ids):
+    ids = [int(w) for w in ids]
+    return ids[: ids.index(EOS_ID)] if EOS_ID in ids else [w for w in ids if w != PAD_ID]
+
+
+def banned_tokens(tokens, n):
+    """The tokens that would repeat an n-gram of `tokens` if emitted next."""
+    if n <= 0 or len(tokens) < n - 1:
+        return []
+    if n == 1:
+        return list(set(tokens))
+    prefix = tokens[len(tokens) - n + 1 :]
+    return [tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tokens[i : i + n - 1] == prefix]
+
+
+def step_decode(model, src, max_len=60, temperature=0.0, rng=None, no_repeat_ngram_size=0):
+    """Greedy (temperature 0) or sampled decoding, one compiled step per token, with the
+    n-gram guard. Without the guard it follows Model.decode's scan: the same candidates
+    (never PAD, BOS or <unk>) and, given the same rng, the same uniform draw per step."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    noise = rng.random((max_len, src.shape[1]), dtype=np.float32)  # drawn as Model.decode does
+    f_init, f_next = model.compile_step()
+    n_mem = len(model.memory_keys())
+    init = f_init(src)
+    memory, states = init[:n_mem], init[n_mem:]
+    B = src.shape[1]
+    first = BOS_ID + 1  # ids below (PAD, <unk>, BOS) are never emitted, as in Model.decode
+    outputs, logps, done = [[] for _ in range(B)], np.zeros(B), np.zeros(B, dtype=bool)
+    y_prev = np.full(B, BOS_ID, dtype=np.int32)
+    for t in range(max_len):
+        out = f_next(y_prev, *states, *memory)
+        logp, states = out[0], out[1:]
+        scores = logp[:, first:].astype(np.float64)
+        for i in range(B):
+            banned = [w - first for w in banned_tokens(outputs[i], no_repeat_ngram_size) if w >= first]
+            scores[i, banned] = -np.inf
+        if temperature == 0:
+            y = np.argmax(scores, axis=1)
+        else:
+            z = scores / temperature
+            probs = np.exp(z - z.max(axis=1, keepdims=True))
+            probs /= probs.sum(axis=1, keepdims=True)
+            y = np.minimum(np.sum(np.cumsum(probs, axis=1) < noise[t][:, None], axis=1), probs.shape[1] - 1)
+        y = (y + first).astype(np.int32)
+        for i in np.flatnonzero(~done):
+            logps[i] += logp[i, y[i]]
+            if y[i] == EOS_ID:
+                done[i] = True
+            else:
+                outputs[i].append(int(y[i]))
+        if done.all():
+            break
+        y_prev = y
+    return outputs, logps
+
+
+def beam_search(model, src, beam_size=5, max_len=60, length_norm=1.0, no_repeat_ngram_size=0):
     """src (Ts, B) int32 -> (outputs, scores): for each sentence, the best hypothesis as a
-    list of ids (EOS excluded) and its total log-probability."""
+    list of ids (EOS excluded) and its total log-probability. With no_repeat_ngram_size,
+    extensions that repeat an n-gram of their hypothesis are not candidates."""
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
     f_init, f_next = model.compile_step()
@@ -48,6 +127,8 @@ def beam_search(model, src, beam_size=5, max_len=60, length_norm=1.0):
             width = beam_size - len(finished[i])
             V = logp.shape[1]
             cand = np.stack([score + logp[r] for r, _, score in live])  # (n_live, V)
+            for k, (_, tokens, _) in enumerate(live):
+                cand[k, banned_tokens(tokens, no_repeat_ngram_size)] = -np.inf
             flat = cand.ravel()
             best = np.argsort(-flat, kind="stable")[:width]
             extended = []

@@ -6,7 +6,7 @@ import backend  # noqa: F401  (float32, before pytensor)
 import layers
 import pytensor
 import pytensor.tensor as pt
-from beam import beam_search
+from decode import beam_search
 from dataset import make_batch
 from model import Model, ModelConfig
 from vocab import EOS_ID, PAD_ID

@@ -9,7 +9,7 @@ import backend
 import layers
 import pytensor
 import pytensor.tensor as pt
-from beam import beam_search
+from decode import beam_search
 from configurator import ConfigError
 from model import CheckpointError, Model, ModelConfig
 from recurrence import StepGraph

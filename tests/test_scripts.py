@@ -2,6 +2,7 @@
 errors, and the reverse task learned end to end."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -143,3 +144,48 @@ def test_translation_pipeline_smoke(tmp_path):
     assert png.stat().st_size > 0 and "attention heatmap" in proc.stdout
     proc = run("sample.py", f"--out_dir={out}", "--start=god", "--beam_size=0", check=False)
     assert proc.returncode != 0 and "beam_size=0: must be at least 1" in proc.stderr
+
+
+def test_own_text_to_samples_in_three_commands(tmp_path):
+    """The README's three commands on a user's text file: prepare (SentencePiece), train
+    into the default out/<dataset>, sample from it by --dataset; kept snapshots pruned."""
+    sentences = [f"Mr. Brown walked to the {place} and back again." for place in ("river", "hill", "town")] * 100
+    book = tmp_path / "book.txt"
+    book.write_text("\n\n".join(" ".join(sentences[i : i + 5]) for i in range(0, 300, 5)), encoding="utf-8")
+    data = tmp_path / f"mybook{os.getpid()}"
+    run("data/text/prepare.py", "--input", book, "--out_dir", data, "--tokenizer", "sentencepiece",
+        "--vocab_size", 60, "--min_held", 10)
+    out = os.path.join(ROOT, "out", data.name)  # train.py's default out_dir for this dataset
+    try:
+        run("train.py", f"--dataset={data}", "--max_iters=6", "--eval_interval=2", "--keep_last=2", *TINY)
+        assert sorted(n for n in os.listdir(out) if n.startswith("ckpt_step")) == ["ckpt_step4.npz", "ckpt_step6.npz"]
+        snapshot, latest = read_npz(os.path.join(out, "ckpt_step6.npz")), read_npz(os.path.join(out, "ckpt_latest.npz"))
+        for key in (k for k in latest if k.startswith(("param/", "opt/"))):
+            np.testing.assert_array_equal(snapshot[key], latest[key], err_msg=key)
+        proc = run("sample.py", f"--dataset={data}", "--start=Mr. Brown walked.", "--temperature=0",
+                   "--no_repeat_ngram_size=2", "--max_len=12")
+        lines = proc.stdout.splitlines()
+        assert lines[0] == "> Mr. Brown walked." and "log p =" in lines[1]
+        assert "\u2581" not in proc.stdout  # SentencePiece's word marks are decoded away
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def test_time_bound_runs_finish_their_learning_rate_schedule():
+    from train import TrainConfig, learning_rate
+
+    cfg = TrainConfig(learning_rate=1e-2, min_lr=1e-4, warmup_iters=0, max_iters=100_000, max_minutes=10)
+    assert learning_rate(cfg, 10, elapsed_s=0) == pytest.approx(1e-2, rel=1e-3)
+    assert learning_rate(cfg, 10, elapsed_s=300) == pytest.approx((1e-2 + 1e-4) / 2)  # half the time: half the cosine
+    assert learning_rate(cfg, 10, elapsed_s=600) == pytest.approx(1e-4)
+    cfg.max_minutes = 0  # no time bound: steps alone set the schedule
+    assert learning_rate(cfg, 50_000, elapsed_s=600) == pytest.approx((1e-2 + 1e-4) / 2)
+    assert TrainConfig().max_minutes == 0 and TrainConfig().out_dir == ""  # no time cap by default
+
+
+def test_runs_live_in_out_slash_dataset_unless_told():
+    from dataset import run_dir
+
+    assert run_dir("", "kjv") == os.path.join("out", "kjv")
+    assert run_dir("", "/data/corpora/mybook/") == os.path.join("out", "mybook")
+    assert run_dir("runs/x", "kjv") == "runs/x"
