@@ -17,9 +17,6 @@ and predicts tgt[1:].
 """
 import dataclasses
 import json
-import os
-import tempfile
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,11 +28,9 @@ import optim
 import pytensor
 import pytensor.tensor as pt
 from pytensor.scan.utils import until
+from checkpoint import FORMAT_VERSION, CheckpointError, read_arrays, restore, save_arrays
 from configurator import setting
 from vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
-
-FORMAT_VERSION = 1
-
 
 @dataclass
 class ModelConfig:
@@ -58,8 +53,16 @@ class ModelConfig:
     tgt_vocab_size: int = setting(0, "from the prepared data's vocabulary", derived=True)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used, with the reason in the message."""
+def approx_param_count(cfg):
+    """About how many parameters initModules() builds for `cfg` (gated cells counted as
+    LSTMs, the largest stock cell), known before any memory is allocated."""
+    E, H, dirs = cfg.embed_size, cfg.hidden_size, 2 if cfg.bidirectional else 1
+    C, A = H * dirs, cfg.attention_size or H
+    cell = lambda n_in: 4 * H * (n_in + H + 1)  # noqa: E731
+    encoder = dirs * (cell(E) + (cfg.encoder_layers - 1) * cell(C))
+    decoder = cell(E + C) + C * H + (H + E + C) * E + E * cfg.tgt_vocab_size
+    attention = A * (H + C + 1) if cfg.attention != "none" else 0
+    return (cfg.src_vocab_size + cfg.tgt_vocab_size) * E + encoder + decoder + attention
 
 
 class Model:
@@ -76,6 +79,7 @@ class Model:
             raise ValueError(f"parameter names must be unique, got {names}")
         self.opt_state = []  # shared variables written by the optimizer, see compile_train
         self._pending_opt_state = {}
+        self.checkpoint_state = {}  # the saved `state` dict of a loaded checkpoint
         self._functions = {}
         # Dropout draws from this generator; training updates it, checkpoints save it.
         self.dropout_rng = pytensor.shared(np.random.default_rng(config.init_seed + 1), name="dropout_rng")
@@ -460,7 +464,7 @@ class Model:
             "dropout_rng": self.dropout_rng.get_value(borrow=True).bit_generator.state,
         }
         arrays["meta"] = np.array(json.dumps(meta))
-        atomic_savez(path, arrays)
+        save_arrays(path, arrays)  # refuses NaN/inf weights: a diverged model never replaces a good file
 
     @classmethod
     def load(cls, path, mode=backend.DEFAULT_MODE):
@@ -469,19 +473,32 @@ class Model:
         Returns the model; the saved `state` dict is `model.checkpoint_state`. Optimizer
         state is restored when `compile_train` builds the optimizer.
         """
-        arrays = read_npz(path)
+        arrays = read_arrays(path)
         if "meta" not in arrays:
             raise CheckpointError(f"{path}: not a checkpoint of this project (no 'meta' entry)")
         try:
             meta = json.loads(str(arrays["meta"]))
             config = ModelConfig(**meta["model_config"])
-        except (ValueError, TypeError, KeyError) as err:
+            if not isinstance(meta.get("state", {}), dict):
+                raise ValueError("its state is not a JSON object")
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise CheckpointError(f"{path}: unreadable model config: {err}") from None
+        for field in dataclasses.fields(config):
+            value, kind = getattr(config, field.name), {"int": int, "float": (int, float), "str": str, "bool": bool}
+            expected = kind.get(field.type if isinstance(field.type, str) else field.type.__name__)
+            if expected and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+                raise CheckpointError(f"{path}: model config {field.name}={value!r} is not a {field.type}")
         try:
             vocabs = [Vocab(arrays[k].tolist(), spm=arrays[f"{k}_spm"].tobytes() if f"{k}_spm" in arrays else None)
                       if k in arrays else None for k in ("src_vocab", "tgt_vocab")]
         except (ValueError, RuntimeError, TypeError) as err:
             raise CheckpointError(f"{path}: unreadable vocabulary: {err}") from None
+        if meta.get("format_version", 1) > FORMAT_VERSION:
+            raise CheckpointError(f"{path}: format version {meta['format_version']} is newer than this code's "
+                                  f"({FORMAT_VERSION}); update the code")
+        for vocab, size, side in zip(vocabs, (config.src_vocab_size, config.tgt_vocab_size), ("src", "tgt")):
+            if vocab is not None and len(vocab) != size:
+                raise CheckpointError(f"{path}: the {side} vocabulary has {len(vocab)} entries, the model config {size}")
         try:
             model = cls(config, *vocabs, mode=mode)
         except ValueError as err:  # e.g. a cell of the user's that cannot be imported here
@@ -494,21 +511,9 @@ class Model:
                     f"{path}: module {name!r} is a {saved} in the checkpoint but initModules() "
                     f"builds a {module_kind(module)}"
                 )
-        for p in model.params:
-            key = f"param/{p.name}"
-            if key not in arrays:
-                raise CheckpointError(f"{path}: missing parameter {p.name}")
-            value = arrays[key]
-            expected = p.get_value(borrow=True).shape
-            if value.shape != expected:
-                raise CheckpointError(
-                    f"{path}: parameter {p.name} has shape {value.shape}, the model needs {expected}"
-                )
-            p.set_value(value.astype(layers.FLOATX))
-        extra = sorted(set(k[6:] for k in arrays if k.startswith("param/")) - {p.name for p in model.params})
-        if extra:
-            raise CheckpointError(f"{path}: parameters the model does not have: {', '.join(extra)}")
+        restore(model.params, arrays, path, prefix="param/")
         model._pending_opt_state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
+        model._checkpoint_file = path
         model.checkpoint_state = meta.get("state", {})
         if "dropout_rng" in meta:
             generator = np.random.default_rng()
@@ -520,14 +525,18 @@ class Model:
         return model
 
     def _restore_opt_state(self):
-        if not self._pending_opt_state:
-            return
+        """Set the optimizer's state from the loaded checkpoint, checked as the params are. A
+        trained checkpoint without it is refused rather than resumed with a reset optimizer."""
+        pending, path = self._pending_opt_state, getattr(self, "_checkpoint_file", "checkpoint")
+        if not self.opt_state or (not pending and not self.checkpoint_state.get("step")):
+            return  # plain SGD has no state; a never-trained model starts its optimizer afresh
+        mapped = {}
         for var in self.opt_state:
             # Before getUpdates trained each module, one Adam step count served them all.
-            name = "adam.t" if var.name.startswith("adam.t.") and var.name not in self._pending_opt_state else var.name
-            if name not in self._pending_opt_state:
-                raise CheckpointError(f"checkpoint has no optimizer state {var.name}")
-            var.set_value(self._pending_opt_state[name].astype(var.dtype))
+            old = "adam.t" if var.name.startswith("adam.t.") and var.name not in pending else var.name
+            if old in pending:
+                mapped["opt/" + var.name] = pending[old]
+        restore(self.opt_state, mapped, path, prefix="opt/")
         self._pending_opt_state = {}
 
 
@@ -538,45 +547,3 @@ def module_kind(module):
 
 
 _OLD_KINDS = {"AttentionGRU": "AttentionDecoder(GRU)"}  # names in checkpoints of earlier versions
-
-
-def checkpoint_path(out_dir, ckpt):
-    """`ckpt` is best, latest (<out_dir>/ckpt_<name>.npz) or a path to an .npz."""
-    return ckpt if ckpt.endswith(".npz") else os.path.join(out_dir, f"ckpt_{ckpt}.npz")
-
-
-def read_npz(path):
-    """All arrays of an .npz as a dict, refusing pickled objects; errors name the file."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint") from None
-    except ValueError as err:  # numpy's refusal to unpickle an object array lands here
-        raise CheckpointError(f"{path}: refused ({err})") from None
-    except Exception as err:  # a truncated or corrupt zip: BadZipFile, EOFError, OSError
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({err})") from None
-
-
-def atomic_savez(path, arrays):
-    """np.savez to a temp file in the same folder, fsync, then rename over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        if os.environ.get("SEQ2SEQ_TEST_SLOW_SAVE"):  # fault-injection tests kill us here
-            time.sleep(float(os.environ["SEQ2SEQ_TEST_SLOW_SAVE"]))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
