@@ -92,6 +92,8 @@ def configure(configs, argv, usage):
                 raise ConfigError(f"{arg}: {err.strerror}") from None
             except tomllib.TOMLDecodeError as err:
                 raise ConfigError(f"{arg}: {err}") from None
+            except UnicodeDecodeError as err:
+                raise ConfigError(f"{arg}: not UTF-8 (byte offset {err.start})") from None
             for name, value in table.items():
                 assign(name, value, arg)
         else:

@@ -23,12 +23,6 @@ def dataset_dir(name):
     return name if os.sep in name else os.path.join(ROOT, "data", name)
 
 
-def run_dir(out_dir, dataset):
-    """Where a run lives: out_dir when given, else out/<the dataset's folder name>, the
-    rule train.py, sample.py and evaluate.py share."""
-    return out_dir or os.path.join("out", os.path.basename(os.path.normpath(dataset)))
-
-
 class DataError(ValueError):
     """Prepared data that is missing or malformed; the message names the file."""
 
@@ -50,6 +44,11 @@ def load_split(path):
             src, tgt, src_len, tgt_len = (data[k] for k in ("src", "tgt", "src_len", "tgt_len"))
     except Exception as err:
         raise DataError(f"{path}: unreadable split file ({err})") from None
+    for name, array in (("src", src), ("tgt", tgt), ("src_len", src_len), ("tgt_len", tgt_len)):
+        if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+            raise DataError(f"{path}: {name} holds {array.dtype} data of {array.ndim} dimension(s), not integer ids")
+    if len(src_len) and min(src_len.min(), tgt_len.min()) < 0:
+        raise DataError(f"{path}: negative sequence lengths")
     if src_len.sum() != len(src) or tgt_len.sum() != len(tgt) or len(src_len) != len(tgt_len):
         raise DataError(f"{path}: lengths do not add up to the stored tokens")
     src_seqs = np.split(src, np.cumsum(src_len)[:-1]) if len(src_len) else []
@@ -83,16 +82,20 @@ def load_dataset(folder):
     try:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
         spm_files = meta.get("spm") or {}
         src_vocab, tgt_vocab = (Vocab(meta[f"{side}_vocab"], spm=read_bytes(folder, spm_files.get(side)))
                                 for side in ("src", "tgt"))
-    except (ValueError, KeyError) as err:
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
         raise DataError(f"{path}: malformed meta.json ({err})") from None
     splits = {name: load_split(os.path.join(folder, f"{name}.npz")) for name in SPLITS}
     for name, pairs in splits.items():
-        for ids in (ids for pair in pairs for ids in pair):
-            if len(ids) and (ids.min() < 0 or ids.max() >= max(len(src_vocab), len(tgt_vocab))):
-                raise DataError(f"{folder}/{name}.npz: token id out of the vocabulary's range")
+        for side, vocab in ((0, src_vocab), (1, tgt_vocab)):
+            ids = [pair[side] for pair in pairs if len(pair[side])]
+            if ids and (min(i.min() for i in ids) < 0 or max(i.max() for i in ids) >= len(vocab)):
+                raise DataError(f"{folder}/{name}.npz: a {('source', 'target')[side]} token id is outside "
+                                f"its vocabulary (0..{len(vocab) - 1})")
     return meta, src_vocab, tgt_vocab, splits
 
 

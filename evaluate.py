@@ -11,9 +11,11 @@ train.py. With word tokens, hypotheses and references are lowercased word tokens
 spaces, so BLEU runs with sacrebleu's tokenize="none" and an <unk> in a hypothesis counts as
 a wrong word; with SentencePiece, both are text and sacrebleu tokenises them (13a).
 References come from <dataset>/<split>.ref.txt, written by the dataset's prepare.py. Writes
-<out_dir>/eval_<split>_beam<k>[_norepeat<n>].json and .txt (the hypotheses).
+eval_<checkpoint>_<split>_beam<k>[_norepeat<n>].json and .txt (the hypotheses) beside the
+checkpoint, e.g. out/kjv_es/eval_best_test_beam5.json.
 """
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -23,15 +25,17 @@ import numpy as np
 import backend
 from decode import generate
 from configurator import ConfigError, configure, require, setting
-from dataset import DataError, dataset_dir, eval_batches, load_dataset, make_batch, run_dir
-from model import CheckpointError, Model, checkpoint_path
+from dataset import DataError, dataset_dir, eval_batches, load_dataset, make_batch
+from runs import run_dir
+from checkpoint import CheckpointError, checkpoint_path
+from model import Model
 
 
 @dataclass
 class EvalConfig:
     dataset: str = setting("kjv_es", "the run of this dataset (out/<dataset>), unless out_dir is given")
     out_dir: str = setting("", "run folder whose checkpoint to score; empty = out/<dataset>")
-    ckpt: str = setting("best", "best, latest, or a path to an .npz")
+    ckpt: str = setting("best", "best, latest, step<N>, or a path to an .npz (results go beside it)")
     split: str = setting("test", "val or test")
     beam_size: int = setting(1, "1 = greedy decoding")
     length_norm: float = setting(1.0, "beam ranks by log p / length**length_norm")
@@ -84,12 +88,15 @@ def main(argv):
     require(cfg.split in ("val", "test"), f"split={cfg.split!r}: use val or test")
     require(cfg.beam_size >= 1, f"beam_size={cfg.beam_size}: must be at least 1")
     require(cfg.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size={cfg.no_repeat_ngram_size}: must not be negative")
+    require(math.isfinite(cfg.length_norm), f"length_norm={cfg.length_norm}: must be a finite number")
     require(cfg.batch_size > 0 and cfg.max_len > 0, "batch_size and max_len must be positive")
-    cfg.out_dir = run_dir(cfg.out_dir, cfg.dataset)
-    path = checkpoint_path(cfg.out_dir, cfg.ckpt)
+    path = checkpoint_path(run_dir(cfg.out_dir, cfg.dataset), cfg.ckpt)
     model = Model.load(path, mode=cfg.mode)
-    data_dir = dataset_dir(model.checkpoint_state.get("data", {}).get("dataset", "kjv_es"))
-    _, _, _, splits = load_dataset(data_dir)
+    data_dir = dataset_dir(model.checkpoint_state.get("data", {}).get("dataset", cfg.dataset))
+    _, src_vocab, tgt_vocab, splits = load_dataset(data_dir)
+    if model.src_vocab != src_vocab or model.tgt_vocab != tgt_vocab:
+        raise DataError(f"{data_dir}: its vocabulary differs from {path}'s (prepared again with other "
+                        "settings?); the scores would be meaningless")
     pairs = splits[cfg.split]
     references = read_references(data_dir, cfg.split, len(pairs))
     hypotheses = translate(model, pairs, cfg.batch_size, cfg.max_len, cfg.beam_size, cfg.length_norm,
@@ -97,8 +104,10 @@ def main(argv):
     result = dict(score(hypotheses, references, bleu_tokenize(model.tgt_vocab)), split=cfg.split, beam_size=cfg.beam_size,
                   length_norm=cfg.length_norm, no_repeat_ngram_size=cfg.no_repeat_ngram_size, checkpoint=path, step=model.checkpoint_state.get("step"),
                   n_sentences=len(pairs), mean_output_len=float(np.mean([len(h.split()) for h in hypotheses])))
+    # Beside the checkpoint scored, named after it: never over another run's or checkpoint's files.
     guard = f"_norepeat{cfg.no_repeat_ngram_size}" if cfg.no_repeat_ngram_size else ""
-    stem = os.path.join(cfg.out_dir, f"eval_{cfg.split}_beam{cfg.beam_size}{guard}")
+    name = os.path.basename(path)[: -len(".npz")].removeprefix("ckpt_")
+    stem = os.path.join(os.path.dirname(path) or ".", f"eval_{name}_{cfg.split}_beam{cfg.beam_size}{guard}")
     with open(stem + ".json", "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
     with open(stem + ".txt", "w", encoding="utf-8") as f:

@@ -13,6 +13,8 @@ greedily when temperature is 0, else by sampling at that temperature. With beam_
 beam search gives one output per line instead. --plot_attention saves a source x output
 heatmap of the attention weights for the first input (attention models).
 """
+import math
+import os
 import sys
 from dataclasses import dataclass
 
@@ -20,8 +22,10 @@ import numpy as np
 
 import backend
 from configurator import ConfigError, configure, require, setting
-from dataset import pad_batch, run_dir
-from model import CheckpointError, Model, checkpoint_path
+from dataset import pad_batch
+from runs import run_dir
+from checkpoint import CheckpointError, checkpoint_path
+from model import Model
 from vocab import EOS_ID, PAD_ID, UNK_ID
 from decode import generate
 
@@ -30,7 +34,7 @@ from decode import generate
 class SampleConfig:
     dataset: str = setting("kjv", "the run of this dataset (out/<dataset>), unless out_dir is given")
     out_dir: str = setting("", "run folder whose checkpoint to load; empty = out/<dataset>")
-    ckpt: str = setting("best", "best, latest, or a path to an .npz")
+    ckpt: str = setting("best", "best, latest, step<N>, or a path to an .npz")
     start: str = setting("", "input sentence; empty = read lines from stdin")
     num_samples: int = setting(3, "outputs per input")
     temperature: float = setting(0.8, "0 = greedy; higher = more varied")
@@ -48,7 +52,15 @@ def main(argv):
     configure([cfg], argv, __doc__.strip())
     require(cfg.num_samples > 0, f"num_samples={cfg.num_samples}: must be positive")
     require(cfg.max_len > 0, f"max_len={cfg.max_len}: must be positive")
+    for name in ("temperature", "length_norm"):
+        require(math.isfinite(getattr(cfg, name)), f"{name}={getattr(cfg, name)}: must be a finite number")
     require(cfg.temperature >= 0, f"temperature={cfg.temperature}: must not be negative")
+    require(cfg.seed >= 0, f"seed={cfg.seed}: must not be negative")
+    if cfg.plot_attention:
+        if not cfg.plot_attention.lower().endswith(".png"):
+            cfg.plot_attention += ".png"  # the file matplotlib would write; said as it is
+        folder = os.path.dirname(os.path.abspath(cfg.plot_attention))
+        require(os.path.isdir(folder), f"plot_attention={cfg.plot_attention}: the folder {folder} does not exist")
     require(cfg.beam_size >= 1, f"beam_size={cfg.beam_size}: must be at least 1")
     require(cfg.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size={cfg.no_repeat_ngram_size}: must not be negative")
     path = checkpoint_path(run_dir(cfg.out_dir, cfg.dataset), cfg.ckpt)

@@ -1,23 +1,24 @@
 """Train the encoder-decoder on a prepared dataset.
 
     python train.py                                   # next-verse prediction on KJV
+    python train.py --dataset=mybook --max_minutes=480  # your text (data/text/prepare.py), overnight
     python train.py config/reverse.toml               # the synthetic reverse task
     python train.py --init_from=resume                # continue a stopped run exactly
     python train.py --help                            # every setting
     mpiexec -n 4 python train.py ...                  # data-parallel over MPI (distributed.py)
 
-Writes <out_dir>/ckpt_latest.npz and ckpt_best.npz (atomically), log.jsonl (one JSON
-object per evaluation) and loss.png.
+Writes <out_dir> (out/<dataset> unless given): ckpt_latest.npz, ckpt_best.npz and the last
+keep_last ckpt_step<N>.npz (each written atomically; never with NaN/inf weights), log.jsonl
+(one JSON object per evaluation) and loss.png. A run holds a lock on its folder; a scratch run
+refuses a folder that holds another run unless --overwrite=true.
 """
 import dataclasses
-import json
 import math
 import os
-import re
-import shutil
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,16 +26,19 @@ import numpy as np
 import backend
 import distributed
 import layers
+import optim
+from checkpoint import CheckpointError, checkpoint_path
 from configurator import ConfigError, configure, require, setting
-from dataset import Batcher, DataError, dataset_dir, eval_batches, load_dataset, make_batch, run_dir
+from dataset import Batcher, DataError, dataset_dir, eval_batches, load_dataset, make_batch
 from evaluate import bleu_tokenize, read_references, score, translate
-from model import CheckpointError, Model, ModelConfig, checkpoint_path
+from model import Model, ModelConfig, approx_param_count
+from runs import RunError, RunFolder, append_log, keep_snapshots, plot_log, read_log, run_dir, write_log
 from vocab import EOS_ID
-
 
 # With skip_nonfinite, this many non-finite batches in a row mean the model has diverged.
 MAX_SKIPPED_IN_A_ROW = 20
-SNAPSHOT = re.compile(r"ckpt_step(\d+)\.npz")
+# Facts of a prepared dataset that a resumed run must find unchanged (besides the vocabulary).
+PREPARE_FACTS = ("task", "tokenizer", "reverse_source", "unit", "max_len", "split", "within")
 
 
 @dataclass
@@ -42,8 +46,9 @@ class TrainConfig:
     dataset: str = setting("kjv", "a folder under data/ written by its prepare.py, or a path")
     out_dir: str = setting("", "where checkpoints, log.jsonl and loss.png go; empty = out/<dataset>")
     init_from: str = setting("scratch", "scratch, or resume from <out_dir>/ckpt_latest.npz")
+    overwrite: bool = setting(False, "scratch only: replace the run already in out_dir (its checkpoints and log)")
     batch_size: int = setting(64, "pairs per step")
-    optimizer: str = setting("adam", "adam or sgd (each module's getUpdates)")
+    optimizer: str = setting("adam", f"{' or '.join(optim.OPTIMIZERS)} (each module's getUpdates)")
     learning_rate: float = setting(5e-3, "peak learning rate")
     min_lr: float = setting(1e-4, "cosine decay ends here, at max_iters or at max_minutes, whichever comes first")
     warmup_iters: int = setting(100, "linear warm-up steps")
@@ -62,13 +67,25 @@ class TrainConfig:
     mpi_check_interval: int = setting(100, "under mpiexec: compare the ranks' parameters this often; 0 = never")
 
 
+@dataclass
+class TrainState:
+    """Where a run is; saved in every checkpoint, so resume continues exactly."""
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_val_loss: float | None = None
+    tokens: int = 0
+    skipped_nonfinite: int = 0
+    train_seconds: float = 0.0  # training time of the invocations before this one
+
+
 def check(cfg, mcfg):
     for settings in (cfg, mcfg):  # inf and NaN pass every range check below, so refuse them first
         for field in dataclasses.fields(settings):
             value = getattr(settings, field.name)
             require(not isinstance(value, float) or math.isfinite(value), f"{field.name}={value}: must be a finite number")
     require(cfg.init_from in ("scratch", "resume"), f"init_from={cfg.init_from!r}: use scratch or resume")
-    require(cfg.optimizer in ("adam", "sgd"), f"optimizer={cfg.optimizer!r}: use adam or sgd")
+    require(cfg.optimizer in optim.OPTIMIZERS, f"optimizer={cfg.optimizer!r}: use {' or '.join(optim.OPTIMIZERS)}")
     require(cfg.mode in backend.MODES, f"mode={cfg.mode!r}: use one of {', '.join(backend.MODES)}")
     for name in ("batch_size", "max_iters", "eval_interval", "max_decode_len"):
         require(getattr(cfg, name) > 0, f"{name}={getattr(cfg, name)}: must be positive")
@@ -87,8 +104,22 @@ def check(cfg, mcfg):
     require(cfg.learning_rate > 0, f"learning_rate={cfg.learning_rate}: must be positive")
     require(0 <= cfg.min_lr <= cfg.learning_rate, f"min_lr={cfg.min_lr}: must be in [0, learning_rate]")
     for name in ("warmup_iters", "grad_clip", "max_minutes", "eval_exact_match", "eval_bleu", "num_samples",
-                 "mpi_check_interval", "keep_last"):
+                 "mpi_check_interval", "keep_last", "seed"):
         require(getattr(cfg, name) >= 0, f"{name}={getattr(cfg, name)}: must not be negative")
+    require(mcfg.init_seed >= 0, f"init_seed={mcfg.init_seed}: must not be negative")
+
+
+def check_memory(mcfg):
+    """Refuse a model whose parameters, gradients and Adam moments alone exceed the memory
+    this machine has free, before allocating any of it."""
+    need = approx_param_count(mcfg) * 4 * 5  # float32: params, gradients, 2 moments, a temporary
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return
+    require(need < free, f"hidden_size={mcfg.hidden_size}, embed_size={mcfg.embed_size}: the model needs about "
+                         f"{need / 2**30:,.1f} GiB for its weights and optimizer; {free / 2**30:,.1f} GiB is free")
 
 
 def learning_rate(cfg, step, elapsed_s=0.0):
@@ -102,6 +133,108 @@ def learning_rate(cfg, step, elapsed_s=0.0):
         progress = max(progress, elapsed_s / (60 * cfg.max_minutes))
     progress = min(1.0, progress)
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+@dataclass
+class Run:
+    """Everything the loop reads: settings, model, data and where things go."""
+    cfg: TrainConfig
+    model: Model
+    state: TrainState
+    meta: dict
+    splits: dict
+    references: list | None
+    comm: object  # the MPI communicator, None in one process
+    folder: RunFolder | None  # rank 0's locked out_dir; None on the other ranks
+    run_id: str
+
+    @property
+    def is_root(self):
+        return self.comm is None or self.comm.Get_rank() == 0
+
+    def path(self, name):
+        return checkpoint_path(self.cfg.out_dir, name) if name in ("latest", "best") else \
+            os.path.join(self.cfg.out_dir, name)
+
+
+def init_or_resume(cfg, mcfg, explicit, comm):
+    """The Run to train: a new model, or the one in <out_dir>/ckpt_latest.npz with the saved
+    settings (flags given now win) and its log cut back to the checkpoint's step."""
+    is_root = comm is None or comm.Get_rank() == 0
+    folder = RunFolder(cfg.out_dir) if is_root else None  # refuses a folder another run is writing
+    if cfg.init_from == "resume":
+        model = Model.load(checkpoint_path(cfg.out_dir, "latest"), mode=cfg.mode)
+        saved = dict(model.checkpoint_state)
+        state = TrainState(**{f.name: saved[f.name] for f in dataclasses.fields(TrainState) if f.name in saved})
+        resumed = dataclasses.replace(TrainConfig(), **saved.get("train_config", {}))
+        for key in explicit & {f.name for f in dataclasses.fields(cfg)}:
+            setattr(resumed, key, getattr(cfg, key))  # flags given now win over the saved run
+        resumed.init_from, resumed.out_dir = "resume", cfg.out_dir
+        changed = [k for k in explicit if hasattr(mcfg, k) and getattr(mcfg, k) != getattr(model.config, k)]
+        require(not changed, f"cannot change architecture settings on resume: {', '.join(changed)}")
+        cfg = resumed
+        check(cfg, model.config)
+    elif folder is not None and (existing := folder.holds_a_run()) and not cfg.overwrite:
+        raise RunError(f"out_dir={cfg.out_dir} holds a run ({existing}): continue it with --init_from=resume, "
+                       "or replace it with --overwrite=true")
+
+    data_dir = dataset_dir(cfg.dataset)
+    meta, src_vocab, tgt_vocab, splits = load_dataset(data_dir)
+    for name in ("train", "val"):
+        if not splits[name]:
+            raise DataError(f"{data_dir}/{name}.npz: no pairs; training needs {name} pairs")
+    references = read_references(data_dir, "val", len(splits["val"])) if meta.get("bleu") else None
+    prepared = {k: meta[k] for k in PREPARE_FACTS if k in meta}
+    if cfg.init_from == "resume":
+        if model.tgt_vocab != tgt_vocab or model.src_vocab != src_vocab:
+            raise DataError(f"{data_dir}: its vocabulary differs from the checkpoint's; "
+                            "re-run its prepare.py with the settings the run used")
+        before = model.checkpoint_state.get("data", {}).get("prepared", prepared)
+        if "reverse_source" in model.checkpoint_state.get("data", {}):  # checkpoints of earlier versions
+            before = dict(before, reverse_source=model.checkpoint_state["data"]["reverse_source"])
+        differ = sorted(k for k in set(before) | set(prepared) if before.get(k) != prepared.get(k))
+        if differ:
+            raise DataError(f"{data_dir}: prepared with other settings than the run used: " + ", ".join(
+                f"{k} {before.get(k)!r} then, {prepared.get(k)!r} now" for k in differ))
+        if is_root:
+            log = os.path.join(cfg.out_dir, "log.jsonl")
+            write_log(log, read_log(log, upto=state.step))  # evaluations after the checkpoint would repeat
+    else:
+        mcfg.src_vocab_size, mcfg.tgt_vocab_size = len(src_vocab), len(tgt_vocab)
+        check_memory(mcfg)
+        model = Model(mcfg, src_vocab, tgt_vocab, mode=cfg.mode)
+        state = TrainState()
+        if is_root:
+            for name in os.listdir(cfg.out_dir):  # --overwrite: the old run's files go now
+                path = os.path.join(cfg.out_dir, name)
+                if os.path.isfile(path) and (name == "log.jsonl" or (name.startswith("ckpt_") and name.endswith(".npz"))):
+                    os.remove(path)
+            write_log(os.path.join(cfg.out_dir, "log.jsonl"), [])
+    poison = os.environ.get("SEQ2SEQ_TEST_POISON")  # fault injection for tests: "param:row" set to NaN
+    if poison:
+        name, row = poison.split(":")
+        param = next(p for p in model.params if p.name == name)
+        value = param.get_value()
+        value[int(row)] = np.nan
+        param.set_value(value)
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    return Run(cfg, model, state, meta, splits, references, comm, folder, run_id)
+
+
+def compile_step(run, batcher):
+    """`step(indices, lr, stop) -> (loss, n_tokens, grad_norm, stop)`: one fused compiled
+    function in one process; gradients, one all-reduce and the update under MPI."""
+    cfg, model = run.cfg, run.model
+    if run.comm is not None:
+        return distributed.DataParallelStep(model, run.comm, batcher, cfg.optimizer, cfg.grad_clip,
+                                            cfg.mpi_check_interval)
+    fused = model.compile_train(cfg.optimizer, cfg.grad_clip)
+
+    def step(indices, lr, stop):
+        loss, n_tokens, norm = fused(*batcher.batch(indices), np.float32(lr))
+        return float(loss), float(n_tokens), float(norm), stop
+
+    return step
 
 
 def evaluate(model, pairs, cfg, exact_match, references=None):
@@ -132,52 +265,92 @@ def evaluate(model, pairs, cfg, exact_match, references=None):
     return metrics
 
 
-def keep_snapshots(latest, step, keep):
-    """Hard-link the just-written ckpt_latest.npz as ckpt_step<step>.npz (a copy where links
-    are not supported) and delete all but the newest `keep` of those."""
-    if not keep:
-        return
-    folder = os.path.dirname(latest) or "."
-    snapshot = os.path.join(folder, f"ckpt_step{step}.npz")
-    tmp = snapshot + ".tmp"
+def save(run, name):
+    """Write the model and the run's state to ckpt_<name>.npz; the file already there stays
+    whole if this fails (and is never replaced by non-finite weights)."""
+    path = run.path(name)
+    state = dataclasses.asdict(run.state)
+    state["train_config"] = dataclasses.asdict(run.cfg)
+    state["data"] = {"dataset": run.cfg.dataset, "reverse_source": bool(run.meta.get("reverse_source")),
+                     "prepared": {k: run.meta[k] for k in PREPARE_FACTS if k in run.meta}}
     try:
-        os.link(latest, tmp)
-    except OSError:
-        shutil.copyfile(latest, tmp)
-    os.replace(tmp, snapshot)
-    steps = sorted(int(m.group(1)) for m in map(SNAPSHOT.fullmatch, os.listdir(folder)) if m)
-    for old in steps[:-keep]:
-        os.remove(os.path.join(folder, f"ckpt_step{old}.npz"))
+        run.model.save(path, state)
+    except OSError as err:  # disk full, unwritable folder: the previous file is untouched
+        raise CheckpointError(f"cannot write {path} ({err.strerror or err}); "
+                              "the checkpoint already there, if any, is unchanged") from None
 
 
-def logged_step(line):
-    """The step of a log.jsonl line; infinity for a line a crash cut short."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf
+def evaluate_and_checkpoint(run, row):
+    """Validate, log the row, plot, and save best (if better) and latest. Returns None, or
+    why the run must stop: a non-finite val loss is neither logged nor checkpointed."""
+    cfg, state = run.cfg, run.state
+    metrics = evaluate(run.model, run.splits["val"], cfg, run.meta.get("exact_match", False), run.references)
+    row.update(metrics, run_id=run.run_id, skipped_nonfinite=state.skipped_nonfinite)
+    if not math.isfinite(metrics["val_loss"]):
+        return f"step {state.step}: val loss {metrics['val_loss']}; neither logged nor checkpointed"
+    append_log(run.path("log.jsonl"), row)
+    plot_log(run.path("log.jsonl"), run.path("loss.png"))
+    if state.best_val_loss is None or metrics["val_loss"] < state.best_val_loss:
+        state.best_val_loss = metrics["val_loss"]
+        save(run, "best")
+    save(run, "latest")
+    keep_snapshots(run.path("latest"), state.step, cfg.keep_last)
+    return None
 
 
-def plot_log(log_path, png_path):
-    """loss.png: train and val loss against step, from log.jsonl."""
-    import matplotlib
+def train(run, step_fn, batcher, bar):
+    """The loop. Returns why it ended: "max_iters", "max_minutes", "signal: <name>" or
+    "stopped: <reason>" (divergence), having saved what should be saved."""
+    cfg, state = run.cfg, run.state
+    stop_signals = []  # Ctrl-C and SIGTERM only raise this flag; the step in flight finishes
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def on_signal(signum, frame):
+        if stop_signals:
+            raise KeyboardInterrupt  # a second one stops at once
+        stop_signals.append(signal.Signals(signum).name)
 
-    rows = [json.loads(line) for line in open(log_path, encoding="utf-8")]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in ("train_loss", "val_loss"):
-        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-        if points:
-            ax.plot(*zip(*points), marker="o", label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy per token (nats)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    started, order, skipped_in_a_row, why = time.time(), batcher.epoch(state.epoch), 0, None
+    elapsed = lambda: state.train_seconds + time.time() - started  # noqa: E731
+    window = {"loss": 0.0, "tokens": 0.0, "time": time.time()}
+    while why is None:
+        if state.batch_in_epoch >= len(order):
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            order = batcher.epoch(state.epoch)
+        lr = learning_rate(cfg, state.step, elapsed())
+        # Under MPI every rank stops at the same step: the request travels in the step's
+        # all-reduce, and the time limit is rank 0's clock.
+        timed_out = run.is_root and bool(cfg.max_minutes) and elapsed() > 60 * cfg.max_minutes
+        loss, n_tokens, norm, stop = step_fn(order[state.batch_in_epoch], lr, timed_out or bool(stop_signals))
+        state.batch_in_epoch += 1
+        if not (math.isfinite(loss) and math.isfinite(norm)):  # the compiled step left the params as they were
+            skipped_in_a_row += 1
+            state.skipped_nonfinite += 1
+            if not cfg.skip_nonfinite or skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                detail = f"{skipped_in_a_row} batches in a row" if cfg.skip_nonfinite else f"gradient norm {norm}"
+                why = f"stopped: step {state.step}: loss {loss}, {detail} (params were not updated)"
+        else:
+            skipped_in_a_row = 0
+            state.step += 1
+            state.tokens += int(n_tokens)
+            window["loss"], window["tokens"] = window["loss"] + loss * n_tokens, window["tokens"] + n_tokens
+            rate = window["tokens"] / max(1e-9, time.time() - window["time"])
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.1e}", refresh=False)
+            bar.update(1)
+            if state.step >= cfg.max_iters:
+                why = "max_iters"
+            if run.is_root and (why or timed_out or state.step % cfg.eval_interval == 0):
+                state.train_seconds, started = elapsed(), time.time()
+                row = {"step": state.step, "epoch": state.epoch, "train_loss": window["loss"] / max(1.0, window["tokens"]),
+                       "lr": lr, "tokens_per_s": rate, "elapsed_s": state.train_seconds}
+                diverged = evaluate_and_checkpoint(run, row)
+                bar.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+                why = f"stopped: {diverged}" if diverged else why
+                window = {"loss": 0.0, "tokens": 0.0, "time": time.time()}
+        if why is None and stop:
+            why = "max_minutes" if timed_out else f"signal: {stop_signals[0] if stop_signals else 'on another rank'}"
+    return why
 
 
 def print_samples(model, pairs, cfg, meta, rng):
@@ -204,166 +377,49 @@ def main(argv):
     check(cfg, mcfg)
     cfg.out_dir = run_dir(cfg.out_dir, cfg.dataset)
     comm = distributed.world()  # None unless started by mpiexec with several processes
-    is_root = comm is None or comm.Get_rank() == 0  # only rank 0 logs and writes files
-    say = print if is_root else (lambda *args, **kwargs: None)
-    latest, best = (checkpoint_path(cfg.out_dir, name) for name in ("latest", "best"))
-    log_path = os.path.join(cfg.out_dir, "log.jsonl")
-    if cfg.init_from == "resume":
-        model = Model.load(latest, mode=cfg.mode)
-        state = model.checkpoint_state
-        saved = dataclasses.replace(TrainConfig(), **state["train_config"])
-        for key in explicit & {f.name for f in dataclasses.fields(cfg)}:
-            setattr(saved, key, getattr(cfg, key))  # flags given now win over the saved run
-        cfg, saved.init_from, saved.out_dir = saved, "resume", cfg.out_dir
-        changed = [k for k in explicit if hasattr(mcfg, k) and getattr(mcfg, k) != getattr(model.config, k)]
-        require(not changed, f"cannot change architecture settings on resume: {', '.join(changed)}")
-        check(cfg, model.config)
-
-    data_dir = dataset_dir(cfg.dataset)
-    meta, src_vocab, tgt_vocab, splits = load_dataset(data_dir)
-    references = read_references(data_dir, "val", len(splits["val"])) if meta.get("bleu") else None
-    if cfg.init_from == "resume":
-        if model.tgt_vocab != tgt_vocab or model.src_vocab != src_vocab:
-            raise DataError(f"{data_dir}: its vocabulary differs from the checkpoint's; "
-                            "re-run its prepare.py with the settings the run used")
-        # Evaluations logged after the checkpoint (a crash in between) would be repeated; a
-        # line cut short by a crash is dropped too.
-        rows = [] if not os.path.exists(log_path) else [
-            line for line in open(log_path, encoding="utf-8") if logged_step(line) <= state["step"]]
-        if is_root:
-            with open(log_path, "w", encoding="utf-8") as f:
-                f.writelines(rows)
-    else:
-        mcfg.src_vocab_size, mcfg.tgt_vocab_size = len(src_vocab), len(tgt_vocab)
-        model = Model(mcfg, src_vocab, tgt_vocab, mode=cfg.mode)
-        state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val_loss": None, "tokens": 0,
-                 "skipped_nonfinite": 0}
-        if is_root:
-            os.makedirs(cfg.out_dir, exist_ok=True)
-            open(log_path, "w").close()
-
+    run = init_or_resume(cfg, mcfg, explicit, comm)
+    cfg, model, state = run.cfg, run.model, run.state
+    say = print if run.is_root else (lambda *args, **kwargs: None)
     n_params = sum(p.get_value(borrow=True).size for p in model.params)
     ranks = f"; {comm.Get_size()} MPI ranks" if comm else ""
-    say(f"{cfg.dataset}: {len(splits['train'])} train pairs, vocab {len(src_vocab)}/{len(tgt_vocab)}; "
-        f"model {n_params / 1e6:.2f}M params{ranks}; compiling ({cfg.mode}) ...", flush=True)
+    say(f"{cfg.dataset}: {len(run.splits['train'])} train pairs, vocab {len(model.src_vocab)}/{len(model.tgt_vocab)}; "
+        f"model {n_params / 1e6:.2f}M params{ranks}; run {run.run_id} in {cfg.out_dir}; compiling ({cfg.mode}) ...",
+        flush=True)
     t0 = time.time()
-    batcher = Batcher(splits["train"], cfg.batch_size, cfg.seed)
-    if comm is None:
-        fused = model.compile_train(cfg.optimizer, cfg.grad_clip)
-
-        def train_step(indices, lr, stop):
-            loss, n_tokens, norm = fused(*batcher.batch(indices), np.float32(lr))
-            return float(loss), float(n_tokens), float(norm), stop
-    else:
-        train_step = distributed.DataParallelStep(model, comm, batcher, cfg.optimizer, cfg.grad_clip,
-                                                  cfg.mpi_check_interval)
-    if is_root:
+    batcher = Batcher(run.splits["train"], cfg.batch_size, cfg.seed)
+    step_fn = compile_step(run, batcher)
+    if run.is_root:
         model.compile_eval()
     say(f"compiled in {time.time() - t0:.1f}s", flush=True)
-
-    def save(path):
-        state["train_config"] = dataclasses.asdict(cfg)
-        state["train_seconds"] = elapsed()
-        state["data"] = {"dataset": cfg.dataset, "reverse_source": bool(meta.get("reverse_source"))}
-        try:
-            model.save(path, state)
-        except OSError as err:  # disk full, unwritable folder: the previous file is untouched
-            raise CheckpointError(f"cannot write {path} ({err.strerror or err}); "
-                                  "the checkpoint already there, if any, is unchanged") from None
-
-    # Ctrl-C and SIGTERM (a scheduler's kill) only raise a flag; the loop saves and exits at
-    # the end of the current step, never from the middle of a write. A second one stops at once.
-    stop_signals = []
-
-    def on_signal(signum, frame):
-        if stop_signals:
-            raise KeyboardInterrupt
-        stop_signals.append(signal.Signals(signum).name)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
-    order = batcher.epoch(state["epoch"])
-    start_step, start_time, skipped_in_a_row = state["step"], time.time(), 0
-    trained_before = state.get("train_seconds", 0.0)  # training time of the run's earlier invocations
-    elapsed = lambda: trained_before + time.time() - start_time  # noqa: E731
-    window = {"loss": 0.0, "tokens": 0.0, "steps": 0, "time": time.time()}
     # Redraw twice a second on a terminal; every 30 s in a log file, which keeps it readable.
-    bar = tqdm(total=cfg.max_iters, initial=start_step, unit="step", dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 30, disable=not is_root)
+    bar = tqdm(total=cfg.max_iters, initial=state.step, unit="step", dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 30, disable=not run.is_root)
     try:
-        while state["step"] < cfg.max_iters:
-            if state["batch_in_epoch"] >= len(order):
-                state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
-                order = batcher.epoch(state["epoch"])
-            lr = learning_rate(cfg, state["step"], elapsed())
-            # Under MPI every rank must stop at the same step: the request travels in the
-            # step's all-reduce, and the time limit is rank 0's clock.
-            timed_out = is_root and bool(cfg.max_minutes) and elapsed() > 60 * cfg.max_minutes
-            loss, n_tokens, norm, stop = train_step(order[state["batch_in_epoch"]], lr, timed_out or bool(stop_signals))
-            interrupted = stop and not timed_out  # a signal, on this rank or another
-            finite = math.isfinite(loss) and math.isfinite(norm)
-            skipped_in_a_row = 0 if finite else skipped_in_a_row + 1
-            if not finite and cfg.skip_nonfinite and skipped_in_a_row < MAX_SKIPPED_IN_A_ROW:
-                # The compiled step left the params as they were; move on to the next batch.
-                state["batch_in_epoch"] += 1
-                state["skipped_nonfinite"] = state.get("skipped_nonfinite", 0) + 1
-            elif not finite:
-                bar.close()
-                why = f"{skipped_in_a_row} batches in a row" if cfg.skip_nonfinite else f"gradient norm {norm}"
-                sys.exit(f"error: step {state['step']}: loss {loss}, {why}; stopping "
-                         f"(params were not updated). Last good checkpoint: {latest}")
-            else:
-                state["step"], state["batch_in_epoch"] = state["step"] + 1, state["batch_in_epoch"] + 1
-                state["tokens"] += int(n_tokens)
-                window["loss"] += loss * n_tokens
-                window["tokens"] += n_tokens
-                window["steps"] += 1
-                rate = window["tokens"] / max(1e-9, time.time() - window["time"])
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.1e}", refresh=False)
-                bar.update(1)
-                at_eval = timed_out or state["step"] % cfg.eval_interval == 0 or state["step"] == cfg.max_iters
-                if at_eval and is_root:
-                    metrics = evaluate(model, splits["val"], cfg, meta.get("exact_match", False), references)
-                    row = {"step": state["step"], "epoch": state["epoch"],
-                           "train_loss": window["loss"] / max(1.0, window["tokens"]), **metrics,
-                           "lr": lr, "tokens_per_s": rate, "elapsed_s": elapsed(),
-                           "skipped_nonfinite": state.get("skipped_nonfinite", 0)}
-                    with open(log_path, "a", encoding="utf-8") as f:
-                        f.write(json.dumps(row) + "\n")
-                    plot_log(log_path, os.path.join(cfg.out_dir, "loss.png"))
-                    bar.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-                    if state["best_val_loss"] is None or metrics["val_loss"] < state["best_val_loss"]:
-                        state["best_val_loss"] = metrics["val_loss"]
-                        save(best)
-                    save(latest)
-                    keep_snapshots(latest, state["step"], cfg.keep_last)
-                    window = {"loss": 0.0, "tokens": 0.0, "steps": 0, "time": time.time()}
-            if interrupted:
-                if is_root:
-                    why = stop_signals[0] if stop_signals else "another rank was signalled"
-                    bar.write(f"interrupted at step {state['step']} ({why}): saving {latest}")
-                    save(latest)
-                bar.close()
-                return 0
-            if stop:
-                bar.write(f"stopping at step {state['step']}: max_minutes={cfg.max_minutes} reached")
-                break
+        why = train(run, step_fn, batcher, bar)
     except KeyboardInterrupt:
-        sys.exit(f"error: interrupted twice: stopped at once without saving; {latest} is the last checkpoint")
+        sys.exit(f"error: interrupted twice: stopped at once without saving; {run.path('latest')} is the last checkpoint")
     finally:  # also before an error (e.g. an unwritable checkpoint) is printed below the bar
         bar.close()
-    if not is_root:
+    if not run.is_root:
+        return 0 if not why.startswith("stopped") else 1
+    latest = run.path("latest")
+    if why.startswith("stopped"):
+        good = f"Last good checkpoint: {latest}" if os.path.exists(latest) else "No checkpoint was written"
+        sys.exit(f"error: {why.removeprefix('stopped: ')}; stopping. {good}")
+    if why.startswith("signal"):  # saved without an evaluation: a scheduler's grace period is short
+        print(f"interrupted at step {state.step} ({why.removeprefix('signal: ')}): saving {latest}")
+        save(run, "latest")
         return 0
-    if state["step"] > start_step:
-        save(latest)
-    print(f"done: step {state['step']}, best val loss {state['best_val_loss']}, "
-          f"val unigram ppl {meta.get('val_unigram_ppl', 'n/a')}; checkpoints in {cfg.out_dir}")
-    print_samples(model, splits["val"], cfg, meta, np.random.default_rng(cfg.seed))
+    if why == "max_minutes":
+        print(f"stopping at step {state.step}: max_minutes={cfg.max_minutes} reached")
+    print(f"done: step {state.step}, best val loss {state.best_val_loss}, "
+          f"val unigram ppl {run.meta.get('val_unigram_ppl', 'n/a')}; checkpoints in {cfg.out_dir}")
+    print_samples(model, run.splits["val"], cfg, run.meta, np.random.default_rng(cfg.seed))
     return 0
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main(sys.argv[1:]))
-    except (ConfigError, DataError, CheckpointError, distributed.DivergenceError) as err:
+    except (ConfigError, DataError, CheckpointError, RunError, distributed.DivergenceError) as err:
         sys.exit(f"error: {err}")

@@ -24,7 +24,8 @@ sys.path.insert(0, ROOT)
 
 from dataset import dataset_dir, eval_batches, load_dataset, make_batch  # noqa: E402
 from decode import generate  # noqa: E402
-from model import Model, checkpoint_path  # noqa: E402
+from checkpoint import checkpoint_path  # noqa: E402
+from model import Model  # noqa: E402
 
 
 def ngrams(tokens, n):

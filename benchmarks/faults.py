@@ -38,7 +38,8 @@ def wait_for_new_checkpoint(job, path, after, timeout=120):
 
 
 def main(argv=None):
-    from model import Model, read_npz
+    from checkpoint import read_arrays as read_npz
+    from model import Model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kills", type=int, default=20, help="SIGKILLs to land")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, log_rows as rows, run_command
-from model import read_npz
+from checkpoint import read_arrays as read_npz
 
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 pytestmark = pytest.mark.skipif(

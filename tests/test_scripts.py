@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, log_rows
-from model import read_npz
+from checkpoint import read_arrays as read_npz
 
 TINY = ["--embed_size=8", "--hidden_size=16", "--batch_size=8", "--eval_exact_match=20",
         "--num_samples=2", "--max_decode_len=10", "--max_minutes=0"]
@@ -137,7 +137,7 @@ def test_translation_pipeline_smoke(tmp_path):
     proc = run("evaluate.py", f"--out_dir={out}", "--split=test", "--beam_size=2", "--max_len=10")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["beam_size"] == 2 and result["n_sentences"] == 10 and 0 <= result["bleu"] <= 100
-    assert len((out / "eval_test_beam2.txt").read_text(encoding="utf-8").splitlines()) == 10
+    assert len((out / "eval_best_test_beam2.txt").read_text(encoding="utf-8").splitlines()) == 10
     png = tmp_path / "attention.png"
     proc = run("sample.py", f"--out_dir={out}", "--start=god made light", "--beam_size=2",
                "--max_len=6", f"--plot_attention={png}")
@@ -184,7 +184,7 @@ def test_time_bound_runs_finish_their_learning_rate_schedule():
 
 
 def test_runs_live_in_out_slash_dataset_unless_told():
-    from dataset import run_dir
+    from runs import run_dir
 
     assert run_dir("", "kjv") == os.path.join("out", "kjv")
     assert run_dir("", "/data/corpora/mybook/") == os.path.join("out", "mybook")
