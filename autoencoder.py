@@ -30,13 +30,13 @@ one mask per sequence for all timesteps, in training only.
 import io
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 from tqdm import tqdm
 
 import backend
+import checkpoint
 import layers
 import optim
 import pytensor
@@ -103,6 +103,17 @@ class NDS2SAEFactory:
         return NDS2SAE(settings, output=self.output, saved=self._saved)
 
 
+def finite_number(key, value):
+    """float(value), or ValueError naming the setting when it is not a finite number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}={value!r}: not a number") from None
+    if not np.isfinite(number):
+        raise ValueError(f"{key}={value!r}: must be a finite number")
+    return number
+
+
 def check_settings(settings):
     """The settings with types normalised, or ValueError naming the bad one."""
     s = dict(settings)
@@ -118,21 +129,23 @@ def check_settings(settings):
     s["layer_sizes"] = [int(n) for n in sizes]
     s["symmetric"] = bool(s["symmetric"])
     if s["keep_prob"] is not None:
-        if not 0.0 < float(s["keep_prob"]) <= 1.0:
+        s["keep_prob"] = finite_number("keep_prob", s["keep_prob"])
+        if not 0.0 < s["keep_prob"] <= 1.0:
             raise ValueError(f"keep_prob={s['keep_prob']!r}: must be in (0, 1], or None")
-        s["keep_prob"] = float(s["keep_prob"])
     if s["lrtype"] not in LR_ARGS:
         raise ValueError(f"lrtype={s['lrtype']!r}: use one of {', '.join(LR_ARGS)}")
     args = dict(s["lrargs"] or {})
     needed = LR_ARGS[s["lrtype"]]
     if sorted(args) != sorted(needed):
         raise ValueError(f"lrargs={args!r}: lrtype {s['lrtype']!r} takes exactly {', '.join(needed)}")
-    if any(not float(v) > 0 for v in args.values()):
+    s["lrargs"] = {k: finite_number(f"lrargs[{k!r}]", v) for k, v in args.items()}
+    if any(not v > 0 for v in s["lrargs"].values()):
         raise ValueError(f"lrargs={args!r}: every value must be positive")
-    s["lrargs"] = {k: float(v) for k, v in args.items()}
-    if float(s["grad_clip"]) < 0:
+    s["grad_clip"] = finite_number("grad_clip", s["grad_clip"])
+    if s["grad_clip"] < 0:
         raise ValueError(f"grad_clip={s['grad_clip']!r}: must not be negative")
-    s["grad_clip"] = float(s["grad_clip"])
+    if not isinstance(s["seed"], (int, np.integer)) or isinstance(s["seed"], bool) or s["seed"] < 0:
+        raise ValueError(f"seed={s['seed']!r}: must be an int >= 0")
     s["seed"] = int(s["seed"])
     backend.compile_mode(s["mode"])
     return s
@@ -159,6 +172,8 @@ def check_sequences(seqs, dim, what):
         raise ValueError(f"{what}: expected a list of arrays, got {type(seqs).__name__}")
     out = []
     for i, seq in enumerate(seqs):
+        if np.iscomplexobj(seq):
+            raise ValueError(f"{what}[{i}] holds complex numbers; give real and imaginary parts as dimensions")
         try:
             arr = np.asarray(seq, dtype=FLOATX)
         except (TypeError, ValueError) as err:
@@ -431,6 +446,8 @@ class NDS2SAE:
         seqs = check_sequences(seqs, self.settings["input_dim"], "input")
         if max_len < 1:
             raise ValueError(f"max_len={max_len}: must be at least 1")
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: must be a positive int")
         fn = self._predict_fn()
         for start in range(0, len(seqs), batch_size):
             chunk = seqs[start : start + batch_size]
@@ -483,32 +500,24 @@ class NDS2SAE:
             "params.npz": _npz_bytes({p.name: p.get_value() for p in self.params}),
             "optimizer.npz": _npz_bytes({v.name: v.get_value() for v in self.opt_state} | self._pending_opt),
         }
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".zip")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
-                    for name, data in members.items():
-                        zf.writestr(name, data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        weights = {p.name: p.get_value(borrow=True) for p in self.params}
+        if checkpoint.nonfinite(weights):
+            raise ArchiveError(f"{path}: not written: {', '.join(checkpoint.nonfinite(weights)[:3])} hold NaN or inf; "
+                               "the zip already there, if any, is unchanged")
+
+        def write(f):
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
+                for name, data in members.items():
+                    zf.writestr(name, data)
+
+        checkpoint.atomic_write(path, write)
 
     def _restore(self, saved):
         path = saved["path"]
-        for p in self.params:
-            if p.name not in saved["params"]:
-                raise ArchiveError(f"{path}: params.npz has no {p.name}")
-            value = saved["params"][p.name]
-            if value.shape != p.get_value(borrow=True).shape:
-                raise ArchiveError(f"{path}: {p.name} has shape {value.shape}, the model needs "
-                                   f"{p.get_value(borrow=True).shape}")
-            p.set_value(value.astype(FLOATX))
+        try:
+            checkpoint.restore(self.params, saved["params"], f"{path}: params.npz", prefix="")
+        except checkpoint.CheckpointError as err:
+            raise ArchiveError(str(err)) from None
         state = saved["state"]
         try:
             self.iteration = int(state["iteration"])

@@ -260,6 +260,49 @@ def test_bad_settings_are_clear_errors(tmp_path, name, value, message):
         factory.build()
 
 
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("keep_prob", "abc", "keep_prob='abc': not a number"),
+        ("lrargs", dict(start_lr=float("inf"), finish_lr=0.1, decay_steps=10), r"lrargs\['start_lr'\]=inf: must be a finite number"),
+        ("grad_clip", float("nan"), "grad_clip=nan: must be a finite number"),
+        ("seed", -1, "seed=-1: must be an int >= 0"),
+    ],
+)
+def test_nonfinite_and_mistyped_settings_name_the_setting(tmp_path, name, value, message):
+    factory = seed_factory(str(tmp_path / "x.zip"))
+    setattr(factory, name, value)
+    with pytest.raises(ValueError, match=message):
+        factory.build()
+
+
+def test_predict_and_encode_refuse_bad_batch_sizes_and_complex_input(trained):
+    encoder = trained[0]
+    seqs = [np.zeros((4, 2), np.float32)]
+    for batch_size in (0, -1):
+        for call in (encoder.predict, encoder.encode):
+            with pytest.raises(ValueError, match=f"batch_size={batch_size}: must be a positive int"):
+                call(seqs, batch_size=batch_size)
+    with pytest.raises(ValueError, match=r"input\[0\] holds complex numbers"):
+        encoder.predict([np.zeros((4, 2)) + 1j])
+
+
+def test_nonfinite_weights_never_replace_a_saved_zip(trained, tmp_path):
+    encoder = trained[0]
+    path = tmp_path / "model.zip"
+    encoder.save(str(path))
+    before = path.read_bytes()
+    param = encoder.params[0]
+    good = param.get_value()
+    try:
+        param.set_value(np.full_like(good, np.nan))
+        with pytest.raises(ArchiveError, match="not written: .* hold NaN or inf; the zip already there, if any, is unchanged"):
+            encoder.save(str(path))
+    finally:
+        param.set_value(good)
+    assert path.read_bytes() == before
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.integers(1, 12), min_size=1, max_size=6), st.integers(1, 4))
 def test_pad_keeps_every_sequence_and_masks_the_rest(lengths, dim):
