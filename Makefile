@@ -15,8 +15,9 @@ $(VENV)/.installed: requirements.txt requirements-mpi.txt
 data/kjv/meta.json: data/kjv/prepare.py $(VENV)/.installed
 	$(PY) data/kjv/prepare.py
 
+# The default run (700 steps, a few minutes), started afresh each time: it replaces out/kjv.
 train: $(VENV)/.installed data/kjv/meta.json
-	$(PY) train.py
+	$(PY) train.py --overwrite=true
 	$(PY) sample.py --start="And Abram departed, as the LORD had spoken unto him."
 	$(PY) sample.py --start="the house is on fire"
 

@@ -84,6 +84,9 @@ def load_dataset(folder):
             meta = json.load(f)
         if not isinstance(meta, dict):
             raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+        for side in ("src", "tgt"):
+            if not isinstance(meta.get(f"{side}_vocab"), list) or not all(isinstance(w, str) for w in meta[f"{side}_vocab"]):
+                raise ValueError(f"{side}_vocab is not a list of strings")
         spm_files = meta.get("spm") or {}
         src_vocab, tgt_vocab = (Vocab(meta[f"{side}_vocab"], spm=read_bytes(folder, spm_files.get(side)))
                                 for side in ("src", "tgt"))

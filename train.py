@@ -311,7 +311,8 @@ def train(run, step_fn, batcher, bar):
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    started, order, skipped_in_a_row, why = time.time(), batcher.epoch(state.epoch), 0, None
+    started, order, skipped_in_a_row = time.time(), batcher.epoch(state.epoch), 0
+    why = "max_iters" if state.step >= cfg.max_iters else None  # a finished run, resumed
     elapsed = lambda: state.train_seconds + time.time() - started  # noqa: E731
     window = {"loss": 0.0, "tokens": 0.0, "time": time.time()}
     while why is None:

@@ -8,8 +8,9 @@ A tiny reverse-task run checkpoints every step, and each checkpoint write pauses
 hook), so many kills land mid-write. After every kill the latest checkpoint must load; the
 run resumes with --init_from=resume. At the end the parameters and optimizer state must equal
 those of an uninterrupted run, bit for bit, and log.jsonl must hold each step once.
-Then SIGTERM and SIGINT are sent a few times each: each must save and exit 0.
-Writes benchmarks/faults.json.
+Then SIGTERM and SIGINT are sent a few times each: each must save and exit 0. Last, the
+bad-input campaign (benchmarks/bad_inputs.py: 36 mistakes, each a one-line error or the right
+behaviour, every earlier good file byte-identical). Writes benchmarks/faults.json.
 """
 import argparse
 import json
@@ -24,6 +25,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 TINY = ["--embed_size=8", "--hidden_size=16", "--batch_size=8", "--eval_exact_match=0", "--num_samples=0",
         "--max_minutes=0", "--learning_rate=0.01", "--min_lr=0.01", "--warmup_iters=0", "--eval_interval=1"]
 
@@ -46,6 +48,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=40, help="training steps of the run")
     ap.add_argument("--slow_save", type=float, default=0.3, help="seconds each checkpoint write pauses")
     ap.add_argument("--signals", type=int, default=3, help="SIGTERMs and SIGINTs to send, each")
+    ap.add_argument("--bad_inputs", type=int, default=1, help="1: also run benchmarks/bad_inputs.py's cases")
     ap.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "faults.json"))
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -114,7 +117,14 @@ def main(argv=None):
                 failures.append({"returncode": job.returncode, "checkpoint_step": step, "output_tail": output[-1500:]})
         signal_results[sig.name] = {"sent": args.signals, "saved_and_exited_0": ok, "failures": failures}
 
+    import bad_inputs
+
+    bad = bad_inputs.run_cases() if args.bad_inputs else []
     result = {
+        "bad_inputs": {"cases": len(bad), "as_expected": sum(r["as_expected"] for r in bad),
+                       "good_files_byte_identical": sum(r["good_files_unchanged"] for r in bad),
+                       "one_line_errors": sum(r["one_line_error"] for r in bad),
+                       "not_as_expected": [r for r in bad if not (r["as_expected"] and r["good_files_unchanged"])]},
         "sigkill": {"kills": kills, "during_checkpoint_write": mid_write, "checkpoint_load_failures": load_failures,
                     "evaluations_logged_after_the_checkpoint_at_kill_time": lost_steps,
                     "final_params_and_optimizer_identical_to_uninterrupted": identical,

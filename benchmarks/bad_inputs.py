@@ -1,0 +1,279 @@
+"""Bad inputs, tried as a careless or hostile user would: every one must end in one true
+line (or the right behaviour), and no earlier good checkpoint, zip, log or eval file may
+change. Re-runnable; benchmarks/faults.py runs it after its kill campaign, or alone:
+
+    python benchmarks/bad_inputs.py [--json benchmarks/bad_inputs.json]
+
+Two good runs are made first (a next-sentence run G on a tiny reverse task, a translation run
+T with references) plus an autoencoder zip; every case then works on them (or on a copy) and
+the bytes of every file in them are compared before and after.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+import zipfile
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+TINY = ["--embed_size=8", "--hidden_size=16", "--batch_size=8", "--eval_exact_match=0", "--num_samples=0",
+        "--max_minutes=0", "--learning_rate=0.01", "--min_lr=0.01", "--warmup_iters=0", "--eval_bleu=20"]
+
+
+def python(*args, env=None):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, env=env)
+
+
+def files(folder):
+    return {os.path.relpath(os.path.join(d, n), folder): open(os.path.join(d, n), "rb").read()
+            for d, _, names in os.walk(folder) for n in names if n != ".lock"}
+
+
+def copy_with(src, dst, edit):
+    shutil.copytree(src, dst)
+    edit(dst)
+    return dst
+
+
+def rewrite_npz(path, **changes):
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays.update(changes)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+
+
+def with_meta(folder, **facts):
+    meta = json.load(open(os.path.join(folder, "meta.json"), encoding="utf-8"))
+    meta.update(facts)
+    json.dump(meta, open(os.path.join(folder, "meta.json"), "w", encoding="utf-8"))
+
+
+def setup(tmp):
+    """Datasets and good runs the cases use; returns a dict of paths."""
+    p = {"tmp": tmp, "data": os.path.join(tmp, "data"), "G": os.path.join(tmp, "G"), "T": os.path.join(tmp, "T")}
+    python("data/reverse/prepare.py", "--out_dir", p["data"], "--n_train", 200, "--n_heldout", 20, "--max_len", 6)
+    words = {"god": "dios", "light": "luz", "water": "agua", "earth": "tierra", "day": "dia"}
+    rng = np.random.default_rng(0)
+    with open(os.path.join(tmp, "pairs.tsv"), "w", encoding="utf-8") as f:
+        for _ in range(200):
+            s = list(rng.choice(list(words), rng.integers(2, 5)))
+            f.write(" ".join(s) + "\t" + " ".join(words[w] for w in s) + "\n")
+    p["tr"] = os.path.join(tmp, "tr")
+    python("data/text/prepare.py", "--pairs_tsv", os.path.join(tmp, "pairs.tsv"), "--out_dir", p["tr"], "--min_held", 20)
+    for run, data, extra in (("G", p["data"], []), ("T", p["tr"], ["--attention=bahdanau"])):
+        done = python("train.py", f"--dataset={data}", f"--out_dir={p[run]}", *TINY, *extra, "--max_iters=4",
+                      "--eval_interval=2")
+        assert done.returncode == 0, done.stderr
+    python("evaluate.py", f"--out_dir={p['T']}", "--max_len=8")
+    p["zip"] = os.path.join(tmp, "ae.zip")
+    ae = python("-c", AE_SETUP.format(path=p["zip"]))
+    assert ae.returncode == 0, ae.stderr
+    return p
+
+
+AE_SETUP = """
+import sys; sys.path.insert(0, "data/sincos")
+from sincos import make_generator
+from autoencoder import NDS2SAEFactory
+f = NDS2SAEFactory(); f.set_output({path!r}); f.input_dim = 2; f.output_dim = 1; f.layer_sizes = [8]
+f.build().train(make_generator(50, 0), make_generator(20, 1), n_iterations=2, batch_size=10, display_step=1)
+"""
+AE_CALL = """
+import sys; sys.path.insert(0, "data/sincos")
+import numpy as np
+from sincos import make_generator
+from autoencoder import NDS2SAEFactory
+f = NDS2SAEFactory(); f.set_output({path!r})
+{setup}
+try:
+    {call}
+except ValueError as err:
+    sys.exit(f"error: {{err}}")
+"""
+
+
+def ae(setup="", call="f.build()"):
+    return lambda p: ["-c", AE_CALL.format(path=p["zip"], setup=setup, call=call)]
+
+
+def train(run, *flags, data="data"):
+    return lambda p: ["train.py", f"--dataset={p[data]}", f"--out_dir={p[run] if run in p else run}", *TINY, *flags]
+
+
+def damaged_ckpt(name, edit):
+    """sample.py on a copy of G whose ckpt_best.npz is edited by edit(path)."""
+    def args(p):
+        folder = os.path.join(p["tmp"], "ck-" + name)
+        copy_with(p["G"], folder, lambda d: edit(os.path.join(d, "ckpt_best.npz")))
+        return ["sample.py", f"--out_dir={folder}", "--start=s4 s5", "--max_len=5"]
+    return args
+
+
+def damaged_data(name, edit, script="train"):
+    def args(p):
+        folder = os.path.join(p["tmp"], "data-" + name)
+        copy_with(p["data"], folder, edit)
+        out = os.path.join(p["tmp"], "run-" + name)
+        return ["train.py", f"--dataset={folder}", f"--out_dir={out}", *TINY, "--max_iters=2"]
+    return args
+
+
+def damaged_log(name, edit):
+    def args(p):
+        folder = os.path.join(p["tmp"], "log-" + name)
+        copy_with(p["G"], folder, lambda d: edit(os.path.join(d, "log.jsonl")))
+        return ["train.py", f"--out_dir={folder}", "--init_from=resume", "--max_iters=6"]
+    return args
+
+
+def reorder_tgt_vocab(folder):
+    meta = json.load(open(os.path.join(folder, "meta.json"), encoding="utf-8"))
+    with_meta(folder, tgt_vocab=meta["tgt_vocab"][:4] + meta["tgt_vocab"][4:][::-1])
+
+
+def noise(path):
+    open(path, "wb").write(np.random.default_rng(0).bytes(2000))
+
+
+def twice(path):
+    with zipfile.ZipFile(path, "a") as z, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate it is asked to write
+        z.writestr("param/encoder.U.npy", b"")
+
+
+def nan_param(path):
+    with np.load(path) as d:
+        U = d["param/encoder.U"].copy()
+    U[0, 0] = np.nan
+    rewrite_npz(path, **{"param/encoder.U": U})
+
+
+def folder_log(path):
+    os.remove(path)
+    os.mkdir(path)
+
+
+# (name, what it tries, args(p) -> argv after python, expected: "error" or a check(p, proc) -> bool)
+CASES = [
+    ("resume_lr_inf", "resume with --learning_rate=inf", train("G", "--init_from=resume", "--learning_rate=inf"), "error"),
+    ("resume_lr_huge", "resume with a learning rate that overflows the weights",
+     train("G", "--init_from=resume", "--max_iters=8", "--learning_rate=3e38", "--min_lr=3e38", "--grad_clip=0",
+           "--optimizer=sgd"), "error"),
+    ("scratch_over_run", "a scratch run into a folder holding a run", train("G", "--max_iters=2"), "error"),
+    ("evaluate_other_ckpt", "evaluate.py --out_dir=<a run> with another run's --ckpt",
+     lambda p: ["evaluate.py", f"--out_dir={p['T']}", f"--ckpt={os.path.join(p['tmp'], 'T2', 'ckpt_best.npz')}",
+                "--max_len=8"],
+     lambda p, proc: proc.returncode == 0 and os.path.exists(os.path.join(p["tmp"], "T2", "eval_best_test_beam1.json"))),
+    ("resume_flipped_data", "resume after the data was prepared again with reverse_source flipped",
+     lambda p: ["train.py", f"--dataset={copy_with(p['data'], os.path.join(p['tmp'], 'flip'), lambda d: with_meta(d, reverse_source=True))}",
+                f"--out_dir={p['G']}", "--init_from=resume", "--max_iters=6"], "error"),
+    ("ckpt_nan", "sample.py on a checkpoint with a NaN weight", damaged_ckpt("nan", nan_param), "error"),
+    ("ckpt_noise", "sample.py on 2,000 random bytes", damaged_ckpt("noise", noise), "error"),
+    ("ckpt_twice", "sample.py on a checkpoint with a duplicated member", damaged_ckpt("twice", twice), "error"),
+    ("ckpt_strings", "sample.py on a checkpoint whose weights are strings",
+     damaged_ckpt("str", lambda f: rewrite_npz(f, **{"param/encoder.U": np.full((16, 48), "x")})), "error"),
+    ("ckpt_short_vocab", "sample.py on a checkpoint with a short vocabulary",
+     damaged_ckpt("vocab", lambda f: rewrite_npz(f, src_vocab=np.array(["<pad>", "<unk>", "<s>", "</s>"]))), "error"),
+    ("ckpt_no_opt", "resume from a checkpoint without optimizer state",
+     lambda p: (copy_with(p["G"], os.path.join(p["tmp"], "noopt"), lambda d: rewrite_npz(
+         os.path.join(d, "ckpt_latest.npz"), **{k: None for k in np.load(os.path.join(d, "ckpt_latest.npz")).files
+                                                if k.startswith("opt/")})),
+                ["train.py", f"--out_dir={os.path.join(p['tmp'], 'noopt')}", "--init_from=resume", "--max_iters=6"])[1],
+     "error"),
+    ("data_tgt_id", "a target id beyond the target vocabulary",
+     damaged_data("tgt", lambda d: with_meta(d, tgt_vocab=json.load(open(os.path.join(d, "meta.json")))["tgt_vocab"][:-2])),
+     "error"),
+    ("data_float_ids", "float token ids", damaged_data("float", lambda d: rewrite_npz(
+        os.path.join(d, "train.npz"), src=np.load(os.path.join(d, "train.npz"))["src"].astype(np.float32))), "error"),
+    ("data_empty_val", "an empty validation split", damaged_data("empty", lambda d: rewrite_npz(
+        os.path.join(d, "val.npz"), src=np.zeros(0, np.int32), tgt=np.zeros(0, np.int32),
+        src_len=np.zeros(0, np.int64), tgt_len=np.zeros(0, np.int64))), "error"),
+    ("meta_list", "meta.json holding a JSON list",
+     damaged_data("list", lambda d: open(os.path.join(d, "meta.json"), "w").write("[1, 2]")), "error"),
+    ("meta_vocab_number", "meta.json with a number for a vocabulary",
+     damaged_data("num", lambda d: with_meta(d, src_vocab=7)), "error"),
+    ("out_dir_file", "out_dir that is a file",
+     lambda p: (open(os.path.join(p["tmp"], "afile"), "w").close(), train(os.path.join(p["tmp"], "afile"))(p))[1], "error"),
+    ("out_dir_readonly", "out_dir where nothing can be written", train("/proc/seq2seq_out"), "error"),
+    ("log_folder", "log.jsonl that is a folder", damaged_log("folder", folder_log), "error"),
+    ("log_binary", "log.jsonl with non-UTF-8 bytes", damaged_log("bin", lambda f: open(f, "ab").write(b"\xff\n")), "error"),
+    ("log_null_step", 'log.jsonl holding {"step": null}',
+     damaged_log("null", lambda f: open(f, "w").write('{"step": null}\n' + open(f).read())), "error"),
+    ("toml_latin1", "a non-UTF-8 TOML file",
+     lambda p: (open(os.path.join(p["tmp"], "l1.toml"), "wb").write(b"# caf\xe9\n"),
+                train(os.path.join(p["tmp"], "x"))(p) + [os.path.join(p["tmp"], "l1.toml")])[1], "error"),
+    ("seed_negative", "--seed=-1", train(os.path.join("/tmp", "unused-run"), "--seed=-1"), "error"),
+    ("hidden_huge", "--hidden_size=100000000", train(os.path.join("/tmp", "unused-run"), "--hidden_size=100000000"),
+     "error"),
+    ("evaluate_ckpt_only", "evaluate.py --ckpt=PATH without --out_dir",
+     lambda p: ["evaluate.py", f"--ckpt={os.path.join(p['tmp'], 'T2', 'ckpt_latest.npz')}", "--max_len=8"],
+     lambda p, proc: proc.returncode == 0 and os.path.exists(os.path.join(p["tmp"], "T2", "eval_latest_test_beam1.json"))),
+    ("plot_missing_folder", "--plot_attention into a missing folder",
+     lambda p: ["sample.py", f"--out_dir={p['T']}", "--start=god", "--plot_attention=/nonexistent/a.png"], "error"),
+    ("plot_no_suffix", "--plot_attention=heat names the file it writes",
+     lambda p: ["sample.py", f"--out_dir={p['T']}", "--start=god", f"--plot_attention={os.path.join(p['tmp'], 'heat')}",
+                "--max_len=4"],
+     lambda p, proc: proc.returncode == 0 and f"attention heatmap: {os.path.join(p['tmp'], 'heat.png')}" in proc.stdout
+     and os.path.exists(os.path.join(p["tmp"], "heat.png"))),
+    ("temperature_inf", "--temperature=inf", lambda p: ["sample.py", f"--out_dir={p['G']}", "--start=s4", "--temperature=inf"],
+     "error"),
+    ("length_norm_nan", "--length_norm=nan",
+     lambda p: ["evaluate.py", f"--out_dir={p['T']}", "--beam_size=2", "--length_norm=nan"], "error"),
+    ("ae_lr_inf", "autoencoder lrargs lr=inf", ae("f.lrtype = 'constant'; f.lrargs = dict(lr=float('inf'))"), "error"),
+    ("ae_clip_nan", "autoencoder grad_clip=nan", ae("f.grad_clip = float('nan')"), "error"),
+    ("ae_keep_prob", 'autoencoder keep_prob="abc"', ae("f.keep_prob = 'abc'"), "error"),
+    ("ae_batch_0", "autoencoder predict with batch_size=0", ae(call="f.build().predict([np.zeros((3, 2))], batch_size=0)"),
+     "error"),
+    ("ae_batch_neg", "autoencoder encode with batch_size=-1", ae(call="f.build().encode([np.zeros((3, 2))], batch_size=-1)"),
+     "error"),
+    ("ae_complex", "autoencoder predict on complex input", ae(call="f.build().predict([np.zeros((3, 2)) + 1j])"), "error"),
+    # last: it prepares T's dataset again, with the target vocabulary in another order
+    ("evaluate_new_vocab", "evaluate.py after the data was prepared again with another vocabulary",
+     lambda p: reorder_tgt_vocab(p["tr"]) or ["evaluate.py", f"--out_dir={p['T']}", "--max_len=8"], "error"),
+]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "bad_inputs.json"))
+    args = ap.parse_args(argv)
+    results = run_cases()
+    summary = {"cases": len(results), "as_expected": sum(r["as_expected"] for r in results),
+               "one_line_errors": sum(r["one_line_error"] for r in results),
+               "good_files_byte_identical": sum(r["good_files_unchanged"] for r in results), "results": results}
+    with open(args.json, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
+    print(json.dumps({k: v for k, v in summary.items() if k != "results"}))
+    for r in results:
+        print(f"{'ok ' if r['as_expected'] and r['good_files_unchanged'] else 'BAD'} {r['case']}: {r['message']}")
+
+
+def run_cases():
+    tmp = tempfile.mkdtemp(prefix="bad-inputs-")
+    p = setup(tmp)
+    python("train.py", f"--dataset={p['tr']}", f"--out_dir={os.path.join(tmp, 'T2')}", *TINY, "--max_iters=2")
+    good = {name: files(p[name]) for name in ("G", "T")}
+    good["zip"] = {"ae.zip": open(p["zip"], "rb").read()}
+    results = []
+    for name, what, make_args, expected in CASES:
+        proc = python(*make_args(p))
+        lines = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        one_line = proc.returncode != 0 and "Traceback" not in proc.stderr and bool(lines) and lines[-1].startswith("error: ")
+        ok = one_line if expected == "error" else bool(expected(p, proc))
+        unchanged = all(files(p[k]) == v for k, v in good.items() if k != "zip") and \
+            open(p["zip"], "rb").read() == good["zip"]["ae.zip"]
+        results.append({"case": name, "tried": what, "expected": "one-line error" if expected == "error" else "works",
+                        "as_expected": ok, "one_line_error": one_line, "good_files_unchanged": unchanged,
+                        "message": lines[-1] if lines else ""})
+    shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
