@@ -57,6 +57,32 @@ def translate(model, pairs, batch_size=64, max_len=100, beam_size=1, length_norm
     return texts
 
 
+def validation_metrics(model, pairs, batch_size, max_decode_len, exact_match_n=0, bleu_n=0, references=None):
+    """What train.py logs at each evaluation: val loss and perplexity per target token (EOS
+    included); greedy exact match on the first exact_match_n pairs; greedy BLEU and chrF on
+    the first bleu_n pairs when the data has references."""
+    eval_fn = model.compile_eval()
+    nll = n_tokens = 0.0
+    for idx in eval_batches(pairs, batch_size):
+        batch_nll, batch_n = eval_fn(*make_batch([pairs[i] for i in idx]))
+        nll, n_tokens = nll + float(batch_nll), n_tokens + float(batch_n)
+    metrics = {"val_loss": nll / n_tokens, "val_ppl": math.exp(min(nll / n_tokens, 50.0))}
+    if exact_match_n:
+        subset = pairs[:exact_match_n]
+        outputs = []
+        for idx in eval_batches(subset, batch_size):
+            src, _ = make_batch([subset[i] for i in idx])
+            outs, _ = generate(model, src, max_decode_len)
+            outputs += [(i, out) for i, out in zip(idx, outs)]
+        metrics["val_exact_match"] = sum(list(subset[i][1]) == out for i, out in outputs) / len(subset)
+    if references is not None and bleu_n:
+        n = min(bleu_n, len(pairs))
+        scores = score(translate(model, pairs[:n], batch_size, max_decode_len), references[:n],
+                       bleu_tokenize(model.tgt_vocab))
+        metrics["val_bleu"], metrics["val_chrf"] = scores["bleu"], scores["chrf"]
+    return metrics
+
+
 def bleu_tokenize(vocab):
     return "none" if vocab.kind == "word" else "13a"
 

@@ -46,7 +46,7 @@ class ModelConfig:
     reset_after: bool = setting(False, "GRU only: reset gate after the recurrent matmul (nn.GRU's form), not before (Cho's)")
     encoder_layers: int = setting(1, "stacked encoder layers")
     bidirectional: bool = setting(False, "add a backward scan to every encoder layer")
-    attention: str = setting("none", "none (Cho 2014's fixed c), bahdanau or luong")
+    attention: str = setting("none", f"none (Cho 2014's fixed c), {' or '.join(layers.ATTENTIONS)}")
     attention_size: int = setting(0, "additive attention's hidden width; 0 = hidden_size")
     dropout: float = setting(0.0, "dropout between stacked encoder layers, training only")
     src_vocab_size: int = setting(0, "from the prepared data's vocabulary", derived=True)

@@ -97,6 +97,22 @@ def main(argv):
     return 0
 
 
+def print_val_samples(model, pairs, n, max_len, reverse_source, rng):
+    """Greedy and sampled outputs for n validation sources, beside the reference (the end of
+    a training run)."""
+    if not n or not pairs:
+        return
+    chosen = [pairs[i] for i in rng.choice(len(pairs), min(n, len(pairs)), replace=False)]
+    src = pad_batch([s for s, _ in chosen])
+    greedy, _ = generate(model, src, max_len)
+    sampled, _ = generate(model, src, max_len, temperature=0.8, rng=rng)
+    for (s, t), g, smp in zip(chosen, greedy, sampled):
+        print(f"\n  source:    {model.src_vocab.text(s[::-1] if reverse_source else s)}")
+        print(f"  reference: {model.tgt_vocab.text(t)}")
+        print(f"  greedy:    {model.tgt_vocab.text(g)}")
+        print(f"  sampled:   {model.tgt_vocab.text(smp)}  (temperature 0.8)")
+
+
 def plot_attention(model, src_ids, out_ids, path):
     """Save the teacher-forced attention weights of `out_ids` over `src_ids` as a heatmap."""
     import matplotlib

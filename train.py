@@ -29,11 +29,11 @@ import layers
 import optim
 from checkpoint import CheckpointError, checkpoint_path
 from configurator import ConfigError, configure, require, setting
-from dataset import Batcher, DataError, dataset_dir, eval_batches, load_dataset, make_batch
-from evaluate import bleu_tokenize, read_references, score, translate
+from dataset import Batcher, DataError, dataset_dir, load_dataset
+from evaluate import read_references, validation_metrics
 from model import Model, ModelConfig, approx_param_count
 from runs import RunError, RunFolder, append_log, keep_snapshots, plot_log, read_log, run_dir, write_log
-from vocab import EOS_ID
+from sample import print_val_samples
 
 # With skip_nonfinite, this many non-finite batches in a row mean the model has diverged.
 MAX_SKIPPED_IN_A_ROW = 20
@@ -237,34 +237,6 @@ def compile_step(run, batcher):
     return step
 
 
-def evaluate(model, pairs, cfg, exact_match, references=None):
-    """Validation metrics: loss and perplexity per target token (EOS included), plus
-    greedy exact match on up to eval_exact_match pairs where the task uses it, and greedy
-    BLEU and chrF on up to eval_bleu pairs where the data has references."""
-    eval_fn = model.compile_eval()
-    nll = n_tokens = 0.0
-    for idx in eval_batches(pairs, cfg.batch_size):
-        batch_nll, batch_n = eval_fn(*make_batch([pairs[i] for i in idx]))
-        nll, n_tokens = nll + float(batch_nll), n_tokens + float(batch_n)
-    metrics = {"val_loss": nll / n_tokens, "val_ppl": math.exp(min(nll / n_tokens, 50.0))}
-    if exact_match and cfg.eval_exact_match:
-        subset = pairs[: cfg.eval_exact_match]
-        hits = 0
-        for idx in eval_batches(subset, cfg.batch_size):
-            src, _ = make_batch([subset[i] for i in idx])
-            ys, _ = model.decode(src, max_len=cfg.max_decode_len)
-            for row, i in zip(ys, idx):
-                out = row[: np.argmax(row == EOS_ID)] if (row == EOS_ID).any() else row
-                hits += len(out) == len(subset[i][1]) and bool(np.all(out == subset[i][1]))
-        metrics["val_exact_match"] = hits / len(subset)
-    if references is not None and cfg.eval_bleu:
-        n = min(cfg.eval_bleu, len(pairs))
-        hypotheses = translate(model, pairs[:n], cfg.batch_size, cfg.max_decode_len)
-        scores = score(hypotheses, references[:n], bleu_tokenize(model.tgt_vocab))
-        metrics["val_bleu"], metrics["val_chrf"] = scores["bleu"], scores["chrf"]
-    return metrics
-
-
 def save(run, name):
     """Write the model and the run's state to ckpt_<name>.npz; the file already there stays
     whole if this fails (and is never replaced by non-finite weights)."""
@@ -284,7 +256,8 @@ def evaluate_and_checkpoint(run, row):
     """Validate, log the row, plot, and save best (if better) and latest. Returns None, or
     why the run must stop: a non-finite val loss is neither logged nor checkpointed."""
     cfg, state = run.cfg, run.state
-    metrics = evaluate(run.model, run.splits["val"], cfg, run.meta.get("exact_match", False), run.references)
+    metrics = validation_metrics(run.model, run.splits["val"], cfg.batch_size, cfg.max_decode_len,
+                                 cfg.eval_exact_match if run.meta.get("exact_match") else 0, cfg.eval_bleu, run.references)
     row.update(metrics, run_id=run.run_id, skipped_nonfinite=state.skipped_nonfinite)
     if not math.isfinite(metrics["val_loss"]):
         return f"step {state.step}: val loss {metrics['val_loss']}; neither logged nor checkpointed"
@@ -354,22 +327,6 @@ def train(run, step_fn, batcher, bar):
     return why
 
 
-def print_samples(model, pairs, cfg, meta, rng):
-    """Greedy and sampled outputs for a few validation sources, beside the reference."""
-    if not cfg.num_samples or not pairs:
-        return
-    chosen = [pairs[i] for i in rng.choice(len(pairs), min(cfg.num_samples, len(pairs)), replace=False)]
-    src, _ = make_batch(chosen)
-    greedy, _ = model.decode(src, max_len=cfg.max_decode_len)
-    sampled, _ = model.decode(src, max_len=cfg.max_decode_len, temperature=0.8, rng=rng)
-    for (s, t), g, smp in zip(chosen, greedy, sampled):
-        s = s[::-1] if meta.get("reverse_source") else s
-        print(f"\n  source:    {model.src_vocab.text(s)}")
-        print(f"  reference: {model.tgt_vocab.text(t)}")
-        print(f"  greedy:    {model.tgt_vocab.text(g)}")
-        print(f"  sampled:   {model.tgt_vocab.text(smp)}  (temperature 0.8)")
-
-
 def main(argv):
     from tqdm import tqdm
 
@@ -415,7 +372,8 @@ def main(argv):
         print(f"stopping at step {state.step}: max_minutes={cfg.max_minutes} reached")
     print(f"done: step {state.step}, best val loss {state.best_val_loss}, "
           f"val unigram ppl {run.meta.get('val_unigram_ppl', 'n/a')}; checkpoints in {cfg.out_dir}")
-    print_samples(model, run.splits["val"], cfg, run.meta, np.random.default_rng(cfg.seed))
+    print_val_samples(model, run.splits["val"], cfg.num_samples, cfg.max_decode_len, run.meta.get("reverse_source"),
+                      np.random.default_rng(cfg.seed))
     return 0
 
 
