@@ -1,5 +1,5 @@
-"""Decoding beyond the model's one-scan greedy and sampled search: a guard against loops,
-step-by-step greedy and sampled decoding that applies it, and beam search.
+"""Decoding: greedy and sampled output in one scan, the compiled single step, a guard
+against loops, step-by-step greedy and sampled decoding that applies it, and beam search.
 
 `generate` is the one entry point sample.py, evaluate.py, train.py and the benchmarks use:
 beam_size > 1 runs beam search; otherwise temperature 0 is greedy and > 0 samples. Without
@@ -21,6 +21,12 @@ the best score / length**length_norm (length counts EOS): 0 ranks by total log-p
 """
 import numpy as np
 
+import backend  # noqa: F401  (float32, before pytensor)
+import kernels
+import layers
+import pytensor
+import pytensor.tensor as pt
+from pytensor.scan.utils import until
 from vocab import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -158,3 +164,100 @@ def beam_search(model, src, beam_size=5, max_len=60, length_norm=1.0, no_repeat_
         outputs.append([w for w in tokens if w != EOS_ID])
         scores.append(score)
     return outputs, np.array(scores)
+
+
+# ---- one-scan greedy and sampled decoding, and the compiled single step ---------------------
+
+
+def decode_graph(model, src, noise, temperature=None):
+    """Greedy (temperature None) or sampled decoding in one scan, as a graph.
+
+    src (Ts, B); noise (T_max, B) uniform [0, 1) draws, one per step and sentence, which also
+    fix the longest output. Returns ids (T, B) and their log-probabilities (T, B) under the
+    model at temperature 1; PAD and 0 after a sentence's EOS. The scan stops early once every
+    sentence has produced EOS. PAD, <unk> and BOS are never emitted.
+    """
+    memory = model.encode(src)
+    keys = model.memory_keys()
+    B = src.shape[1]
+    init = model.decoder_init(memory)
+    n_states = len(init)
+    first = BOS_ID + 1  # ids below are PAD, <unk> and BOS
+
+    # scan's order: sequences (u_t), previous outputs (states..., y_prev, done),
+    # then non-sequences (the memory entries, then temperature when sampling).
+    def step(u_t, *args):
+        states, (y_prev, done), rest = args[:n_states], args[n_states : n_states + 2], args[n_states + 2 :]
+        mem = dict(zip(keys, rest))
+        new, logits, _ = model.decoder_step(y_prev, states, mem)  # logits (B, V)
+        if temperature is None:
+            y = pt.argmax(logits[:, first:], axis=1) + first  # (B,)
+        else:
+            probs = pt.special.softmax(logits[:, first:] / rest[-1], axis=1)  # (B, V - first)
+            y = pt.sum(pt.lt(pt.cumsum(probs, axis=1), u_t[:, None]), axis=1)
+            y = pt.minimum(y, probs.shape[1] - 1) + first
+        y = y.astype("int32")
+        # log p(y) as trained: -(cross-entropy of y), one fused pass over the logits
+        y_logp = pt.switch(done, np.float32(0.0), -kernels.softmax_cross_entropy(logits, y))  # (B,)
+        y = pt.switch(done, PAD_ID, y).astype("int32")
+        done_new = pt.or_(done, pt.eq(y, EOS_ID))
+        return [*new, y, done_new, y_logp], until(pt.all(done_new))
+
+    y0 = pt.full((B,), BOS_ID, dtype="int32")
+    done0 = pt.zeros((B,), dtype="bool")
+    extra = [] if temperature is None else [temperature]
+    outputs = pytensor.scan(step, sequences=[noise], outputs_info=[*init, y0, done0, None],
+                            non_sequences=[*(memory[k] for k in keys), *extra], name="decode.scan",
+                            return_updates=False, mode=model.mode)
+    return outputs[-3], outputs[-1]
+
+
+def compile_decode(model, greedy=True):
+    """`f(src, noise) -> (ids, logps)` (greedy) or `f(src, noise, temperature)`; see
+    decode_graph. Greedy decoding has its own graph: an argmax, no softmax or cumsum."""
+    def build():
+        src, noise = pt.imatrix("src"), pt.matrix("noise", dtype=layers.FLOATX)
+        inputs = [src, noise] if greedy else [src, noise, pt.scalar("temperature", dtype=layers.FLOATX)]
+        return pytensor.function(inputs, list(decode_graph(model, *inputs)), mode=model.mode)
+
+    return model._compiled(("decode", greedy), build)
+
+
+def scan_decode(model, src, max_len=50, temperature=0.0, rng=None):
+    """Decode a (Ts, B) int32 batch in one scan. Returns ids (B, T) with PAD after EOS, and
+    the summed log-probability of each output (B,). temperature 0 is greedy."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    noise = rng.random((max_len, src.shape[1]), dtype=np.float32)
+    if temperature == 0:
+        ys, logps = compile_decode(model, greedy=True)(src, noise)
+    else:
+        ys, logps = compile_decode(model, greedy=False)(src, noise, np.float32(temperature))
+    return ys.T, logps.sum(axis=0)
+
+
+def compile_step(model):
+    """Two functions for searches run step by step from Python (beam search, the guard):
+
+        f_init(src) -> [*memory (memory_keys() order), *initial decoder states]
+        f_next(y_prev, *states, *memory) -> [log-probabilities (B, V), *new states]
+
+    Rows of y_prev, states and memory (batch axis 0 for c and states, 1 for the time-major
+    rest) are hypotheses, so a beam is a batch of B * beam_size rows.
+    """
+    def build():
+        src = pt.imatrix("src")
+        memory = model.encode(src)
+        keys = model.memory_keys()
+        init = model.decoder_init(memory)
+        f_init = pytensor.function([src], [*(memory[k] for k in keys), *init], mode=model.mode)
+        y_prev = pt.ivector("y_prev")
+        states = [s.type(f"state{i}") for i, s in enumerate(init)]
+        mem_in = {k: memory[k].type(k) for k in keys}
+        new, logits, _ = model.decoder_step(y_prev, states, mem_in)
+        logp = logits - pt.logsumexp(logits, axis=1, keepdims=True)  # (B, V)
+        f_next = pytensor.function([y_prev, *states, *(mem_in[k] for k in keys)], [logp, *new], mode=model.mode)
+        return f_init, f_next
+
+    return model._compiled("step", build)

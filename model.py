@@ -22,15 +22,15 @@ from dataclasses import dataclass
 import numpy as np
 
 import backend
+import decode
 import kernels
 import layers
 import optim
 import pytensor
 import pytensor.tensor as pt
-from pytensor.scan.utils import until
 from checkpoint import FORMAT_VERSION, CheckpointError, read_arrays, restore, save_arrays
 from configurator import setting
-from vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
+from vocab import PAD_ID, Vocab
 
 @dataclass
 class ModelConfig:
@@ -241,57 +241,6 @@ class Model:
         n_tokens = pt.sum(mask, dtype=layers.FLOATX)
         return pt.sum(nll, dtype=layers.FLOATX) / pt.maximum(n_tokens, 1.0), n_tokens
 
-    def decode_graph(self, src, noise, temperature=None):
-        """Greedy (temperature None) or sampled decoding in one scan.
-
-        src (Ts, B); noise (T_max, B) uniform [0, 1) draws, one per step and sentence, which
-        also fix the longest output. Returns ids (T, B) and their log-probabilities (T, B)
-        under the model at temperature 1; PAD and 0 after a sentence's EOS. The scan stops
-        early once every sentence has produced EOS. PAD and BOS are never targets in
-        training, so they are never emitted either.
-        """
-        memory = self.encode(src)
-        keys = self.memory_keys()
-        B = src.shape[1]
-        init = self.decoder_init(memory)
-        n_states = len(init)
-        first = BOS_ID + 1  # ids below are PAD and BOS
-        assert PAD_ID < first
-
-        # scan's order: sequences (u_t), previous outputs (states..., y_prev, done),
-        # then non-sequences (the memory entries, then temperature when sampling).
-        def step(u_t, *args):
-            states, (y_prev, done), rest = args[:n_states], args[n_states : n_states + 2], args[n_states + 2 :]
-            mem = dict(zip(keys, rest))
-            new, logits, _ = self.decoder_step(y_prev, states, mem)  # logits (B, V)
-            if temperature is None:
-                y = pt.argmax(logits[:, first:], axis=1) + first  # (B,)
-            else:
-                probs = pt.special.softmax(logits[:, first:] / rest[-1], axis=1)  # (B, V - first)
-                y = pt.sum(pt.lt(pt.cumsum(probs, axis=1), u_t[:, None]), axis=1)
-                y = pt.minimum(y, probs.shape[1] - 1) + first
-            y = y.astype("int32")
-            # log p(y) as trained: -(cross-entropy of y), one fused pass over the logits
-            y_logp = pt.switch(done, np.float32(0.0), -kernels.softmax_cross_entropy(logits, y))  # (B,)
-            y = pt.switch(done, PAD_ID, y).astype("int32")
-            done_new = pt.or_(done, pt.eq(y, EOS_ID))
-            return [*new, y, done_new, y_logp], until(pt.all(done_new))
-
-        y0 = pt.full((B,), BOS_ID, dtype="int32")
-        done0 = pt.zeros((B,), dtype="bool")
-        extra = [] if temperature is None else [temperature]
-        outputs = pytensor.scan(
-            step,
-            sequences=[noise],
-            outputs_info=[*init, y0, done0, None],
-            non_sequences=[*(memory[k] for k in keys), *extra],
-            name="decode.scan",
-            return_updates=False,
-            mode=self.mode,
-        )
-        ys, logps = outputs[-3], outputs[-1]
-        return ys, logps
-
     # ---- compiled functions, built once on first use ------------------------------------
 
     def _compiled(self, key, build):
@@ -378,43 +327,6 @@ class Model:
 
         return self._compiled("eval", build)
 
-    def compile_decode(self, greedy=True):
-        """`f(src, noise) -> (ids, logps)` (greedy) or `f(src, noise, temperature)`; see
-        `decode_graph`. Greedy decoding has its own graph: an argmax, no softmax or cumsum."""
-        def build():
-            src, noise = pt.imatrix("src"), pt.matrix("noise", dtype=layers.FLOATX)
-            inputs = [src, noise] if greedy else [src, noise, pt.scalar("temperature", dtype=layers.FLOATX)]
-            ys, logps = self.decode_graph(*inputs)
-            return pytensor.function(inputs, [ys, logps], mode=self.mode)
-
-        return self._compiled(("decode", greedy), build)
-
-    def compile_step(self):
-        """Two functions for searches run step by step from Python (beam search):
-
-            f_init(src) -> [*memory (memory_keys() order), *initial decoder states]
-            f_next(y_prev, *states, *memory) -> [log-probabilities (B, V), *new states]
-
-        Rows of y_prev, states and memory (batch axis 0 for c and states, 1 for the
-        time-major rest) are hypotheses, so a beam is a batch of B * beam_size rows.
-        """
-        def build():
-            src = pt.imatrix("src")
-            memory = self.encode(src)
-            keys = self.memory_keys()
-            init = self.decoder_init(memory)
-            f_init = pytensor.function([src], [*(memory[k] for k in keys), *init], mode=self.mode)
-            y_prev = pt.ivector("y_prev")
-            states = [s.type(f"state{i}") for i, s in enumerate(init)]
-            mem_in = {k: memory[k].type(k) for k in keys}
-            new, logits, _ = self.decoder_step(y_prev, states, mem_in)
-            logp = logits - pt.logsumexp(logits, axis=1, keepdims=True)  # (B, V)
-            f_next = pytensor.function([y_prev, *states, *(mem_in[k] for k in keys)], [logp, *new],
-                                       mode=self.mode)
-            return f_init, f_next
-
-        return self._compiled("step", build)
-
     def compile_attention(self):
         """`f(src, tgt) -> weights (Tt-1, Ts, B)`: the teacher-forced attention weights of
         each target position over the source (attention models only)."""
@@ -431,17 +343,13 @@ class Model:
         return self._compiled("attention", build)
 
     def decode(self, src, max_len=50, temperature=0.0, rng=None):
-        """Decode a (Ts, B) int32 batch. Returns ids (B, T) with PAD after EOS, and the
-        summed log-probability of each output (B,). temperature 0 is greedy."""
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        rng = rng if rng is not None else np.random.default_rng(0)
-        noise = rng.random((max_len, src.shape[1]), dtype=np.float32)
-        if temperature == 0:
-            ys, logps = self.compile_decode(greedy=True)(src, noise)
-        else:
-            ys, logps = self.compile_decode(greedy=False)(src, noise, np.float32(temperature))
-        return ys.T, logps.sum(axis=0)
+        """Greedy (temperature 0) or sampled decoding in one scan: ids (B, T) with PAD after EOS
+        and each output's log-probability (B,). See decode.scan_decode."""
+        return decode.scan_decode(self, src, max_len, temperature, rng)
+
+    def compile_step(self):
+        """(f_init, f_next) for searches run step by step from Python; see decode.compile_step."""
+        return decode.compile_step(self)
 
     # ---- checkpoints ----------------------------------------------------------------------
 

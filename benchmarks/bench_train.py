@@ -86,6 +86,7 @@ def run_pytensor(args, settings):
     import numpy as np
 
     t0 = time.perf_counter()
+    import decode
     from model import Model, ModelConfig
 
     import_s = time.perf_counter() - t0
@@ -97,7 +98,7 @@ def run_pytensor(args, settings):
     step = model.compile_train(optimizer="sgd", grad_clip=1.0)
     train_compile = time.perf_counter() - t0
     t0 = time.perf_counter()
-    model.compile_decode()
+    decode.compile_decode(model)
     decode_compile = time.perf_counter() - t0
     src, tgt = batch(np.random.default_rng(0), s["V"], s["B"], s["T"])
     lr = np.float32(0.01)

@@ -6,6 +6,7 @@ import pytest
 import backend
 import pytensor
 import pytensor.tensor as pt
+import decode
 from model import Model, ModelConfig
 
 
@@ -37,7 +38,7 @@ def test_cheap_ops_run_from_python_and_the_rest_in_c(model):
     Python; what stays C is the fused kernels, reductions, the embedding gradient and casts."""
     allowed_c = {"SoftmaxCrossEntropy", "SoftmaxCrossEntropyGrad", "Sum", "All", "AdvancedIncSubtensor1", "Elemwise",
                  "Argmax", "Scan"}
-    for fn in (model.compile_train("adam", 1.0), model.compile_decode(greedy=True)):
+    for fn in (model.compile_train("adam", 1.0), decode.compile_decode(model, greedy=True)):
         kinds = thunk_kinds(fn)
         in_c = {name for name, k in kinds.items() if "C" in k}
         assert in_c <= allowed_c, in_c - allowed_c
