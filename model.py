@@ -42,7 +42,8 @@ class ModelConfig:
     # Measured: on KJV, 0.1 left the model at the unigram loss for 800 steps and 1.0 learns;
     # on the reverse task 0.1 reaches 99% exact match and 1.0 stalls near 92%.
     embed_init_std: float = setting(1.0, "std of the initial word vectors (see README)")
-    cell: str = setting("gru", "recurrent cell of every encoder and decoder slot: gru, lstm, a registered name, or module:Class")
+    cell: str = setting("gru", f"recurrent cell of every encoder and decoder slot: {', '.join(layers.CELLS)}, "
+                               "a registered name, or module:Class")
     reset_after: bool = setting(False, "GRU only: reset gate after the recurrent matmul (nn.GRU's form), not before (Cho's)")
     encoder_layers: int = setting(1, "stacked encoder layers")
     bidirectional: bool = setting(False, "add a backward scan to every encoder layer")
