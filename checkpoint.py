@@ -120,7 +120,7 @@ def restore(variables, arrays, path, prefix="param/"):
             raise CheckpointError(f"{path}: {key} holds {value.dtype} data, not numbers")
         if value.shape != expected.shape:
             raise CheckpointError(f"{path}: {key} has shape {value.shape}, the model needs {expected.shape}")
-        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+        if nonfinite({key: value}):
             raise CheckpointError(f"{path}: {key} holds NaN or inf; the file is damaged")
         var.set_value(value.astype(expected.dtype))
     extra = sorted({k for k in arrays if k.startswith(prefix)} - {prefix + v.name for v in variables})

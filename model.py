@@ -392,9 +392,9 @@ class Model:
                 raise ValueError("its state is not a JSON object")
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise CheckpointError(f"{path}: unreadable model config: {err}") from None
+        kinds = {int: int, float: (int, float), str: str, bool: bool}
         for field in dataclasses.fields(config):
-            value, kind = getattr(config, field.name), {"int": int, "float": (int, float), "str": str, "bool": bool}
-            expected = kind.get(field.type if isinstance(field.type, str) else field.type.__name__)
+            value, expected = getattr(config, field.name), kinds.get(field.type)
             if expected and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
                 raise CheckpointError(f"{path}: model config {field.name}={value!r} is not a {field.type}")
         try:

@@ -26,7 +26,7 @@ from dataset import pad_batch
 from runs import run_dir
 from checkpoint import CheckpointError, checkpoint_path
 from model import Model
-from vocab import EOS_ID, PAD_ID, UNK_ID
+from vocab import UNK_ID
 from decode import generate
 
 
@@ -90,8 +90,7 @@ def main(argv):
         for out, logp in zip(outputs, logps):
             print(f"  {model.tgt_vocab.text(out)}    [log p = {logp:.1f}]")
         if cfg.plot_attention:
-            out = [int(w) for w in outputs[0] if w not in (PAD_ID, EOS_ID)]  # EOS ends it
-            plot_attention(model, ids, out, cfg.plot_attention)
+            plot_attention(model, ids, outputs[0], cfg.plot_attention)  # ids without EOS
             print(f"  attention heatmap: {cfg.plot_attention}")
             cfg.plot_attention = ""  # the first input only
     return 0

@@ -41,6 +41,11 @@ MAX_SKIPPED_IN_A_ROW = 20
 PREPARE_FACTS = ("task", "tokenizer", "reverse_source", "unit", "max_len", "split", "within")
 
 
+def prepared_facts(meta):
+    """The PREPARE_FACTS a dataset's meta.json records."""
+    return {k: meta[k] for k in PREPARE_FACTS if k in meta}
+
+
 @dataclass
 class TrainConfig:
     dataset: str = setting("kjv", "a folder under data/ written by its prepare.py, or a path")
@@ -184,7 +189,7 @@ def init_or_resume(cfg, mcfg, explicit, comm):
         if not splits[name]:
             raise DataError(f"{data_dir}/{name}.npz: no pairs; training needs {name} pairs")
     references = read_references(data_dir, "val", len(splits["val"])) if meta.get("bleu") else None
-    prepared = {k: meta[k] for k in PREPARE_FACTS if k in meta}
+    prepared = prepared_facts(meta)
     if cfg.init_from == "resume":
         if model.tgt_vocab != tgt_vocab or model.src_vocab != src_vocab:
             raise DataError(f"{data_dir}: its vocabulary differs from the checkpoint's; "
@@ -244,7 +249,7 @@ def save(run, name):
     state = dataclasses.asdict(run.state)
     state["train_config"] = dataclasses.asdict(run.cfg)
     state["data"] = {"dataset": run.cfg.dataset, "reverse_source": bool(run.meta.get("reverse_source")),
-                     "prepared": {k: run.meta[k] for k in PREPARE_FACTS if k in run.meta}}
+                     "prepared": prepared_facts(run.meta)}
     try:
         run.model.save(path, state)
     except OSError as err:  # disk full, unwritable folder: the previous file is untouched
