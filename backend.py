@@ -51,6 +51,14 @@ MODES = ("CVM", "NUMBA", "FAST_COMPILE")
 DEFAULT_MODE = "CVM"
 
 
+def cached(functions, key, build):
+    """functions[key], compiled by `build()` the first time it is asked for: each model keeps
+    its compiled functions in such a dict, so every graph is compiled once."""
+    if key not in functions:
+        functions[key] = build()
+    return functions[key]
+
+
 def compile_mode(name=DEFAULT_MODE):
     """Return the pytensor mode for `name`, or raise ValueError naming the choices.
 

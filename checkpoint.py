@@ -6,10 +6,16 @@ Shared by model.Model (.npz) and the autoencoder (its seed-compatible .zip):
     save_arrays(path, arrays)      an .npz of `arrays`, atomically, refusing NaN/inf in them
     read_arrays(path)              {name: array}; errors say what is wrong with the file
     restore(variables, arrays, path, prefix)   shape-, dtype- and finiteness-checked set_value
+    restore_optimizer(variables, saved, path)  the same for an optimizer's state
+    save_zip / read_zip / npz_bytes / npz_arrays   the autoencoder's zip of named members
+    save_model / load_model        Model.save and Model.load: the .npz layout of a Model
 
 A crash leaves the old file or the new one, never a torn one. Errors are CheckpointError with
 one line naming the file; none of them suggests loading pickled data.
 """
+import dataclasses
+import io
+import json
 import os
 import tempfile
 import time
@@ -17,6 +23,8 @@ import zipfile
 import zlib
 
 import numpy as np
+
+from vocab import Vocab
 
 FORMAT_VERSION = 1
 
@@ -126,3 +134,157 @@ def restore(variables, arrays, path, prefix="param/"):
     extra = sorted({k for k in arrays if k.startswith(prefix)} - {prefix + v.name for v in variables})
     if extra:
         raise CheckpointError(f"{path}: entries the model does not have: {', '.join(extra)}")
+
+
+def generator_state(shared_rng):
+    """The JSON-able state of a shared numpy Generator (layers.Dropout.rng)."""
+    return shared_rng.get_value(borrow=True).bit_generator.state
+
+
+def set_generator_state(shared_rng, state):
+    generator = np.random.default_rng()
+    generator.bit_generator.state = state
+    shared_rng.set_value(generator)
+
+
+def restore_optimizer(variables, saved, path):
+    """Set the optimizer's state variables from a checkpoint's `saved` {name: array}, checked
+    as params are; a variable missing from it is refused rather than reset. Adam step counts
+    saved as one `adam.t` (before each module's getUpdates had its own) fill every `adam.t.*`."""
+    mapped = {}
+    for var in variables:
+        old = "adam.t" if var.name.startswith("adam.t.") and var.name not in saved else var.name
+        if old in saved:
+            mapped[var.name] = saved[old]
+    restore(variables, mapped, path, prefix="")
+
+
+# ---- zips of named members (the autoencoder's seed-compatible file) --------------------
+
+def npz_bytes(arrays):
+    """An .npz of `arrays`, as bytes."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def npz_arrays(data, what):
+    """{name: array} from .npz bytes, never unpickling; `what` names them in errors."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            return {key: arrays[key] for key in arrays.files}
+    except Exception as err:  # pickled objects, truncation, garbage
+        raise CheckpointError(f"{what} refused ({err})") from None
+
+
+def save_zip(path, members):
+    """A zip of {name: bytes}, deflated, written atomically."""
+    def write(f):
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+
+    atomic_write(path, write)
+
+
+def read_zip(path, names):
+    """{name: bytes} for exactly the members `names`, never extracting to disk. Member paths
+    that could escape a folder, unknown members and missing members are refused."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            found = zf.namelist()
+            for name in found:
+                parts = name.replace("\\", "/").split("/")
+                if name.startswith(("/", "\\")) or ":" in name or ".." in parts or len(parts) != 1:
+                    raise CheckpointError(f"{path}: refused member path {name!r}")
+            unexpected = sorted(set(found) - set(names))
+            if unexpected:
+                raise CheckpointError(f"{path}: unexpected members {', '.join(unexpected)}")
+            missing = [name for name in names if name not in found]
+            if missing:
+                raise CheckpointError(f"{path}: missing members {', '.join(missing)}")
+            return {name: zf.read(name) for name in names}
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable zip ({err})") from None
+
+
+# ---- Model checkpoints: one .npz of params, optimizer state, vocabularies and a JSON meta ----
+
+def module_kind(module):
+    """A module's class as checkpoints record it: `LSTM`, `AttentionDecoder(LSTM)`."""
+    inner = getattr(module, "cell", None)
+    return type(module).__name__ + (f"({type(inner).__name__})" if inner is not None else "")
+
+
+_OLD_KINDS = {"AttentionGRU": "AttentionDecoder(GRU)"}  # names in checkpoints of earlier versions
+
+
+def save_model(model, path, state=None):
+    """model.Model.save: params as param/<name>, optimizer state as opt/<name>, each vocabulary
+    (and its SentencePiece model), and a JSON `meta` with the config, the module kinds, the
+    caller's `state` and the dropout RNG."""
+    arrays = {f"param/{p.name}": p.get_value() for p in model.params}
+    arrays.update({f"opt/{v.name}": v.get_value() for v in model.opt_state})
+    for key, vocab in (("src_vocab", model.src_vocab), ("tgt_vocab", model.tgt_vocab)):
+        if vocab is not None:
+            arrays[key] = np.array(vocab.itos, dtype=str)
+            if vocab.spm is not None:
+                arrays[f"{key}_spm"] = np.frombuffer(vocab.spm, dtype=np.uint8)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model_config": dataclasses.asdict(model.config),
+        "modules": {name: module_kind(mod) for name, mod in model.modules.items()},
+        "state": state or {},
+        "dropout_rng": generator_state(model.dropout.rng),
+    }
+    arrays["meta"] = np.array(json.dumps(meta))
+    save_arrays(path, arrays)
+
+
+def load_model(cls, config_cls, path, mode):
+    """model.Model.load: the Model saved at `path`, with every part checked before use."""
+    arrays = read_arrays(path)
+    if "meta" not in arrays:
+        raise CheckpointError(f"{path}: not a checkpoint of this project (no 'meta' entry)")
+    try:
+        meta = json.loads(str(arrays["meta"]))
+        config = config_cls(**meta["model_config"])
+        if not isinstance(meta.get("state", {}), dict):
+            raise ValueError("its state is not a JSON object")
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise CheckpointError(f"{path}: unreadable model config: {err}") from None
+    kinds = {int: int, float: (int, float), str: str, bool: bool}
+    for field in dataclasses.fields(config):
+        value, expected = getattr(config, field.name), kinds.get(field.type)
+        if expected and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+            raise CheckpointError(f"{path}: model config {field.name}={value!r} is not a {field.type}")
+    if meta.get("format_version", 1) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {meta['format_version']} is newer than this code's "
+                              f"({FORMAT_VERSION}); update the code")
+    try:
+        vocabs = [Vocab(arrays[k].tolist(), spm=arrays[f"{k}_spm"].tobytes() if f"{k}_spm" in arrays else None)
+                  if k in arrays else None for k in ("src_vocab", "tgt_vocab")]
+    except (ValueError, RuntimeError, TypeError) as err:
+        raise CheckpointError(f"{path}: unreadable vocabulary: {err}") from None
+    for vocab, size, side in zip(vocabs, (config.src_vocab_size, config.tgt_vocab_size), ("src", "tgt")):
+        if vocab is not None and len(vocab) != size:
+            raise CheckpointError(f"{path}: the {side} vocabulary has {len(vocab)} entries, the model config {size}")
+    try:
+        model = cls(config, *vocabs, mode=mode)
+    except ValueError as err:  # e.g. a cell of the user's that cannot be imported here
+        raise CheckpointError(f"{path}: {err}") from None
+    saved_modules = meta.get("modules", {})
+    for name, module in model.modules.items():
+        saved = _OLD_KINDS.get(saved_modules.get(name), saved_modules.get(name))
+        if saved is not None and saved != module_kind(module):
+            raise CheckpointError(f"{path}: module {name!r} is a {saved} in the checkpoint but initModules() "
+                                  f"builds a {module_kind(module)}")
+    restore(model.params, arrays, path, prefix="param/")
+    model._pending_opt_state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
+    model.checkpoint_file, model.checkpoint_state = path, meta.get("state", {})
+    if "dropout_rng" in meta:
+        try:
+            set_generator_state(model.dropout.rng, meta["dropout_rng"])
+        except (TypeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{path}: unreadable dropout RNG state ({err})") from None
+    return model

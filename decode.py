@@ -21,7 +21,7 @@ the best score / length**length_norm (length counts EOS): 0 ranks by total log-p
 """
 import numpy as np
 
-import backend  # noqa: F401  (float32, before pytensor)
+import backend
 import kernels
 import layers
 import pytensor
@@ -220,7 +220,7 @@ def compile_decode(model, greedy=True):
         inputs = [src, noise] if greedy else [src, noise, pt.scalar("temperature", dtype=layers.FLOATX)]
         return pytensor.function(inputs, list(decode_graph(model, *inputs)), mode=model.mode)
 
-    return model._compiled(("decode", greedy), build)
+    return backend.cached(model.functions, ("decode", greedy), build)
 
 
 def scan_decode(model, src, max_len=50, temperature=0.0, rng=None):
@@ -260,4 +260,4 @@ def compile_step(model):
         f_next = pytensor.function([y_prev, *states, *(mem_in[k] for k in keys)], [logp, *new], mode=model.mode)
         return f_init, f_next
 
-    return model._compiled("step", build)
+    return backend.cached(model.functions, "step", build)

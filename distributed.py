@@ -17,6 +17,11 @@ import os
 
 import numpy as np
 
+import backend
+import layers
+import pytensor
+import pytensor.tensor as pt
+
 # Set by MPI launchers: MPICH/hydra and Intel MPI (PMI_*), Open MPI, PMIx (srun --mpi=pmix).
 LAUNCHER_VARIABLES = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 
@@ -43,6 +48,33 @@ def checksum(model):
     return float(sum(np.sum(p.get_value(borrow=True), dtype=np.float64) for p in model.params))
 
 
+def compile_grad(model):
+    """Half 1 of a step: `f(src, tgt) -> [summed nll, n_tokens, *gradients of the summed nll]`,
+    one gradient per trainable param, no parameter updates."""
+    def build():
+        src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
+        model.dropout.begin()
+        nll, mask = model.token_nll(src, tgt, train=True)
+        total = pt.sum(nll, dtype=layers.FLOATX)
+        outputs = [total, pt.sum(mask, dtype=layers.FLOATX), *pytensor.grad(total, model.trainable_params())]
+        return pytensor.function([src, tgt], outputs, updates=model.dropout.updates(), mode=model.mode)
+
+    return backend.cached(model.functions, "grad", build)
+
+
+def compile_apply(model, optimizer="adam", grad_clip=1.0):
+    """Half 2: `f(lr, scale, *summed gradients) -> grad_norm` applies the optimizer to
+    scale * gradients (scale = 1 / global token count), as Model.compile_train does."""
+    def build():
+        lr = pt.scalar("lr", dtype=layers.FLOATX)
+        scale = pt.scalar("scale", dtype=layers.FLOATX)
+        grads = [p.type(f"grad.{p.name}") for p in model.trainable_params()]
+        updates, norm = model.training_updates(None, [g * scale for g in grads], lr, optimizer, grad_clip)
+        return pytensor.function([lr, scale, *grads], norm, updates=updates, mode=model.mode)
+
+    return backend.cached(model.functions, ("apply", optimizer, grad_clip), build)
+
+
 class DataParallelStep:
     """`step(indices, lr, stop) -> (loss, n_tokens, grad_norm, stop)` for one global batch.
 
@@ -57,8 +89,8 @@ class DataParallelStep:
         self.MPI = MPI
         self.model, self.comm, self.batcher = model, comm, batcher
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
-        self.grad_fn = model.compile_grad()
-        self.apply_fn = model.compile_apply(optimizer, grad_clip)
+        self.grad_fn = compile_grad(model)
+        self.apply_fn = compile_apply(model, optimizer, grad_clip)
         self.shapes = [p.get_value(borrow=True).shape for p in model.trainable_params()]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.buffer = np.zeros(sum(self.sizes) + 4, dtype=np.float32)  # grads, nll, tokens, stop, lr

@@ -1,4 +1,5 @@
-"""Pluggable modules: GRU, LSTM, FF, Embedding, attention, and the registry of cell names.
+"""Pluggable modules: GRU, LSTM, FF, Embedding, and the registry of cell names (attention is
+in attention.py).
 
 Every module owns named shared variables (`encoder.W`, `decoder.U`, ...) and exposes
 `params` and `getUpdates(cost, lr)`, which is how training updates it (model.py): set
@@ -147,6 +148,30 @@ class Embedding(Module):
 
     def __call__(self, ids):
         return self.W[ids]
+
+
+class Dropout:
+    """Inverted dropout with masks drawn inside the graph from one shared generator, `rng`,
+    which checkpoints save. Call `begin()` before building a function's graph and pass
+    `updates()` to pytensor.function, so that each call draws new masks."""
+
+    def __init__(self, seed):
+        self.rng = self._next = pytensor.shared(np.random.default_rng(seed), name="dropout_rng")
+
+    def begin(self):
+        self._next = self.rng
+
+    def mask(self, shape, rate):
+        """A float mask of `shape`: 0 with probability `rate`, else 1 / (1 - rate)."""
+        keep = np.float32(1.0 - rate)
+        self._next, u = pt.random.uniform(size=shape, rng=self._next, return_next_rng=True)
+        return pt.lt(u, keep).astype(FLOATX) / keep
+
+    def __call__(self, x, rate):
+        return x * self.mask(x.shape, rate)
+
+    def updates(self):
+        return [(self.rng, self._next)] if self._next is not self.rng else []
 
 
 class Recurrent(Module):
@@ -310,109 +335,6 @@ class LSTM(Recurrent):
         c = f * c_prev + i * g
         h = o * pt.tanh(c)
         return [h, c]
-
-
-def masked_softmax(scores, mask):
-    """Softmax over axis 0 (source positions) where mask is 1; exactly 0 where it is 0.
-
-    scores, mask: (Ts, B). A column with no real position gets all zeros, not NaN.
-    """
-    real = pt.gt(mask, 0)
-    top = pt.max(pt.where(real, scores, np.float32(-1e30)), axis=0, keepdims=True)  # (1, B)
-    weights = pt.exp(pt.where(real, scores - top, np.float32(-80.0))) * mask  # (Ts, B)
-    return weights / pt.maximum(pt.sum(weights, axis=0, keepdims=True), np.float32(1e-30))
-
-
-class Attention(Module):
-    """Additive attention of Bahdanau et al. 2015 (arXiv:1409.0473, appendix A.1.2):
-
-        e_tj  = v . tanh(s_{t-1} W_a + h_j U_a + b_a)     s: decoder state, h_j: annotation j
-        a_tj  = softmax_j(e_tj) over real source positions (padding gets exactly 0)
-        ctx_t = sum_j a_tj h_j
-
-    `keys(annotations)` computes h_j U_a + b_a once per batch, outside the decoder's scan.
-    Calling the module gives (ctx (B, C), weights (Ts, B)).
-    """
-
-    has_keys = True  # keys differ from the annotations, so the model keeps both
-
-    def __init__(self, querySize, contextSize, attentionSize, name="attention", rng=None):
-        super().__init__(name)
-        rng = rng or np.random.default_rng(0)
-        self.W = self.add_param("W", _glorot(rng, querySize, attentionSize))
-        self.U = self.add_param("U", _glorot(rng, contextSize, attentionSize))
-        self.b = self.add_param("b", np.zeros(attentionSize))
-        self.v = self.add_param("v", _uniform(rng, (attentionSize,), np.sqrt(3.0 / attentionSize)))
-
-    def keys(self, annotations):
-        return pt.dot(annotations, self.U) + self.b  # (Ts, B, A)
-
-    def scores(self, query, keys):
-        return pt.dot(pt.tanh(keys + pt.dot(query, self.W)[None]), self.v)  # (Ts, B)
-
-    def __call__(self, query, keys, annotations, src_mask):
-        """query (B, Hq), keys (Ts, B, A), annotations (Ts, B, C), src_mask (Ts, B)."""
-        weights = masked_softmax(self.scores(query, keys), src_mask)  # (Ts, B)
-        return pt.sum(weights[:, :, None] * annotations, axis=0), weights  # (B, C), (Ts, B)
-
-
-class LuongAttention(Attention):
-    """Multiplicative ("general") attention of Luong et al. 2015: e_tj = (s_{t-1} W_a) . h_j.
-    Same interface as `Attention`; the keys are the annotations themselves."""
-
-    has_keys = False
-
-    def __init__(self, querySize, contextSize, attentionSize=None, name="attention", rng=None):
-        Module.__init__(self, name)
-        rng = rng or np.random.default_rng(0)
-        self.W = self.add_param("W", _glorot(rng, querySize, contextSize))
-
-    def keys(self, annotations):
-        return annotations  # (Ts, B, C)
-
-    def scores(self, query, keys):
-        return pt.sum(keys * pt.dot(query, self.W)[None], axis=2)  # (Ts, B)
-
-
-ATTENTIONS = {"bahdanau": Attention, "luong": LuongAttention}
-
-
-class AttentionDecoder(Module):
-    """Any cell made to read an attention context (Bahdanau et al. 2015, appendix A.2.2):
-
-        ctx_t   = attention(h_{t-1}, annotations)          h: the cell's first state
-        state_t = cell.recur(x_t W + ctx_t W_c + b, state_{t-1})
-
-    The cell keeps its own `recur` and state ([h, c] for the LSTM); the context enters its
-    input projection through W_c (C, n_gates * H). `project(x)` is the part computed for
-    every timestep outside the loop; `attend(x_proj_t, *state, keys, annotations, src_mask)`
-    is one step and returns (new state list, ctx_t, weights_t). The cell and the attention
-    module are children: their params are this module's, named `<cell>.W`, `<cell>.Wc`, ...
-    """
-
-    def __init__(self, cell, contextSize, attention, rng=None):
-        super().__init__(cell.name)
-        rng = rng or np.random.default_rng(0)
-        self.cell, self.attention = cell, attention
-        self.params = list(cell.params)
-        blocks = [_glorot(rng, contextSize, cell.hiddenSize) for _ in range(cell.n_gates)]
-        self.Wc = self.add_param("Wc", np.hstack(blocks))
-        self.params += attention.params
-        self.n_states, self.hiddenSize = cell.n_states, cell.hiddenSize
-
-    def project(self, x):
-        return self.cell.project(x)
-
-    def initial_state(self, h0):
-        return self.cell.initial_state(h0)
-
-    # attend(x_proj_t, *state, keys, annotations, src_mask): the order scan passes them in
-    # when x_proj is a sequence, the state the previous outputs and the rest non-sequences.
-    def attend(self, x_t, *args):
-        state, (keys, annotations, src_mask) = list(args[: self.n_states]), args[self.n_states :]
-        ctx, weights = self.attention(state[0], keys, annotations, src_mask)
-        new = self.cell.recur(x_t + pt.dot(ctx, self.Wc), *state)
-        return (list(new) if isinstance(new, (list, tuple)) else [new]), ctx, weights
 
 
 # ---- the registry of cell names (ModelConfig.cell, --cell) ----------------------------------

@@ -15,22 +15,21 @@ Batches are (T, B) int32 id matrices, time first, padded with PAD_ID; masks are 
 from the padding. A target batch holds BOS y_1 .. y_n EOS, so the decoder reads tgt[:-1]
 and predicts tgt[1:].
 """
-import dataclasses
-import json
 from dataclasses import dataclass
 
 import numpy as np
 
 import backend
+import checkpoint
 import decode
 import kernels
 import layers
 import optim
 import pytensor
 import pytensor.tensor as pt
-from checkpoint import FORMAT_VERSION, CheckpointError, read_arrays, restore, save_arrays
+from attention import ATTENTIONS, AttentionDecoder
 from configurator import setting
-from vocab import PAD_ID, Vocab
+from vocab import PAD_ID
 
 @dataclass
 class ModelConfig:
@@ -47,7 +46,7 @@ class ModelConfig:
     reset_after: bool = setting(False, "GRU only: reset gate after the recurrent matmul (nn.GRU's form), not before (Cho's)")
     encoder_layers: int = setting(1, "stacked encoder layers")
     bidirectional: bool = setting(False, "add a backward scan to every encoder layer")
-    attention: str = setting("none", f"none (Cho 2014's fixed c), {' or '.join(layers.ATTENTIONS)}")
+    attention: str = setting("none", f"none (Cho 2014's fixed c), {' or '.join(ATTENTIONS)}")
     attention_size: int = setting(0, "additive attention's hidden width; 0 = hidden_size")
     dropout: float = setting(0.0, "dropout between stacked encoder layers, training only")
     src_vocab_size: int = setting(0, "from the prepared data's vocabulary", derived=True)
@@ -79,12 +78,11 @@ class Model:
         if len(set(names)) != len(names):
             raise ValueError(f"parameter names must be unique, got {names}")
         self.opt_state = []  # shared variables written by the optimizer, see compile_train
-        self._pending_opt_state = {}
+        self._pending_opt_state = {}  # a loaded checkpoint's, set when the optimizer is built
         self.checkpoint_state = {}  # the saved `state` dict of a loaded checkpoint
-        self._functions = {}
-        # Dropout draws from this generator; training updates it, checkpoints save it.
-        self.dropout_rng = pytensor.shared(np.random.default_rng(config.init_seed + 1), name="dropout_rng")
-        self._rng_next = self.dropout_rng
+        self.checkpoint_file = None
+        self.functions = {}  # compiled functions by key, built on first use (backend.cached)
+        self.dropout = layers.Dropout(config.init_seed + 1)  # training advances it, checkpoints save it
 
     def initModules(self):
         """The model's modules, one line each: the place to edit. Every recurrent slot is a
@@ -114,8 +112,8 @@ class Model:
                 modules[f"{name}_bwd"] = cell(width, f"{name}_bwd")
         modules["init"] = layers.FF(C, H, "tanh", name="init", rng=rng)
         if self.attentive:
-            attention = layers.ATTENTIONS[cfg.attention](H, C, cfg.attention_size or H, "decoder.attention", rng)
-            modules["decoder"] = layers.AttentionDecoder(cell(E, "decoder"), C, attention, rng)
+            attention = ATTENTIONS[cfg.attention](H, C, cfg.attention_size or H, "decoder.attention", rng)
+            modules["decoder"] = AttentionDecoder(cell(E, "decoder"), C, attention, rng)
         else:
             modules["decoder"] = cell([E, C], "decoder")
         modules["readout"] = layers.FF([H, E, C], E, "tanh", name="readout", rng=rng)
@@ -135,7 +133,7 @@ class Model:
         for layer in range(cfg.encoder_layers):
             name = "encoder" if layer == 0 else f"encoder{layer}"
             if layer > 0 and train and cfg.dropout > 0:
-                x = self._dropout(x)
+                x = self.dropout(x, cfg.dropout)
             fwd = m[name].scan(m[name].project(x), src_mask, mode=self.mode_name)[0]  # (Ts, B, H)
             # Masking carried each state past its padding, so fwd[-1] is after the last token.
             annotations, c = fwd, fwd[-1]  # (Ts, B, H), (B, H)
@@ -162,11 +160,6 @@ class Model:
         """The memory entries in the order AttentionDecoder.attend reads them (Luong's keys
         are the annotations themselves)."""
         return [memory.get("keys", memory["annotations"]), memory["annotations"], memory["src_mask"]]
-
-    def _dropout(self, x):
-        keep = np.float32(1.0 - self.config.dropout)
-        self._rng_next, u = pt.random.uniform(size=x.shape, rng=self._rng_next, return_next_rng=True)
-        return x * pt.lt(u, keep).astype(layers.FLOATX) / keep
 
     def decoder_init(self, memory):
         """The decoder's full initial state (a list, one entry per state tensor) from c."""
@@ -244,36 +237,24 @@ class Model:
 
     # ---- compiled functions, built once on first use ------------------------------------
 
-    def _compiled(self, key, build):
-        if key not in self._functions:
-            self._functions[key] = build()
-        return self._functions[key]
-
     def trainable_params(self):
         """The params training updates: every module's that is not frozen."""
         return [p for module in self.modules.values() if not module.frozen for p in module.params]
 
-    def _updates(self, cost, grads, lr, optimizer, grad_clip):
-        """The union of every module's `getUpdates`, given the trainable params' `grads`
-        after global-norm clipping and the configured optimizer. All updates are skipped
-        (every variable kept) when the gradient norm is not finite. Registers the
-        optimizer's state variables for checkpoints."""
-        clipped, norm = optim.clip_by_global_norm(grads, grad_clip)
-        grad_of = dict(zip(self.trainable_params(), clipped))
-        updates = []
-        for module in self.modules.values():
-            module_grads = [grad_of.get(p) for p in module.params]
-            updates += module.getUpdates(cost, lr, module_grads, optim.OPTIMIZERS[optimizer])
-        finite = pt.isfinite(norm)
-        updates = [(var, pt.switch(finite, new, var)) for var, new in updates]
-        param_ids = {id(p) for p in self.params}
-        self.opt_state = [var for var, _ in updates if id(var) not in param_ids]
-        self._restore_opt_state()
-        return updates, norm
+    def training_updates(self, cost, grads, lr, optimizer, grad_clip):
+        """Every module's `getUpdates` with the trainable params' clipped `grads` and the
+        configured optimizer, all skipped when the gradient norm is not finite
+        (optim.guarded_updates). Registers the optimizer's state variables for checkpoints."""
+        def module_updates(clipped):
+            grad_of = dict(zip(self.trainable_params(), clipped))
+            return [u for module in self.modules.values() for u in module.getUpdates(
+                cost, lr, [grad_of.get(p) for p in module.params], optim.OPTIMIZERS[optimizer])]
 
-    def _dropout_update(self):
-        """The RNG update if the graph just built drew dropout masks, else nothing."""
-        return [(self.dropout_rng, self._rng_next)] if self._rng_next is not self.dropout_rng else []
+        updates, norm, self.opt_state = optim.guarded_updates(self.params, grads, grad_clip, module_updates)
+        if self._pending_opt_state or self.checkpoint_state.get("step"):  # else a fresh optimizer
+            checkpoint.restore_optimizer(self.opt_state, self._pending_opt_state, self.checkpoint_file)
+            self._pending_opt_state = {}
+        return updates, norm
 
     def compile_train(self, optimizer="adam", grad_clip=1.0):
         """The training step `f(src, tgt, lr) -> (loss, n_tokens, grad_norm)`.
@@ -284,39 +265,14 @@ class Model:
         def build():
             src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
             lr = pt.scalar("lr", dtype=layers.FLOATX)
-            self._rng_next = self.dropout_rng
+            self.dropout.begin()
             loss, n_tokens = self.loss(src, tgt, train=True)
             grads = pytensor.grad(loss, self.trainable_params())
-            updates, norm = self._updates(loss, grads, lr, optimizer, grad_clip)
+            updates, norm = self.training_updates(loss, grads, lr, optimizer, grad_clip)
             return pytensor.function([src, tgt, lr], [loss, n_tokens, norm],
-                                     updates=updates + self._dropout_update(), mode=self.mode)
+                                     updates=updates + self.dropout.updates(), mode=self.mode)
 
-        return self._compiled(("train", optimizer, grad_clip), build)
-
-    def compile_grad(self):
-        """Data-parallel half 1: `f(src, tgt) -> [summed nll, n_tokens, *gradients of the
-        summed nll]`, one gradient per trainable param, no parameter updates."""
-        def build():
-            src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
-            self._rng_next = self.dropout_rng
-            nll, mask = self.token_nll(src, tgt, train=True)
-            total = pt.sum(nll, dtype=layers.FLOATX)
-            outputs = [total, pt.sum(mask, dtype=layers.FLOATX), *pytensor.grad(total, self.trainable_params())]
-            return pytensor.function([src, tgt], outputs, updates=self._dropout_update(), mode=self.mode)
-
-        return self._compiled("grad", build)
-
-    def compile_apply(self, optimizer="adam", grad_clip=1.0):
-        """Data-parallel half 2: `f(lr, scale, *summed gradients) -> grad_norm` applies the
-        optimizer to scale * gradients (scale = 1 / global token count), as compile_train."""
-        def build():
-            lr = pt.scalar("lr", dtype=layers.FLOATX)
-            scale = pt.scalar("scale", dtype=layers.FLOATX)
-            grads = [p.type(f"grad.{p.name}") for p in self.trainable_params()]
-            updates, norm = self._updates(None, [g * scale for g in grads], lr, optimizer, grad_clip)
-            return pytensor.function([lr, scale, *grads], norm, updates=updates, mode=self.mode)
-
-        return self._compiled(("apply", optimizer, grad_clip), build)
+        return backend.cached(self.functions, ("train", optimizer, grad_clip), build)
 
     def compile_eval(self):
         """`f(src, tgt) -> (summed nll, n_tokens)` for validation, with no updates."""
@@ -326,7 +282,7 @@ class Model:
             outs = [pt.sum(nll, dtype=layers.FLOATX), pt.sum(mask, dtype=layers.FLOATX)]
             return pytensor.function([src, tgt], outs, mode=self.mode)
 
-        return self._compiled("eval", build)
+        return backend.cached(self.functions, "eval", build)
 
     def compile_attention(self):
         """`f(src, tgt) -> weights (Tt-1, Ts, B)`: the teacher-forced attention weights of
@@ -341,7 +297,7 @@ class Model:
             _, _, weights = self.decoder_states(self.modules["tgt_embed"](tgt[:-1]), tgt_mask, memory)
             return pytensor.function([src, tgt], weights, mode=self.mode)
 
-        return self._compiled("attention", build)
+        return backend.cached(self.functions, "attention", build)
 
     def decode(self, src, max_len=50, temperature=0.0, rng=None):
         """Greedy (temperature 0) or sampled decoding in one scan: ids (B, T) with PAD after EOS
@@ -352,107 +308,15 @@ class Model:
         """(f_init, f_next) for searches run step by step from Python; see decode.compile_step."""
         return decode.compile_step(self)
 
-    # ---- checkpoints ----------------------------------------------------------------------
+    # ---- checkpoints (checkpoint.py) ------------------------------------------------------
 
     def save(self, path, state=None):
         """Write params, optimizer state, config, vocabularies and a JSON-able `state` dict
-        (step counters, RNG state, ...) to an .npz, atomically: a crash leaves either the old
-        file or the new one, never a torn one."""
-        arrays = {f"param/{p.name}": p.get_value() for p in self.params}
-        arrays.update({f"opt/{v.name}": v.get_value() for v in self.opt_state})
-        for key, vocab in (("src_vocab", self.src_vocab), ("tgt_vocab", self.tgt_vocab)):
-            if vocab is not None:
-                arrays[key] = np.array(vocab.itos, dtype=str)
-                if vocab.spm is not None:  # the SentencePiece model travels with the checkpoint
-                    arrays[f"{key}_spm"] = np.frombuffer(vocab.spm, dtype=np.uint8)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "model_config": dataclasses.asdict(self.config),
-            "modules": {name: module_kind(mod) for name, mod in self.modules.items()},
-            "state": state or {},
-            "dropout_rng": self.dropout_rng.get_value(borrow=True).bit_generator.state,
-        }
-        arrays["meta"] = np.array(json.dumps(meta))
-        save_arrays(path, arrays)  # refuses NaN/inf weights: a diverged model never replaces a good file
+        (step counters, RNG state, ...) to an .npz, atomically; never with NaN/inf weights."""
+        checkpoint.save_model(self, path, state)
 
     @classmethod
     def load(cls, path, mode=backend.DEFAULT_MODE):
-        """Rebuild a Model from a checkpoint written by `save`. Never unpickles.
-
-        Returns the model; the saved `state` dict is `model.checkpoint_state`. Optimizer
-        state is restored when `compile_train` builds the optimizer.
-        """
-        arrays = read_arrays(path)
-        if "meta" not in arrays:
-            raise CheckpointError(f"{path}: not a checkpoint of this project (no 'meta' entry)")
-        try:
-            meta = json.loads(str(arrays["meta"]))
-            config = ModelConfig(**meta["model_config"])
-            if not isinstance(meta.get("state", {}), dict):
-                raise ValueError("its state is not a JSON object")
-        except (ValueError, TypeError, KeyError, AttributeError) as err:
-            raise CheckpointError(f"{path}: unreadable model config: {err}") from None
-        kinds = {int: int, float: (int, float), str: str, bool: bool}
-        for field in dataclasses.fields(config):
-            value, expected = getattr(config, field.name), kinds.get(field.type)
-            if expected and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
-                raise CheckpointError(f"{path}: model config {field.name}={value!r} is not a {field.type}")
-        try:
-            vocabs = [Vocab(arrays[k].tolist(), spm=arrays[f"{k}_spm"].tobytes() if f"{k}_spm" in arrays else None)
-                      if k in arrays else None for k in ("src_vocab", "tgt_vocab")]
-        except (ValueError, RuntimeError, TypeError) as err:
-            raise CheckpointError(f"{path}: unreadable vocabulary: {err}") from None
-        if meta.get("format_version", 1) > FORMAT_VERSION:
-            raise CheckpointError(f"{path}: format version {meta['format_version']} is newer than this code's "
-                                  f"({FORMAT_VERSION}); update the code")
-        for vocab, size, side in zip(vocabs, (config.src_vocab_size, config.tgt_vocab_size), ("src", "tgt")):
-            if vocab is not None and len(vocab) != size:
-                raise CheckpointError(f"{path}: the {side} vocabulary has {len(vocab)} entries, the model config {size}")
-        try:
-            model = cls(config, *vocabs, mode=mode)
-        except ValueError as err:  # e.g. a cell of the user's that cannot be imported here
-            raise CheckpointError(f"{path}: {err}") from None
-        saved_modules = meta.get("modules", {})
-        for name, module in model.modules.items():
-            saved = _OLD_KINDS.get(saved_modules.get(name), saved_modules.get(name))
-            if saved is not None and saved != module_kind(module):
-                raise CheckpointError(
-                    f"{path}: module {name!r} is a {saved} in the checkpoint but initModules() "
-                    f"builds a {module_kind(module)}"
-                )
-        restore(model.params, arrays, path, prefix="param/")
-        model._pending_opt_state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
-        model._checkpoint_file = path
-        model.checkpoint_state = meta.get("state", {})
-        if "dropout_rng" in meta:
-            generator = np.random.default_rng()
-            try:
-                generator.bit_generator.state = meta["dropout_rng"]
-            except (TypeError, ValueError, KeyError) as err:
-                raise CheckpointError(f"{path}: unreadable dropout RNG state ({err})") from None
-            model.dropout_rng.set_value(generator)
-        return model
-
-    def _restore_opt_state(self):
-        """Set the optimizer's state from the loaded checkpoint, checked as the params are. A
-        trained checkpoint without it is refused rather than resumed with a reset optimizer."""
-        pending, path = self._pending_opt_state, getattr(self, "_checkpoint_file", "checkpoint")
-        if not self.opt_state or (not pending and not self.checkpoint_state.get("step")):
-            return  # plain SGD has no state; a never-trained model starts its optimizer afresh
-        mapped = {}
-        for var in self.opt_state:
-            # Before getUpdates trained each module, one Adam step count served them all.
-            old = "adam.t" if var.name.startswith("adam.t.") and var.name not in pending else var.name
-            if old in pending:
-                mapped["opt/" + var.name] = pending[old]
-        restore(self.opt_state, mapped, path, prefix="opt/")
-        self._pending_opt_state = {}
-
-
-def module_kind(module):
-    """A module's class as checkpoints record it: `LSTM`, `AttentionDecoder(LSTM)`."""
-    inner = getattr(module, "cell", None)
-    return type(module).__name__ + (f"({type(inner).__name__})" if inner is not None else "")
-
-
-_OLD_KINDS = {"AttentionGRU": "AttentionDecoder(GRU)"}  # names in checkpoints of earlier versions
+        """The Model saved at `path`, never unpickling; its saved `state` dict is
+        `model.checkpoint_state`. Optimizer state is restored when `compile_train` builds it."""
+        return checkpoint.load_model(cls, ModelConfig, path, mode)

@@ -1,10 +1,13 @@
-"""Optimizers as functions that return update pairs `(shared, new_value)`.
+"""Optimizers as functions that return update pairs `(shared, new_value)`, the guard that
+skips a bad batch, and the learning-rate schedules.
 
 Each module's `getUpdates` calls one of these on its own params (layers.Module), with
 `owner` its name. An optimizer's state (Adam's moments, its step count) is every shared
 variable its updates write that is not a parameter; `Model` saves it by name
 (`adam.m.encoder.W`, `adam.t.encoder`), so resume is exact.
 """
+import math
+
 import numpy as np
 
 import backend  # noqa: F401
@@ -27,6 +30,18 @@ def clip_by_global_norm(grads, max_norm, norm=None):
         return list(grads), norm
     scale = pt.minimum(np.float32(1.0), np.float32(max_norm) / (norm + np.float32(1e-6)))
     return [g * scale for g in grads], norm
+
+
+def guarded_updates(params, grads, grad_clip, make_updates):
+    """Clip `grads` by global norm, ask `make_updates(clipped)` for the update pairs, and make
+    every one keep its variable as it is when the norm is not finite, so that a bad batch
+    never corrupts weights or optimizer state. Returns (updates, norm, state): `state` is
+    the updated variables that are not in `params`, the optimizer's, for checkpoints."""
+    clipped, norm = clip_by_global_norm(grads, grad_clip)
+    finite = pt.isfinite(norm)
+    updates = [(var, pt.switch(finite, new, var)) for var, new in make_updates(clipped)]
+    param_ids = {id(p) for p in params}
+    return updates, norm, [var for var, _ in updates if id(var) not in param_ids]
 
 
 def sgd(params, grads, lr, owner=None):
@@ -53,3 +68,14 @@ def adam(params, grads, lr, owner="all", beta1=0.9, beta2=0.999, eps=1e-8):
 
 
 OPTIMIZERS = {"sgd": sgd, "adam": adam}
+
+
+def decayed(start, finish, progress, shape="cosine"):
+    """A learning rate that goes from `start` at progress 0 to `finish` at progress 1 and stays
+    there: "cosine" (half a cosine wave), "exponential" (geometric) or "constant" (start)."""
+    progress = min(max(progress, 0.0), 1.0)
+    if shape == "cosine":
+        return finish + 0.5 * (1.0 + math.cos(math.pi * progress)) * (start - finish)
+    if shape == "exponential":
+        return start * (finish / start) ** progress
+    return start

@@ -27,6 +27,7 @@ import backend
 import distributed
 import layers
 import optim
+from attention import ATTENTIONS
 from checkpoint import CheckpointError, checkpoint_path
 from configurator import ConfigError, configure, require, setting
 from dataset import Batcher, DataError, dataset_dir, load_dataset
@@ -97,8 +98,8 @@ def check(cfg, mcfg):
     for name in ("embed_size", "hidden_size", "embed_init_std"):
         require(getattr(mcfg, name) > 0, f"{name}={getattr(mcfg, name)}: must be positive")
     require(mcfg.encoder_layers > 0, f"encoder_layers={mcfg.encoder_layers}: must be positive")
-    require(mcfg.attention in ("none", *layers.ATTENTIONS),
-            f"attention={mcfg.attention!r}: use one of none, {', '.join(layers.ATTENTIONS)}")
+    require(mcfg.attention in ("none", *ATTENTIONS),
+            f"attention={mcfg.attention!r}: use one of none, {', '.join(ATTENTIONS)}")
     try:
         cell = layers.cell_class(mcfg.cell)
     except ValueError as err:
@@ -136,8 +137,7 @@ def learning_rate(cfg, step, elapsed_s=0.0):
     progress = (step - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters)
     if cfg.max_minutes:
         progress = max(progress, elapsed_s / (60 * cfg.max_minutes))
-    progress = min(1.0, progress)
-    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+    return optim.decayed(cfg.learning_rate, cfg.min_lr, progress, "cosine")
 
 
 @dataclass

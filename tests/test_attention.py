@@ -3,11 +3,12 @@ import numpy as np
 import pytest
 
 import backend  # noqa: F401  (float32, before pytensor)
-import layers
 import pytensor
 import pytensor.tensor as pt
-from decode import beam_search
+from attention import ATTENTIONS
+from checkpoint import generator_state
 from dataset import make_batch
+from decode import beam_search
 from model import Model, ModelConfig
 from vocab import EOS_ID, PAD_ID
 
@@ -35,7 +36,7 @@ def random_pairs(n, seed, max_len=6):
 def test_attention_matches_numpy_and_masks_padding(kind):
     rng = np.random.default_rng(0)
     Ts, B, Hq, C = 5, 3, 4, 6
-    att = layers.ATTENTIONS[kind](Hq, C, 7, name="att", rng=rng)
+    att = ATTENTIONS[kind](Hq, C, 7, name="att", rng=rng)
     q, ann, mask = pt.matrix("q"), pt.tensor3("ann"), pt.matrix("mask")
     f = pytensor.function([q, ann, mask], att(q, att.keys(ann), ann, mask))
     query = rng.standard_normal((B, Hq)).astype("float32")
@@ -146,10 +147,10 @@ def test_dropout_is_training_only_and_saved(model, tmp_path):
     ev = dropped.compile_eval()
     assert float(ev(src, tgt)[0]) == float(ev(src, tgt)[0])  # no randomness at inference
     train = dropped.compile_train("sgd", 0.0)
-    state_before = dropped.dropout_rng.get_value().bit_generator.state
+    state_before = generator_state(dropped.dropout.rng)
     losses = [float(train(src, tgt, np.float32(0.0))[0]) for _ in range(2)]  # lr 0: same params
     assert losses[0] != losses[1]  # fresh dropout masks each step
-    assert dropped.dropout_rng.get_value().bit_generator.state != state_before
+    assert generator_state(dropped.dropout.rng) != state_before
     dropped.save(tmp_path / "d.npz")
     loaded = Model.load(tmp_path / "d.npz")
-    assert loaded.dropout_rng.get_value().bit_generator.state == dropped.dropout_rng.get_value().bit_generator.state
+    assert generator_state(loaded.dropout.rng) == generator_state(dropped.dropout.rng)
