@@ -75,7 +75,11 @@ def save_arrays(path, arrays):
     if bad:
         raise CheckpointError(f"{path}: not written: {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} "
                               "hold NaN or inf; the checkpoint already there, if any, is unchanged")
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    try:
+        atomic_write(path, lambda f: np.savez(f, **arrays))
+    except OSError as err:  # disk full, unwritable folder: the previous file is untouched
+        raise CheckpointError(f"cannot write {path} ({err.strerror or err}); "
+                              "the checkpoint already there, if any, is unchanged") from None
 
 
 def check_archive(path):

@@ -63,6 +63,28 @@ def write_meta(folder, src_vocab, tgt_vocab, **facts):
         json.dump(meta, f, ensure_ascii=False)
 
 
+# Facts of a prepared dataset that a resumed run must find unchanged (besides the vocabulary).
+PREPARE_FACTS = ("task", "tokenizer", "reverse_source", "unit", "max_len", "split", "within")
+
+
+def prepared_facts(meta):
+    """The PREPARE_FACTS a dataset's meta.json records (saved in every checkpoint)."""
+    return {k: meta[k] for k in PREPARE_FACTS if k in meta}
+
+
+def check_prepared_as(folder, meta, saved):
+    """DataError naming every prepare fact of `meta` that differs from a checkpoint's `saved`
+    data record: the dataset was re-prepared with other settings since the run began."""
+    now = prepared_facts(meta)
+    before = saved.get("prepared", now)
+    if "reverse_source" in saved:  # checkpoints of earlier versions
+        before = dict(before, reverse_source=saved["reverse_source"])
+    differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if differ:
+        raise DataError(f"{folder}: prepared with other settings than the run used: " + ", ".join(
+            f"{k} {before.get(k)!r} then, {now.get(k)!r} now" for k in differ))
+
+
 def read_bytes(folder, name):
     """The bytes of a file named in meta.json (a SentencePiece model), or None for no name."""
     if name is None:
@@ -74,8 +96,9 @@ def read_bytes(folder, name):
         raise DataError(f"{os.path.join(folder, name)}: {err.strerror}; re-run the dataset's prepare.py") from None
 
 
-def load_dataset(folder):
-    """(meta dict, src Vocab, tgt Vocab, {split: pairs}) of a prepared folder."""
+def load_dataset(folder, need=()):
+    """(meta dict, src Vocab, tgt Vocab, {split: pairs}) of a prepared folder; a DataError if
+    a split named in `need` holds no pairs."""
     path = os.path.join(folder, "meta.json")
     if not os.path.exists(path):
         raise DataError(f"{path}: missing; run {os.path.join(folder, 'prepare.py')} first")
@@ -93,6 +116,9 @@ def load_dataset(folder):
     except (ValueError, KeyError, TypeError, RuntimeError) as err:
         raise DataError(f"{path}: malformed meta.json ({err})") from None
     splits = {name: load_split(os.path.join(folder, f"{name}.npz")) for name in SPLITS}
+    for name in need:
+        if not splits[name]:
+            raise DataError(f"{folder}/{name}.npz: no pairs; training needs {name} pairs")
     for name, pairs in splits.items():
         for side, vocab in ((0, src_vocab), (1, tgt_vocab)):
             ids = [pair[side] for pair in pairs if len(pair[side])]

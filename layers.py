@@ -1,21 +1,14 @@
-"""Pluggable modules: GRU, LSTM, FF, Embedding, and the registry of cell names (attention is
-in attention.py).
+"""Pluggable modules: GRU, LSTM, FF, Embedding, Dropout, and the registry of cell names
+(attention is in attention.py). Time is axis 0 everywhere.
 
-Every module owns named shared variables (`encoder.W`, `decoder.U`, ...) and exposes
-`params` and `getUpdates(cost, lr)`, which is how training updates it (model.py): set
-`module.frozen = True` or `module.lr_scale = 0.1` in `initModules()` to freeze it or slow it.
-The recurrent cells split one step in two, so that the input matmul for every timestep runs
-once, outside the loop:
-
-    x_proj = cell.project(x)                          # (T, B, G*H), one matmul for all t
-    states = pytensor.scan(cell.recur, sequences=x_proj, outputs_info=...)
-
-`cell.step(x_t, *state)` does both halves for one timestep and can be handed to scan
-directly, as in the seed; `cell.scan(x_proj, mask)` is the batched, masked, fast path: the
-whole time loop as one op derived from the cell's own `recur` (recurrence.py), so a new
-cell, or a subclass that overrides `recur`, is fast and exact with no other code. A cell is
-a `Recurrent` subclass with `n_gates`, `n_states` and `recur`; `register_cell` gives it a
-name for `--cell`. Time is axis 0 everywhere.
+Every module owns named shared variables (`encoder.W`, `decoder.U`, ...) and exposes `params`
+and `getUpdates(cost, lr)`, which is how training updates it (`module.frozen = True` or
+`module.lr_scale = 0.1` in `initModules()` freeze it or slow it). A recurrent cell splits a
+step in two, `x_proj = cell.project(x)` (one matmul for every timestep, outside the loop) and
+`cell.recur(x_proj_t, *state)`; `cell.step(x_t, *state)` does both, for `pytensor.scan` as in
+the seed. `cell.scan(x_proj, mask)` runs the masked loop as one op derived from the cell's own
+`recur` (recurrence.py), so a new cell, or a subclass that overrides `recur`, is fast and
+exact with no other code. `register_cell` names a cell for `--cell`.
 """
 import importlib
 
@@ -83,12 +76,9 @@ def _widths(inputSize):
 
 
 def _affine(inputs, widths, W, b):
-    """`concat(inputs) @ W + b` without building the concatenation.
-
-    The inputs' leading shapes may differ and broadcast, e.g. (T, B, E) and (B, C): that is
-    how a per-sequence context is fed to every timestep at the cost of one (B, C) matmul.
-    One input of the full width is always accepted.
-    """
+    """`concat(inputs) @ W + b` without building the concatenation. The inputs' leading shapes
+    may broadcast, e.g. (T, B, E) and (B, C): a per-sequence context fed to every timestep
+    costs one (B, C) matmul. One input of the full width is always accepted."""
     if len(inputs) == 1:
         widths = [sum(widths)]
     if len(inputs) != len(widths):
@@ -107,13 +97,8 @@ class FF(Module):
     "linear"/None. With `inputSize` a list of widths, `ff(a, b)` means `ff(concat(a, b))`.
     """
 
-    ACTIVATIONS = {
-        "tanh": pt.tanh,
-        "sigmoid": pt.sigmoid,
-        "relu": lambda x: pt.maximum(x, 0),
-        "linear": lambda x: x,
-        None: lambda x: x,
-    }
+    ACTIVATIONS = {"tanh": pt.tanh, "sigmoid": pt.sigmoid, "relu": lambda x: pt.maximum(x, 0),
+                   "linear": lambda x: x, None: lambda x: x}
 
     def __init__(self, inputSize, outputSize, activation="tanh", name="ff", rng=None):
         super().__init__(name)
@@ -199,11 +184,9 @@ class Recurrent(Module):
         self.b = self.add_param("b", np.zeros(G * H))
 
     def project(self, *inputs):
-        """Input projection for every timestep in one matmul: (T, B, I) -> (T, B, G*H).
-
-        With `inputSize` a list of widths, several inputs are treated as their concatenation
-        and may broadcast: the decoder passes (T, B, E) embeddings and a (B, C) context.
-        """
+        """Input projection for every timestep in one matmul: (T, B, I) -> (T, B, G*H). With
+        `inputSize` a list of widths, several inputs act as their concatenation and may
+        broadcast: the decoder passes (T, B, E) embeddings and a (B, C) context."""
         return _affine(inputs, self.widths, self.W, self.b)
 
     def step(self, x_t, *state):
@@ -222,14 +205,12 @@ class Recurrent(Module):
         return self.initial_state(pt.zeros((batch_size, self.hiddenSize), dtype=FLOATX))
 
     def scan(self, x_proj, mask, init=None, go_backwards=False, mode=backend.DEFAULT_MODE):
-        """Run over a padded batch. Returns the list of state sequences, each (T, B, H).
+        """Run over a padded batch: the list of state sequences, each (T, B, H).
 
         x_proj: (T, B, G*H) from `project`; mask: (T, B) float, 1 for real steps, 0 for
-        padding. A padded step carries the previous state through unchanged, so the state at
-        t = T-1 is the state after each sequence's last real token. Backwards, states come
-        out in the order computed, as scan's go_backwards gives them. `mode` is a name in
-        backend.MODES.
-        """
+        padding. A padded step carries the state through unchanged, so the state at T-1 is
+        the state after each sequence's last real token. Backwards, states come out in the
+        order computed, as scan's go_backwards gives them. `mode` is in backend.MODES."""
         init = list(init) if init is not None else self.zeros(x_proj.shape[1])
         if go_backwards:
             x_proj, mask = x_proj[::-1], mask[::-1]

@@ -61,6 +61,16 @@ class RunFolder:
         return None
 
 
+    def clear(self):
+        """Remove the checkpoints and log of the run here (a scratch run with --overwrite),
+        leaving an empty log.jsonl."""
+        for name in os.listdir(self.path):
+            path = os.path.join(self.path, name)
+            if os.path.isfile(path) and (name == "log.jsonl" or (name.startswith("ckpt_") and name.endswith(".npz"))):
+                os.remove(path)
+        write_log(os.path.join(self.path, "log.jsonl"), [])
+
+
 def read_log(path, upto=None):
     """The rows of log.jsonl (none if it does not exist). A last line cut short by a crash is
     dropped; any other bad line is an error naming it. With `upto`, rows after that step

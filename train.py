@@ -30,7 +30,7 @@ import optim
 from attention import ATTENTIONS
 from checkpoint import CheckpointError, checkpoint_path
 from configurator import ConfigError, configure, require, setting
-from dataset import Batcher, DataError, dataset_dir, load_dataset
+from dataset import Batcher, DataError, check_prepared_as, dataset_dir, load_dataset, prepared_facts
 from evaluate import read_references, validation_metrics
 from model import Model, ModelConfig, approx_param_count
 from runs import RunError, RunFolder, append_log, keep_snapshots, plot_log, read_log, run_dir, write_log
@@ -38,14 +38,6 @@ from sample import print_val_samples
 
 # With skip_nonfinite, this many non-finite batches in a row mean the model has diverged.
 MAX_SKIPPED_IN_A_ROW = 20
-# Facts of a prepared dataset that a resumed run must find unchanged (besides the vocabulary).
-PREPARE_FACTS = ("task", "tokenizer", "reverse_source", "unit", "max_len", "split", "within")
-
-
-def prepared_facts(meta):
-    """The PREPARE_FACTS a dataset's meta.json records."""
-    return {k: meta[k] for k in PREPARE_FACTS if k in meta}
-
 
 @dataclass
 class TrainConfig:
@@ -184,23 +176,13 @@ def init_or_resume(cfg, mcfg, explicit, comm):
                        "or replace it with --overwrite=true")
 
     data_dir = dataset_dir(cfg.dataset)
-    meta, src_vocab, tgt_vocab, splits = load_dataset(data_dir)
-    for name in ("train", "val"):
-        if not splits[name]:
-            raise DataError(f"{data_dir}/{name}.npz: no pairs; training needs {name} pairs")
+    meta, src_vocab, tgt_vocab, splits = load_dataset(data_dir, need=("train", "val"))
     references = read_references(data_dir, "val", len(splits["val"])) if meta.get("bleu") else None
-    prepared = prepared_facts(meta)
     if cfg.init_from == "resume":
         if model.tgt_vocab != tgt_vocab or model.src_vocab != src_vocab:
             raise DataError(f"{data_dir}: its vocabulary differs from the checkpoint's; "
                             "re-run its prepare.py with the settings the run used")
-        before = model.checkpoint_state.get("data", {}).get("prepared", prepared)
-        if "reverse_source" in model.checkpoint_state.get("data", {}):  # checkpoints of earlier versions
-            before = dict(before, reverse_source=model.checkpoint_state["data"]["reverse_source"])
-        differ = sorted(k for k in set(before) | set(prepared) if before.get(k) != prepared.get(k))
-        if differ:
-            raise DataError(f"{data_dir}: prepared with other settings than the run used: " + ", ".join(
-                f"{k} {before.get(k)!r} then, {prepared.get(k)!r} now" for k in differ))
+        check_prepared_as(data_dir, meta, model.checkpoint_state.get("data", {}))
         if is_root:
             log = os.path.join(cfg.out_dir, "log.jsonl")
             write_log(log, read_log(log, upto=state.step))  # evaluations after the checkpoint would repeat
@@ -210,18 +192,10 @@ def init_or_resume(cfg, mcfg, explicit, comm):
         model = Model(mcfg, src_vocab, tgt_vocab, mode=cfg.mode)
         state = TrainState()
         if is_root:
-            for name in os.listdir(cfg.out_dir):  # --overwrite: the old run's files go now
-                path = os.path.join(cfg.out_dir, name)
-                if os.path.isfile(path) and (name == "log.jsonl" or (name.startswith("ckpt_") and name.endswith(".npz"))):
-                    os.remove(path)
-            write_log(os.path.join(cfg.out_dir, "log.jsonl"), [])
-    poison = os.environ.get("SEQ2SEQ_TEST_POISON")  # fault injection for tests: "param:row" set to NaN
-    if poison:
-        name, row = poison.split(":")
-        param = next(p for p in model.params if p.name == name)
-        value = param.get_value()
-        value[int(row)] = np.nan
-        param.set_value(value)
+            folder.clear()  # --overwrite: the old run's checkpoints and log go now
+    if os.environ.get("SEQ2SEQ_TEST_POISON"):  # fault injection for tests: "param:row" set to NaN
+        name, row = os.environ["SEQ2SEQ_TEST_POISON"].split(":")
+        next(p for p in model.params if p.name == name).get_value(borrow=True)[int(row)] = np.nan
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     return Run(cfg, model, state, meta, splits, references, comm, folder, run_id)
 
@@ -250,11 +224,7 @@ def save(run, name):
     state["train_config"] = dataclasses.asdict(run.cfg)
     state["data"] = {"dataset": run.cfg.dataset, "reverse_source": bool(run.meta.get("reverse_source")),
                      "prepared": prepared_facts(run.meta)}
-    try:
-        run.model.save(path, state)
-    except OSError as err:  # disk full, unwritable folder: the previous file is untouched
-        raise CheckpointError(f"cannot write {path} ({err.strerror or err}); "
-                              "the checkpoint already there, if any, is unchanged") from None
+    run.model.save(path, state)
 
 
 def evaluate_and_checkpoint(run, row):
