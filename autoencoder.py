@@ -24,6 +24,7 @@ import backend
 import checkpoint
 import optim
 from autoencoder_model import AutoencoderModel, check_sequences, pad
+
 FORMAT_VERSION = 1
 SETTINGS = ("input_dim", "output_dim", "layer_sizes", "symmetric", "keep_prob", "lrtype",
             "lrargs", "grad_clip", "seed", "mode")

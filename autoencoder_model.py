@@ -188,7 +188,7 @@ class AutoencoderModel:
             updates, norm, self.opt_state = optim.guarded_updates(
                 self.params, grads, self.settings["grad_clip"], lambda clipped: optim.adam(self.params, clipped, lr))
             if pending_opt_state:
-                checkpoint.restore_optimizer(self.opt_state, pending_opt_state, path)
+                checkpoint.restore_optimizer(self.opt_state, pending_opt_state, f"{path}: optimizer.npz", prefix="")
             return pytensor.function([x, x_mask, y, y_mask, lr], [loss, mse, stop_loss, norm],
                                      updates=updates + self.dropout.updates(), mode=self.mode)
 

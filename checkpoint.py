@@ -151,7 +151,7 @@ def set_generator_state(shared_rng, state):
     shared_rng.set_value(generator)
 
 
-def restore_optimizer(variables, saved, path):
+def restore_optimizer(variables, saved, path, prefix="opt/"):
     """Set the optimizer's state variables from a checkpoint's `saved` {name: array}, checked
     as params are; a variable missing from it is refused rather than reset. Adam step counts
     saved as one `adam.t` (before each module's getUpdates had its own) fill every `adam.t.*`."""
@@ -159,8 +159,8 @@ def restore_optimizer(variables, saved, path):
     for var in variables:
         old = "adam.t" if var.name.startswith("adam.t.") and var.name not in saved else var.name
         if old in saved:
-            mapped[var.name] = saved[old]
-    restore(variables, mapped, path, prefix="")
+            mapped[prefix + var.name] = saved[old]
+    restore(variables, mapped, path, prefix=prefix)
 
 
 # ---- zips of named members (the autoencoder's seed-compatible file) --------------------

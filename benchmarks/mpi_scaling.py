@@ -7,9 +7,10 @@ Measures, on the default KJV model (one BLAS thread per rank, global batch 64 * 
 64 pairs per rank, the way a cluster run grows its batch):
 - target tokens/s with 1 rank and with 2 ranks (`mpiexec -n 2 python train.py ...`), and of
   one plain process with 2 BLAS threads, the way `python train.py` uses this machine;
-- bytes all-reduced per step (one float32 per parameter plus 3) and compute seconds per step,
-  for the default model and for the benchmark model of the performance issue (embedding 256,
-  hidden 512, vocabulary 10,000);
+- bytes all-reduced per step (one float32 per parameter plus 3) and compute seconds per step
+  on one thread, for the default model (from the 1-rank run) and for the benchmark model of
+  benchmarks/bench_train.py (embedding 256, hidden 512, vocabulary 10,000; measured here with
+  `bench_train.py --impls=pytensor --threads=1`);
 and predicts the efficiency of N ranks on a network of bandwidth W with a ring all-reduce,
 which moves 2 (N - 1) / N times the buffer through each link in 2 (N - 1) messages:
 
@@ -53,6 +54,16 @@ def measure(ranks, steps, out_dir, threads="1"):
     return last["tokens_per_s"]
 
 
+def bench_step_seconds(steps):
+    """Median training s/step of bench_train.py's model (ours, Cho's GRU) on one thread."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "bench.json")
+        subprocess.run([sys.executable, "benchmarks/bench_train.py", "--impls=pytensor", "--threads=1", "--rounds=1",
+                        f"--steps={steps}", "--decode_reps=1", f"--out={out}"], cwd=ROOT, check=True, capture_output=True)
+        with open(out) as f:
+            return json.load(f)["results"]["pytensor"]["train_s_per_step"]
+
+
 def efficiency(t_compute, n_bytes, ranks, bandwidth, latency):
     t_comm = 2 * (ranks - 1) / ranks * n_bytes / bandwidth + 2 * (ranks - 1) * latency
     return t_compute / (t_compute + t_comm)
@@ -61,14 +72,14 @@ def efficiency(t_compute, n_bytes, ranks, bandwidth, latency):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40, help="steps per run (the second half is timed)")
-    ap.add_argument("--bench_s_per_step", type=float, default=1.2,
-                    help="compute s/step of the benchmark model (measured in the performance issue)")
+    ap.add_argument("--bench_steps", type=int, default=8, help="timed steps of the benchmark model")
     ap.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "mpi_scaling.json"))
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tok_1 = measure(1, args.steps, os.path.join(tmp, "r1"))
         tok_2 = measure(2, args.steps, os.path.join(tmp, "r2"))
         tok_1x2 = measure(1, args.steps, os.path.join(tmp, "r1t2"), threads="2")
+    bench_s = bench_step_seconds(args.bench_steps)
     from dataset import load_split
 
     train = load_split(os.path.join(ROOT, "data", "kjv", "train.npz"))
@@ -78,7 +89,7 @@ def main(argv=None):
         "default (E 128, H 256, V 6,000)": (n_params(src_vocab_size=6000, tgt_vocab_size=6000), default_s),
         "benchmark (E 256, H 512, V 10,000)": (
             n_params(embed_size=256, hidden_size=512, src_vocab_size=10000, tgt_vocab_size=10000),
-            args.bench_s_per_step),
+            bench_s),
     }
     rows = []
     for name, (params, t_compute) in models.items():

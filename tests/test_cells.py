@@ -9,9 +9,10 @@ import backend
 import layers
 import pytensor
 import pytensor.tensor as pt
-from decode import beam_search
+from checkpoint import CheckpointError
 from configurator import ConfigError
-from model import CheckpointError, Model, ModelConfig
+from decode import beam_search
+from model import Model, ModelConfig
 from recurrence import StepGraph
 from train import TrainConfig, check
 from vocab import BOS_ID, EOS_ID, PAD_ID
