@@ -39,6 +39,7 @@ from sample import print_val_samples
 # With skip_nonfinite, this many non-finite batches in a row mean the model has diverged.
 MAX_SKIPPED_IN_A_ROW = 20
 
+
 @dataclass
 class TrainConfig:
     dataset: str = setting("kjv", "a folder under data/ written by its prepare.py, or a path")
