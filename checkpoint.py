@@ -177,8 +177,13 @@ def npz_arrays(data, what):
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             return {key: arrays[key] for key in arrays.files}
-    except Exception as err:  # pickled objects, truncation, garbage
-        raise CheckpointError(f"{what} refused ({err})") from None
+    except ValueError as err:
+        if "allow_pickle" in str(err) or "Object arrays" in str(err):
+            raise CheckpointError(f"{what} refused: it holds Python objects (pickled data), which this "
+                                  "project never writes") from None
+        raise CheckpointError(f"{what} refused (damaged array data: {err})") from None
+    except Exception as err:  # truncation, garbage
+        raise CheckpointError(f"{what} refused (truncated or damaged: {err})") from None
 
 
 def save_zip(path, members):
