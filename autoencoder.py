@@ -316,7 +316,10 @@ def read_archive(path):
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise ArchiveError(f"{path}: {name} is not valid JSON ({err})") from None
         for name in ("params.npz", "optimizer.npz"):
-            saved[name[:-4]] = checkpoint.npz_arrays(raw[name], f"{path}: {name}")
+            try:
+                saved[name[:-4]] = checkpoint.load_npz(raw[name])
+            except checkpoint.CheckpointError as err:
+                raise ArchiveError(f"{path}: {name} refused ({err})") from None
     except checkpoint.CheckpointError as err:
         raise ArchiveError(str(err)) from None
     settings = saved["settings"]

@@ -7,7 +7,7 @@ Shared by model.Model (.npz) and the autoencoder (its seed-compatible .zip):
     read_arrays(path)              {name: array}; errors say what is wrong with the file
     restore(variables, arrays, path, prefix)   shape-, dtype- and finiteness-checked set_value
     restore_optimizer(variables, saved, path)  the same for an optimizer's state
-    save_zip / read_zip / npz_bytes / npz_arrays   the autoencoder's zip of named members
+    save_zip / read_zip / npz_bytes / load_npz     the autoencoder's zip of named members
     save_model / load_model        Model.save and Model.load: the .npz layout of a Model
 
 A crash leaves the old file or the new one, never a torn one. Errors are CheckpointError with
@@ -105,19 +105,27 @@ def check_archive(path):
         seen.add(name)
 
 
-def read_arrays(path):
-    """All arrays of an .npz as a dict, never unpickling; errors say what is wrong."""
-    check_archive(path)
+def load_npz(source):
+    """{name: array} of an .npz (a path or bytes), never unpickling. A CheckpointError says
+    what is wrong without naming the file; the callers add that."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(io.BytesIO(source) if isinstance(source, bytes) else source, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
     except ValueError as err:
         if "allow_pickle" in str(err) or "Object arrays" in str(err):
-            raise CheckpointError(f"{path}: holds Python objects (pickled data), which this project never "
-                                  "writes; refused") from None
-        raise CheckpointError(f"{path}: damaged array data ({err})") from None
+            raise CheckpointError("holds Python objects (pickled data), which this project never writes") from None
+        raise CheckpointError(f"damaged array data ({err})") from None
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as err:
-        raise CheckpointError(f"{path}: truncated or damaged ({err})") from None
+        raise CheckpointError(f"truncated or damaged ({err})") from None
+
+
+def read_arrays(path):
+    """All arrays of an .npz checkpoint as a dict, never unpickling; errors say what is wrong."""
+    check_archive(path)
+    try:
+        return load_npz(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}; refused") from None
 
 
 def restore(variables, arrays, path, prefix="param/"):
@@ -170,20 +178,6 @@ def npz_bytes(arrays):
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
-
-
-def npz_arrays(data, what):
-    """{name: array} from .npz bytes, never unpickling; `what` names them in errors."""
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-            return {key: arrays[key] for key in arrays.files}
-    except ValueError as err:
-        if "allow_pickle" in str(err) or "Object arrays" in str(err):
-            raise CheckpointError(f"{what} refused: it holds Python objects (pickled data), which this "
-                                  "project never writes") from None
-        raise CheckpointError(f"{what} refused (damaged array data: {err})") from None
-    except Exception as err:  # truncation, garbage
-        raise CheckpointError(f"{what} refused (truncated or damaged: {err})") from None
 
 
 def save_zip(path, members):
