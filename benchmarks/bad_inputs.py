@@ -115,7 +115,8 @@ def damaged_ckpt(name, edit):
     return args
 
 
-def damaged_data(name, edit, script="train"):
+def damaged_data(name, edit):
+    """train.py on a copy of the prepared data edited by edit(folder)."""
     def args(p):
         folder = os.path.join(p["tmp"], "data-" + name)
         copy_with(p["data"], folder, edit)
@@ -125,6 +126,7 @@ def damaged_data(name, edit, script="train"):
 
 
 def damaged_log(name, edit):
+    """train.py resuming a copy of G whose log.jsonl is edited by edit(path)."""
     def args(p):
         folder = os.path.join(p["tmp"], "log-" + name)
         copy_with(p["G"], folder, lambda d: edit(os.path.join(d, "log.jsonl")))
