@@ -4,7 +4,10 @@ that lets any cell of layers.py read an attention context. Registered by name in
 """
 import numpy as np
 
+import backend
+import pytensor
 import pytensor.tensor as pt
+import recurrence
 from layers import Module, _glorot, _uniform
 
 
@@ -17,6 +20,14 @@ def masked_softmax(scores, mask):
     top = pt.max(pt.where(real, scores, np.float32(-1e30)), axis=0, keepdims=True)  # (1, B)
     weights = pt.exp(pt.where(real, scores - top, np.float32(-80.0))) * mask  # (Ts, B)
     return weights / pt.maximum(pt.sum(weights, axis=0, keepdims=True), np.float32(1e-30))
+
+
+def batched_vector_matrix(rows, matrices):
+    """rows (B, k), matrices (B, k, n) -> (B, n): rows[b] @ matrices[b], as one batched
+    matmul with the matrices on the right. Where the matrices are the encoder's memory, the
+    attention decoder's loop lays them out once, and their gradient is one batched matmul
+    after the loop (recurrence.py) instead of a (Ts, B, C) product at every step."""
+    return pt.matmul(rows[:, None, :], matrices)[:, 0, :]  # (B, 1, k) @ (B, k, n)
 
 
 class Attention(Module):
@@ -49,7 +60,8 @@ class Attention(Module):
     def __call__(self, query, keys, annotations, src_mask):
         """query (B, Hq), keys (Ts, B, A), annotations (Ts, B, C), src_mask (Ts, B)."""
         weights = masked_softmax(self.scores(query, keys), src_mask)  # (Ts, B)
-        return pt.sum(weights[:, :, None] * annotations, axis=0), weights  # (B, C), (Ts, B)
+        ctx = batched_vector_matrix(weights.T, annotations.dimshuffle(1, 0, 2))  # (B, Ts) @ (B, Ts, C)
+        return ctx, weights  # (B, C), (Ts, B)
 
 
 class LuongAttention(Attention):
@@ -67,7 +79,7 @@ class LuongAttention(Attention):
         return annotations  # (Ts, B, C)
 
     def scores(self, query, keys):
-        return pt.sum(keys * pt.dot(query, self.W)[None], axis=2)  # (Ts, B)
+        return batched_vector_matrix(pt.dot(query, self.W), keys.dimshuffle(1, 2, 0)).T  # (B, C) @ (B, C, Ts) -> (Ts, B)
 
 
 ATTENTIONS = {"bahdanau": Attention, "luong": LuongAttention}
@@ -82,8 +94,10 @@ class AttentionDecoder(Module):
     The cell keeps its own `recur` and state ([h, c] for the LSTM); the context enters its
     input projection through W_c (C, n_gates * H). `project(x)` is the part computed for
     every timestep outside the loop; `attend(x_proj_t, *state, keys, annotations, src_mask)`
-    is one step and returns (new state list, ctx_t, weights_t). The cell and the attention
-    module are children: their params are this module's, named `<cell>.W`, `<cell>.Wc`, ...
+    is one step and returns (new state list, ctx_t, weights_t); `scan` runs the whole masked
+    loop, as one op derived from `attend` (recurrence.py) unless the cell has `fused=False`.
+    The cell and the attention module are children: their params are this module's, named
+    `<cell>.W`, `<cell>.Wc`, ...
     """
 
     def __init__(self, cell, contextSize, attention, rng=None):
@@ -109,3 +123,44 @@ class AttentionDecoder(Module):
         ctx, weights = self.attention(state[0], keys, annotations, src_mask)
         new = self.cell.recur(x_t + pt.dot(ctx, self.Wc), *state)
         return (list(new) if isinstance(new, (list, tuple)) else [new]), ctx, weights
+
+    # attend_step(x_proj_t, *state, keys, annotations, src_mask): attend as one flat list,
+    # [*new state, ctx_t, weights_t], the form recurrence.step_loop and scan take.
+    def attend_step(self, x_t, *args):
+        new, ctx, weights = self.attend(x_t, *args)
+        return [*new, ctx, weights]
+
+    def scan(self, x_proj, mask, init, memory, mode=backend.DEFAULT_MODE):
+        """Teacher-forced loop over x_proj (T, B, G*H) with `mask` (T, B), from the state list
+        `init`, reading `memory` = [keys, annotations, src_mask]. Returns (state sequences,
+        each (T, B, H_k); contexts (T, B, C); attention weights (T, Ts, B)). A padded step
+        carries the state through; its context and weights are computed all the same."""
+        n = self.n_states
+        unique = list(dict.fromkeys(memory))  # Luong's keys are the annotations themselves
+        positions = [unique.index(v) for v in memory]
+
+        def step(x_t, *args):  # one variable per distinct memory entry, as the loop passes them
+            prev, mem = args[:n], args[n:]
+            return self.attend_step(x_t, *prev, *(mem[i] for i in positions))
+
+        out = None
+        if self.cell.fused:
+            out = recurrence.step_loop(self, step, n, x_proj, mask, init, unique, n_extra=2, mode=mode,
+                                       key=("attend_step", tuple(positions)))
+        if out is None:
+            out = self._scan(step, x_proj, mask, init, unique, mode)
+        return out[:n], out[n], out[n + 1]
+
+    def _scan(self, step, x_proj, mask, init, memory, mode):
+        """The same loop under pytensor.scan: the reference the fused loop is tested against."""
+        n = self.n_states
+
+        # scan's order: sequences (x_proj_t, m_t), the previous state, non-sequences (memory).
+        def masked_step(x_t, m_t, *args):
+            out = step(x_t, *args)
+            m = m_t[:, None]  # (B, 1)
+            return [*(m * s + (1.0 - m) * p for s, p in zip(out[:n], args[:n])), *out[n:]]
+
+        return pytensor.scan(masked_step, sequences=[x_proj, mask], outputs_info=[*init, None, None],
+                             non_sequences=memory, name=f"{self.name}.scan", return_updates=False,
+                             mode=backend.compile_mode(mode), return_list=True)

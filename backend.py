@@ -37,7 +37,8 @@ import functools  # noqa: E402
 import pytensor.scalar.basic as scalar_ops  # noqa: E402
 from pytensor.graph.rewriting.basic import in2out, node_rewriter  # noqa: E402
 from pytensor.link.vm import VMLinker  # noqa: E402
-from pytensor.tensor.elemwise import Elemwise  # noqa: E402
+from pytensor.tensor.elemwise import CAReduce, Elemwise  # noqa: E402
+from pytensor.tensor.math import Dot  # noqa: E402
 
 if pytensor.config.floatX != "float32":
     raise RuntimeError(
@@ -82,7 +83,20 @@ def compile_mode(name=DEFAULT_MODE):
     # in-place elementwise rewrites: with a buffer reused per op (below) they saved no time,
     # and cost a third of a cached compile.
     mode = base.excluding("gemm_optimizer", "fusion", "add_mul_fusion", "inplace_elemwise")
+    mode = mode.register((in2out(_outer_product_as_mul, name="outer_product_as_mul"), 1.6))
     return mode.register((in2out(_binary_add_mul, name="binary_add_mul"), 49.1))
+
+
+@node_rewriter([Dot])
+def _outer_product_as_mul(fgraph, node):
+    """(m, 1) @ (1, n) -> (m, 1) * (1, n). Gradients of matrix-vector products make such
+    dots (attention's scores against `v`); as a BLAS call with k = 1 (or PyTensor's Ger) it
+    took 2.4-3 ms for (1920 x 512), as one numpy multiply 0.4 ms."""
+    x, y = node.inputs
+    if x.type.ndim == 2 and y.type.ndim == 2 and x.type.broadcastable[1] and y.type.broadcastable[0]:
+        out = x * y
+        return [out] if out.type == node.outputs[0].type else None
+    return None
 
 
 @node_rewriter([Elemwise])
@@ -109,7 +123,10 @@ def _binary_add_mul(fgraph, node):
 # it destroy: a fresh 77 MB (T, B, V) array per call cost more than the addition itself.
 # Overflow in exp and the like gives inf or NaN silently, as the C code does: the non-finite
 # guards in training check for them.
-# Reductions keep their C code: their Python fallback is slower.
+# Sums over the last (contiguous) axis run as one numpy reduction with the same float64
+# accumulator: PyTensor's C loop took 6.6 ms for a (30, 64, 1024) sum over axis 2 against
+# numpy's 1.0 ms, and 70 ms against 12 for (1920, 10000) over axis 1. Other reductions keep
+# their C code, which is faster over leading axes (0.3 against 0.7 ms).
 
 
 _IN_PROJECT_LINKER = contextvars.ContextVar("in_project_linker", default=False)
@@ -134,10 +151,19 @@ def _python_when(cls, use_python):
         if impl is None and _IN_PROJECT_LINKER.get() and use_python(node):
             if _single_ufunc(node):
                 return _ufunc_thunk(node, storage_map, compute_map)
+            if isinstance(node.op, CAReduce):
+                return _sum_thunk(node, storage_map, compute_map)
             impl = "py"
         return original(self, node, storage_map, compute_map, no_recycling, impl=impl)
 
     cls.make_thunk = make_thunk
+
+
+def _sums_last_axis(node):
+    op = node.op
+    axes = range(node.inputs[0].type.ndim) if op.axis is None else op.axis
+    return (isinstance(op.scalar_op, scalar_ops.Add) and node.inputs[0].type.ndim > 0
+            and node.inputs[0].type.ndim - 1 in axes)
 
 
 def _one_numpy_ufunc(node):
@@ -159,6 +185,8 @@ def _ufunc_thunk(node, storage_map, compute_map):
     reuse theirs). Small tensors are most of a small model's ops, so this stays lean."""
     ufunc, destroyed = node.op.nfunc, node.op.inplace_pattern.get(0)
     dtype = np.dtype(node.outputs[0].dtype)
+    if isinstance(node.op.scalar_op, Sigmoid) and dtype == np.float32 and node.inputs[0].dtype == "float32":
+        ufunc = _sigmoid
     inputs, output = [storage_map[v] for v in node.inputs], storage_map[node.outputs[0]]
     done = compute_map[node.outputs[0]] if compute_map is not None else None
     last_shapes = [None]
@@ -183,11 +211,39 @@ def _ufunc_thunk(node, storage_map, compute_map):
     return thunk
 
 
+def _sigmoid(x, out, casting=None):
+    """The logistic function as 0.5 * tanh(0.5 x) + 0.5 (kernels.py's GRU does the same):
+    numpy's float32 tanh is vectorised, scipy's expit is not (0.06 against 0.39 ms for a
+    (64, 1536) gate block, every step of an LSTM)."""
+    np.multiply(x, np.float32(0.5), out=out)
+    np.tanh(out, out=out)
+    np.multiply(out, np.float32(0.5), out=out)
+    return np.add(out, np.float32(0.5), out=out)
+
+
+def _sum_thunk(node, storage_map, compute_map):
+    """numpy's sum of the input over the op's axes, accumulated in the op's dtype."""
+    op, (x,), (out,) = node.op, node.inputs, node.outputs
+    axis = None if op.axis is None else tuple(op.axis)
+    acc, dtype = op.acc_dtype or out.dtype, np.dtype(out.dtype)
+    inputs, output = [storage_map[x]], storage_map[out]
+    done = compute_map[out] if compute_map is not None else None
+
+    def thunk():
+        output[0] = np.asarray(np.add.reduce(inputs[0][0], axis=axis, dtype=acc), dtype=dtype)
+        if done is not None:
+            done[0] = True
+
+    thunk.inputs, thunk.outputs, thunk.lazy = inputs, [output], False
+    return thunk
+
+
 import numpy as np  # noqa: E402
 from pytensor.raise_op import Assert  # noqa: E402
 
 warnings.filterwarnings("ignore", category=RuntimeWarning, module=__name__)
 from pytensor.scalar.basic import Composite  # noqa: E402
+from pytensor.scalar.math import Sigmoid  # noqa: E402
 from pytensor.tensor.basic import Alloc, AllocEmpty, ARange, MakeVector, ScalarFromTensor  # noqa: E402
 from pytensor.tensor.shape import Reshape, Shape, Shape_i, SpecifyShape  # noqa: E402
 from pytensor.tensor.subtensor import AdvancedSubtensor1, IncSubtensor, Subtensor  # noqa: E402
@@ -198,3 +254,4 @@ _PYTHON_OPS = (Shape, Shape_i, Reshape, SpecifyShape, MakeVector, ScalarFromTens
 for _cls in _PYTHON_OPS:
     _python_when(_cls, lambda node: True)
 _python_when(Elemwise, _one_numpy_ufunc)
+_python_when(CAReduce, _sums_last_axis)

@@ -165,7 +165,7 @@ class Recurrent(Module):
     Subclasses set `n_gates` (the projection is (T, B, n_gates * H)) and `n_states`, and
     define `recur(x_proj_t, *state)`, which returns the new state: one tensor for the GRU, a
     list [h, c] for the LSTM. The first state is h, the one the rest of the model reads.
-    `fused=False` runs the loop under pytensor.scan instead of recurrence.CellLoop.
+    `fused=False` runs the loop under pytensor.scan instead of recurrence.StepLoop.
     """
 
     n_gates = 1

@@ -186,28 +186,8 @@ class Model:
         if not self.attentive:
             x_proj = dec.project(emb, memory["c"])  # (T, B, G*H); c broadcast over T
             return dec.scan(x_proj, tgt_mask, init=init, mode=self.mode_name)[0], memory["c"], None
-        n = len(init)
-        attended = self._attended(memory)
-        unique = list(dict.fromkeys(attended))  # Luong's keys are the annotations themselves
-        positions = [unique.index(v) for v in attended]
-
-        # scan's order: sequences (x_proj_t, m_t), the previous state, non-sequences (memory).
-        def step(x_t, m_t, *args):
-            prev, mem = args[:n], args[n:]
-            new, ctx, weights = dec.attend(x_t, *prev, *(mem[i] for i in positions))
-            m = m_t[:, None]  # (B, 1)
-            return [*(m * s + (1.0 - m) * p for s, p in zip(new, prev)), ctx, weights]
-
-        outputs = pytensor.scan(
-            step,
-            sequences=[dec.project(emb), tgt_mask],
-            outputs_info=[*init, None, None],
-            non_sequences=unique,
-            name="decoder.scan",
-            return_updates=False,
-            mode=self.mode,
-        )
-        return outputs[0], outputs[-2], outputs[-1]
+        states, ctx, weights = dec.scan(dec.project(emb), tgt_mask, init, self._attended(memory), self.mode_name)
+        return states[0], ctx, weights
 
     def logits(self, h, y_prev_emb, c):
         """Unnormalised next-token scores from decoder states: (..., H) -> (..., V)."""

@@ -43,30 +43,46 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = dict(E=256, H=512, V=10000, B=64, T=30)
 IMPLS = ("pytensor", "pytensor_ra", "pytensor_lstm", "pytensor_mgu", "torch_gru", "torch_lstm", "torch_loop",
-         "torch_mgu_loop")
+         "torch_mgu_loop", "pytensor_att", "pytensor_att_lstm", "pytensor_att_mgu", "torch_att_gru", "torch_att_lstm",
+         "torch_att_mgu")
 REFERENCES = {"pytensor": "torch_gru", "pytensor_ra": "torch_gru", "pytensor_lstm": "torch_lstm",
-              "pytensor_mgu": "torch_mgu_loop", "torch_loop": "torch_gru"}
+              "pytensor_mgu": "torch_mgu_loop", "torch_loop": "torch_gru", "pytensor_att": "torch_att_gru",
+              "pytensor_att_lstm": "torch_att_lstm", "pytensor_att_mgu": "torch_att_mgu"}
 # Model settings of our implementations; gates per cell, for the FLOP count.
+ATTENTION = {"bidirectional": True, "attention": "bahdanau"}
 OURS = {"pytensor": {}, "pytensor_ra": {"reset_after": True}, "pytensor_lstm": {"cell": "lstm"},
-        "pytensor_mgu": {"cell": "benchmarks.mgu:MGU"}}
+        "pytensor_mgu": {"cell": "benchmarks.mgu:MGU"}, "pytensor_att": ATTENTION,
+        "pytensor_att_lstm": {**ATTENTION, "cell": "lstm"}, "pytensor_att_mgu": {**ATTENTION, "cell": "benchmarks.mgu:MGU"}}
 GATES = {"pytensor": 3, "pytensor_ra": 3, "pytensor_lstm": 4, "pytensor_mgu": 2, "torch_gru": 3, "torch_lstm": 4,
-         "torch_loop": 3, "torch_mgu_loop": 2}
+         "torch_loop": 3, "torch_mgu_loop": 2, "pytensor_att": 3, "pytensor_att_lstm": 4, "pytensor_att_mgu": 2,
+         "torch_att_gru": 3, "torch_att_lstm": 4, "torch_att_mgu": 2}
+ATTENTIVE = {"pytensor_att", "pytensor_att_lstm", "pytensor_att_mgu", "torch_att_gru", "torch_att_lstm", "torch_att_mgu"}
 
 
-def flops(E, H, V, B, T, G=3):
+def flops(E, H, V, B, T, G=3, attention=False):
     """Matmul FLOPs of one training step and of one greedy decoding step (2 per multiply-add),
     for a cell with G gates (GRU 3, LSTM 4, MGU 2).
 
-    The decoder's per-step input width is counted as E: c's projection (B, H) x (H, GH) is
-    computed once per sequence, as model.Model does."""
+    Without attention the decoder's per-step input width is counted as E: c's projection
+    (B, H) x (H, GH) is computed once per sequence, as model.Model does. With attention
+    (bidirectional encoder, C = 2H, attention width H) each decoder step also projects the
+    query, scores T source positions and reads the context, whose projection it adds."""
     mm = lambda m, k, n: 2 * m * k * n  # noqa: E731
     N = B * T
-    forward = (mm(N, E, G * H) + mm(N, H, G * H)  # encoder: input projection, recurrence
-               + mm(B, H, H) + mm(B, H, G * H)  # init, c's projection into the decoder
-               + mm(N, E, G * H) + mm(N, H, G * H)  # decoder
-               + mm(N, H + E, E) + mm(B, H, E)  # deep output layer
-               + mm(N, E, V))  # softmax layer
-    decode_step = mm(B, E, G * H) + mm(B, H, G * H) + mm(B, H + E, E) + mm(B, E, V)
+    if not attention:
+        forward = (mm(N, E, G * H) + mm(N, H, G * H)  # encoder: input projection, recurrence
+                   + mm(B, H, H) + mm(B, H, G * H)  # init, c's projection into the decoder
+                   + mm(N, E, G * H) + mm(N, H, G * H)  # decoder
+                   + mm(N, H + E, E) + mm(B, H, E)  # deep output layer
+                   + mm(N, E, V))  # softmax layer
+        decode_step = mm(B, E, G * H) + mm(B, H, G * H) + mm(B, H + E, E) + mm(B, E, V)
+        return 3 * forward, decode_step
+    C = 2 * H
+    attend = mm(B, H, H) + mm(N, H, 1) + mm(N, 1, C)  # query, scores (with v), context: per step
+    decode_step = attend + mm(B, E + C, G * H) + mm(B, H, G * H) + mm(B, H + E + C, E) + mm(B, E, V)
+    forward = (2 * (mm(N, E, G * H) + mm(N, H, G * H))  # both encoder directions
+               + mm(B, C, H) + mm(N, C, H)  # init, the keys
+               + T * decode_step)  # the decoder, teacher-forced
     return 3 * forward, decode_step
 
 
@@ -122,13 +138,16 @@ def run_torch(args, impl):
     torch.set_num_interop_threads(1)
     torch.manual_seed(0)
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    from torch_reference import TorchGRUModel, TorchLSTMModel, mgu_step
+    from torch_reference import TorchAttentionModel, TorchGRUModel, TorchLSTMModel, mgu_step
 
     s = SIZES
     model = {"torch_gru": lambda: TorchGRUModel(s["E"], s["H"], s["V"]),
              "torch_lstm": lambda: TorchLSTMModel(s["E"], s["H"], s["V"]),
              "torch_loop": lambda: torch_loop_model(s["E"], s["H"], s["V"]),
-             "torch_mgu_loop": lambda: torch_loop_model(s["E"], s["H"], s["V"], 2, mgu_step)}[impl]()
+             "torch_mgu_loop": lambda: torch_loop_model(s["E"], s["H"], s["V"], 2, mgu_step),
+             "torch_att_gru": lambda: TorchAttentionModel(s["E"], s["H"], s["V"], cell="gru"),
+             "torch_att_lstm": lambda: TorchAttentionModel(s["E"], s["H"], s["V"], cell="lstm"),
+             "torch_att_mgu": lambda: TorchAttentionModel(s["E"], s["H"], s["V"], cell="mgu")}[impl]()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     src, tgt = (torch.from_numpy(a.astype("int64")) for a in batch(np.random.default_rng(0), s["V"], s["B"], s["T"]))
 
@@ -208,7 +227,7 @@ def summarise(runs, peak):
     s = SIZES
     out = {}
     for impl, results in runs.items():
-        train_flops, decode_step_flops = flops(**SIZES, G=GATES[impl])
+        train_flops, decode_step_flops = flops(**SIZES, G=GATES[impl], attention=impl in ATTENTIVE)
         train = statistics.median(t for r in results for t in r["train_s"])
         decode = statistics.median(t for r in results for t in r["decode_s"])
         decode_tokens = results[0]["decode_tokens"]
@@ -310,7 +329,7 @@ def main():
     peak = matmul_peak()
     summary = summarise(runs, peak)
     report = dict(sizes=SIZES, threads=args.threads, quick=args.quick, rounds=args.rounds, steps=args.steps,
-                  matmul_peak_gflops=peak, train_gflop_per_step={i: flops(**SIZES, G=GATES[i])[0] / 1e9 for i in impls},
+                  matmul_peak_gflops=peak, train_gflop_per_step={i: flops(**SIZES, G=GATES[i], attention=i in ATTENTIVE)[0] / 1e9 for i in impls},
                   machine=machine(), results=summary)
     with open(out_path, "w") as f:
         json.dump(report, f, indent=1)

@@ -2,7 +2,8 @@
 
     python benchmarks/profile_step.py                 # the default: fused GRU op
     python benchmarks/profile_step.py --scan_gru      # the recurrent cells under pytensor.scan, for comparison
-    python benchmarks/profile_step.py --cell=lstm     # another cell (recurrence.CellLoop)
+    python benchmarks/profile_step.py --cell=lstm     # another cell (recurrence.StepLoop)
+    python benchmarks/profile_step.py --attention=bahdanau   # bidirectional encoder, attention decoder
 
 Prints seconds per step (median) and `pytensor.function(..., profile=True)`'s table of ops by
 time, summed over the timed steps: where a step's time goes.
@@ -27,15 +28,18 @@ def main():
     ap.add_argument("--scan_gru", action="store_true", help="run the recurrent cells with pytensor.scan, not their fused op")
     ap.add_argument("--cell", default="gru", help="ModelConfig.cell: gru, lstm, benchmarks.mgu:MGU, ...")
     ap.add_argument("--reset_after", action="store_true", help="nn.GRU's reset convention")
+    ap.add_argument("--attention", default="none", help="none, bahdanau or luong (with a bidirectional encoder)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps, after one warm-up step")
     ap.add_argument("--ops", type=int, default=15, help="rows of the op table to print")
     args = ap.parse_args()
     s = SIZES
     model = Model(ModelConfig(embed_size=s["E"], hidden_size=s["H"], src_vocab_size=s["V"],
-                              tgt_vocab_size=s["V"], reset_after=args.reset_after, cell=args.cell))
+                              tgt_vocab_size=s["V"], reset_after=args.reset_after, cell=args.cell,
+                              attention=args.attention, bidirectional=args.attention != "none"))
     for module in model.modules.values():
-        if hasattr(module, "fused"):
-            module.fused = not args.scan_gru
+        cell = getattr(module, "cell", module)
+        if hasattr(cell, "fused"):
+            cell.fused = not args.scan_gru
     pytensor.config.profile = True
     step = model.compile_train(optimizer="sgd", grad_clip=1.0)
     src, tgt = batch(np.random.default_rng(0), s["V"], s["B"], s["T"])

@@ -170,3 +170,141 @@ class TorchLSTMModel(TorchGRUModel):
         _, (h, _) = self.encoder(self.src_embed(src))  # (1, B, H)
         h0 = torch.tanh(self.init(h[0]))[None]
         return h[0], (h0, torch.zeros_like(h0))
+
+
+class MGUCell(torch.nn.Module):
+    """The minimal gated unit as a PyTorch cell (benchmarks/mgu.py's equations)."""
+
+    def __init__(self, n_in, H):
+        super().__init__()
+        self.H = H
+        self.W = torch.nn.Parameter(torch.empty(n_in, 2 * H).uniform_(-0.05, 0.05))
+        self.U = torch.nn.Parameter(torch.empty(H, 2 * H).uniform_(-0.05, 0.05))
+        self.b = torch.nn.Parameter(torch.zeros(2 * H))
+
+    def forward(self, x, h):
+        return mgu_step(x @ self.W + self.b, h, self.U, self.H)
+
+
+class MGULayer(MGUCell):
+    """The MGU over a whole (T, B, n_in) sequence: its input projection in one matmul, then a
+    Python loop; returns the states (T, B, H), reversed in time with `backwards`."""
+
+    def forward(self, x, backwards=False):
+        x_proj = x @ self.W + self.b  # (T, B, 2H)
+        h = torch.zeros(x.shape[1], self.H)
+        states = []
+        for t in (range(x.shape[0] - 1, -1, -1) if backwards else range(x.shape[0])):
+            h = mgu_step(x_proj[t], h, self.U, self.H)
+            states.append(h)
+        return torch.stack(states[::-1] if backwards else states)
+
+
+class TorchAttentionModel(torch.nn.Module):
+    """model.Model(bidirectional=True, attention="bahdanau") as a PyTorch user writes it
+    (JoeyNMT, OpenNMT-py and fairseq's RNN decoders): a fused bidirectional encoder (nn.GRU,
+    nn.LSTM, or a loop of the MGU), then a Python loop of one decoder cell (nn.GRUCell,
+    nn.LSTMCell, MGUCell) reading [embedding; context], with additive attention whose keys
+    are computed once per batch, and the deep output [h; embedding; context].
+
+    nn.GRUCell applies the reset gate after its recurrent matmul: Model(reset_after=True)
+    computes the same function (`from_model`, tests/test_torch_reference.py)."""
+
+    def __init__(self, E, H, V, A=None, cell="gru"):
+        super().__init__()
+        nn, C, A = torch.nn, 2 * H, A or H
+        self.H, self.cell = H, cell
+        self.src_embed, self.tgt_embed = nn.Embedding(V, E), nn.Embedding(V, E)
+        if cell == "mgu":
+            self.encoder, self.encoder_bwd = MGULayer(E, H), MGULayer(E, H)
+            self.decoder = MGUCell(E + C, H)
+        else:
+            self.encoder = {"gru": nn.GRU, "lstm": nn.LSTM}[cell](E, H, bidirectional=True)
+            self.decoder = {"gru": nn.GRUCell, "lstm": nn.LSTMCell}[cell](E + C, H)
+        self.init = nn.Linear(C, H)
+        self.att_query, self.att_keys, self.att_v = nn.Linear(H, A, bias=False), nn.Linear(C, A), nn.Linear(A, 1, bias=False)
+        self.readout = nn.Linear(H + E + C, E)
+        self.out = nn.Linear(E, V)
+
+    def encode(self, src):
+        """(annotations (Ts, B, 2H), keys (Ts, B, A), source mask (Ts, B), initial state)."""
+        x = self.src_embed(src)
+        if self.cell == "mgu":
+            fwd, bwd = self.encoder(x), self.encoder_bwd(x, backwards=True)
+            annotations = torch.cat([fwd, bwd], 2)
+        else:
+            annotations, _ = self.encoder(x)  # no padding in the benchmark: no packing needed
+            fwd, bwd = annotations[..., : self.H], annotations[..., self.H :]
+        h = torch.tanh(self.init(torch.cat([fwd[-1], bwd[0]], 1)))
+        state = (h, torch.zeros_like(h)) if self.cell == "lstm" else h
+        return annotations, self.att_keys(annotations), src != PAD_ID, state
+
+    def attend(self, h, keys, annotations, src_mask):
+        scores = self.att_v(torch.tanh(keys + self.att_query(h)[None]))[..., 0]  # (Ts, B)
+        weights = torch.softmax(scores.masked_fill(~src_mask, float("-inf")), dim=0)
+        return (weights[..., None] * annotations).sum(0)  # (B, C)
+
+    def step(self, emb, state, memory):
+        """One decoder step: (new state, its h, the context it read)."""
+        h = state[0] if self.cell == "lstm" else state
+        ctx = self.attend(h, *memory)
+        state = self.decoder(torch.cat([emb, ctx], 1), state)
+        return state, (state[0] if self.cell == "lstm" else state), ctx
+
+    def logits(self, h, emb, ctx):
+        return self.out(torch.tanh(self.readout(torch.cat([h, emb, ctx], -1))))
+
+    def loss(self, src, tgt):
+        """Mean NLL per target token (no padding in the benchmark)."""
+        annotations, keys, src_mask, state = self.encode(src)
+        emb = self.tgt_embed(tgt[:-1])  # (T, B, E)
+        hs, ctxs = [], []
+        for t in range(emb.shape[0]):
+            state, h, ctx = self.step(emb[t], state, (keys, annotations, src_mask))
+            hs.append(h)
+            ctxs.append(ctx)
+        logits = self.logits(torch.stack(hs), emb, torch.stack(ctxs))
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt[1:].reshape(-1))
+
+    @torch.no_grad()
+    def greedy(self, src, max_len):
+        """Greedy decoding for max_len steps (no early stop); returns the last ids (B,)."""
+        annotations, keys, src_mask, state = self.encode(src)
+        y = torch.ones(src.shape[1], dtype=torch.int64)
+        for _ in range(max_len):
+            emb = self.tgt_embed(y)
+            state, h, ctx = self.step(emb, state, (keys, annotations, src_mask))
+            y = self.logits(h, emb, ctx).argmax(1)
+        return y
+
+    @classmethod
+    def from_model(cls, model):
+        """Copy a PyTensor Model (reset_after GRU, bidirectional, one layer, Bahdanau)."""
+        cfg = model.config
+        E, H, V = cfg.embed_size, cfg.hidden_size, cfg.tgt_vocab_size
+        new = cls(E, H, V, cfg.attention_size or H)
+        p = {q.name: torch.tensor(q.get_value()) for q in model.params}
+        gates = lambda w: torch.cat([w[..., H : 2 * H], w[..., :H], w[..., 2 * H :]], -1)  # noqa: E731  [z,r,h] -> [r,z,n]
+        with torch.no_grad():
+            new.src_embed.weight.copy_(p["src_embed.W"])
+            new.tgt_embed.weight.copy_(p["tgt_embed.W"])
+            for suffix, name in (("", "encoder"), ("_reverse", "encoder_bwd")):
+                getattr(new.encoder, f"weight_ih_l0{suffix}").copy_(gates(p[f"{name}.W"]).T)
+                getattr(new.encoder, f"weight_hh_l0{suffix}").copy_(gates(p[f"{name}.U"]).T)
+                getattr(new.encoder, f"bias_ih_l0{suffix}").copy_(gates(p[f"{name}.b"]))
+                getattr(new.encoder, f"bias_hh_l0{suffix}").zero_()
+            new.decoder.weight_ih.copy_(gates(torch.cat([p["decoder.W"], p["decoder.Wc"]], 0)).T)
+            new.decoder.weight_hh.copy_(gates(p["decoder.U"]).T)
+            new.decoder.bias_ih.copy_(gates(p["decoder.b"]))
+            new.decoder.bias_hh.zero_()
+            new.init.weight.copy_(p["init.W"].T)
+            new.init.bias.copy_(p["init.b"])
+            new.att_query.weight.copy_(p["decoder.attention.W"].T)
+            new.att_keys.weight.copy_(p["decoder.attention.U"].T)
+            new.att_keys.bias.copy_(p["decoder.attention.b"])
+            new.att_v.weight.copy_(p["decoder.attention.v"][None])
+            new.readout.weight.copy_(p["readout.W"].T)
+            new.readout.bias.copy_(p["readout.b"])
+            new.out.weight.copy_(p["ffout.W"].T)
+            new.out.bias.copy_(p["ffout.b"])
+        return new

@@ -128,7 +128,8 @@ def test_weights_outside_matmuls_get_their_gradient(go_backwards):
     fast, scanned = loop_functions("scaled_gru", go_backwards)
     for got, want in zip(fast(*args), scanned(*args)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=3e-5)
-    graph = StepGraph(ScaledGRU(I, H), backend.compile_mode())
+    cell = ScaledGRU(I, H)
+    graph = StepGraph(cell, cell.recur, cell.n_states, [], backend.compile_mode())
     assert [graph.shared[k].name for k in graph.direct] == ["gru.scale"]
 
 
@@ -143,7 +144,7 @@ def test_override_is_not_the_stock_cell():
 
 def test_fast_paths_are_the_ones_expected():
     """The stock GRU runs kernels.GRUSequence; a GRU subclass with its own recur, the LSTM and
-    a user's cell run recurrence.CellLoop; fused=False runs scan."""
+    a user's cell run recurrence.StepLoop; fused=False runs scan."""
     x, m = pt.tensor3("x"), pt.matrix("m")
 
     def ops(cell):
@@ -153,7 +154,7 @@ def test_fast_paths_are_the_ones_expected():
     assert "GRUSequence" in ops(layers.GRU(I, H))
     for cell in (HalfGRU(I, H), layers.LSTM(I, H), UserMGU(I, H)):
         found = ops(cell)
-        assert "CellLoop" in found and "GRUSequence" not in found and "Scan" not in found
+        assert "StepLoop" in found and "GRUSequence" not in found and "Scan" not in found
     assert "Scan" in ops(layers.LSTM(I, H, fused=False))
 
 

@@ -9,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import backend  # noqa: E402,F401  (float32, before pytensor)
 import pytensor  # noqa: E402
 import pytensor.tensor as pt  # noqa: E402
 from dataset import make_batch  # noqa: E402
@@ -64,3 +65,38 @@ def test_reset_after_model_matches_fused_nn_gru():
     }
     for p, grad in zip(params, ours[1:]):
         np.testing.assert_allclose(grad, torch_grads[p.name].numpy(), atol=1e-5, err_msg=p.name)
+
+
+def test_attention_model_matches_the_pytorch_loop_of_cells():
+    """The benchmark's attention model (bidirectional nn.GRU, a loop of nn.GRUCell with
+    additive attention) computes the same loss and gradients as Model(reset_after=True,
+    bidirectional=True, attention="bahdanau"): the two benchmark rows do the same work."""
+    from torch_reference import TorchAttentionModel
+
+    V, E, H, T, B = 30, 6, 9, 5, 4
+    model = Model(ModelConfig(src_vocab_size=V, tgt_vocab_size=V, embed_size=E, hidden_size=H, reset_after=True,
+                              bidirectional=True, attention="bahdanau", attention_size=7))
+    rng = np.random.default_rng(2)
+    src = rng.integers(4, V, size=(T, B)).astype("int32")
+    tgt = rng.integers(4, V, size=(T + 1, B)).astype("int32")
+    tgt[0] = BOS_ID
+    s, t = pt.imatrix(), pt.imatrix()
+    loss, _ = model.loss(s, t)
+    params = {p.name: p for p in model.params}
+    names = ["encoder_bwd.U", "decoder.Wc", "decoder.attention.v", "decoder.attention.U", "readout.W"]
+    ours = pytensor.function([s, t], [loss] + pytensor.grad(loss, [params[n] for n in names]), mode=model.mode)(src, tgt)
+
+    reference = TorchAttentionModel.from_model(model)
+    torch_loss = reference.loss(torch.tensor(src).long(), torch.tensor(tgt).long())
+    torch_loss.backward()
+    assert float(ours[0]) == pytest.approx(torch_loss.item(), abs=1e-5)
+    perm = lambda g: torch.cat([g[..., H : 2 * H], g[..., :H], g[..., 2 * H :]], -1)  # noqa: E731  [r,z,n] -> [z,r,h]
+    torch_grads = {
+        "encoder_bwd.U": perm(reference.encoder.weight_hh_l0_reverse.grad.T),
+        "decoder.Wc": perm(reference.decoder.weight_ih.grad.T)[E:],
+        "decoder.attention.v": reference.att_v.weight.grad[0],
+        "decoder.attention.U": reference.att_keys.weight.grad.T,
+        "readout.W": reference.readout.weight.grad.T,
+    }
+    for name, grad in zip(names, ours[1:]):
+        np.testing.assert_allclose(grad, torch_grads[name].numpy(), atol=2e-5, err_msg=name)
