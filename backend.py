@@ -77,7 +77,10 @@ def compile_mode(name=DEFAULT_MODE):
     base = pytensor.compile.mode.get_mode(name)
     if isinstance(base.linker, VMLinker):  # CVM and FAST_COMPILE; NUMBA has a linker of its own
         old = base.linker
-        linker = ProjectLinker(allow_gc=old.allow_gc, use_cloop=old.use_cloop, lazy=old.lazy, c_thunks=old.c_thunks)
+        # Always collecting intermediates (PyTensor's default): the thunks below write into a
+        # buffer of the previous call only when it is still held, and the loop ops of
+        # recurrence.py keep what their step functions return, which may view intermediates.
+        linker = ProjectLinker(allow_gc=True, use_cloop=old.use_cloop, lazy=old.lazy, c_thunks=old.c_thunks)
         base = pytensor.compile.mode.Mode(linker=linker, optimizer=base.provided_optimizer)
     # Also without the flattening of add/mul chains (which the split below undoes) and without
     # in-place elementwise rewrites: with a buffer reused per op (below) they saved no time,

@@ -1,24 +1,35 @@
-"""Decoding: greedy and sampled output in one scan, the compiled single step, a guard
-against loops, step-by-step greedy and sampled decoding that applies it, and beam search.
+"""Decoding: greedy, sampled (temperature, top-k, nucleus) and beam search, the compiled
+single step, and a guard against loops.
 
 `generate` is the one entry point sample.py, evaluate.py, train.py and the benchmarks use:
-beam_size > 1 runs beam search; otherwise temperature 0 is greedy and > 0 samples. Without
-the guard, greedy and sampled decoding run in the model's compiled scan (Model.decode); with
-it they run here, one compiled step per token, so banned tokens can be removed.
+beam_size > 1 runs beam search; otherwise temperature 0 is greedy and > 0 samples. Plain
+greedy and temperature sampling run in the model's compiled scan (Model.decode); with the
+guard, top-k, top-p or a finite <unk> penalty they run here, one compiled step per token.
+
+One rule for the candidates in every decoder (`candidate_scores`): PAD and BOS are never
+emitted, and <unk>'s log-probability is lowered by `unk_penalty` (infinite by default: <unk>
+is never emitted, so a beam of 1 is greedy decoding). Reported log-probabilities are the
+model's own, without the penalty.
 
 The guard, no_repeat_ngram_size = n as in fairseq: an output never contains the same n-gram
 twice. At each step, every token that would complete an n-gram already in the output is
 banned (n = 1 bans every token already emitted).
 
-Beam search: each sentence keeps up to `beam_size` live hypotheses. At every step all live rows of all
-sentences go through one call of the compiled step; each sentence then keeps its best
-`beam_size - n_finished` extensions, and a hypothesis that emits EOS is finished (so the
-beam narrows, as in dl4mt-tutorial and Nematus). A sentence is done when all its hypotheses
-have finished; the search stops when every sentence is done, or at max_len, where live
-hypotheses are finished as they are. The answer per sentence is the finished hypothesis with
-the best score / length**length_norm (length counts EOS): 0 ranks by total log-probability,
-1 by log-probability per token. With beam_size 1 this is greedy decoding.
+Sampling: the next token is drawn from softmax(log p / temperature) restricted to the top_k
+most probable tokens (0 = all) and to the nucleus (Holtzman et al. 2020): the fewest most
+probable tokens whose probability sums to at least top_p (1 = all).
+
+Beam search: each sentence keeps up to `beam_size` live hypotheses. At every step all live
+rows of all sentences go through one call of the compiled step, and every sentence's best
+extensions are chosen at once; each sentence keeps its best `beam_size - n_finished`, and a
+hypothesis that emits EOS is finished (so the beam narrows, as in dl4mt-tutorial and
+Nematus). A sentence is done when all its hypotheses have finished; the search stops when
+every sentence is done, or at max_len, where live hypotheses are finished as they are.
+Hypotheses rank by score / length**length_norm (length counts EOS): 0 ranks by total
+log-probability, 1 by log-probability per token. With beam_size 1 this is greedy decoding.
 """
+import math
+
 import numpy as np
 
 import backend
@@ -27,17 +38,17 @@ import layers
 import pytensor
 import pytensor.tensor as pt
 from pytensor.scan.utils import until
-from vocab import BOS_ID, EOS_ID, PAD_ID
+from vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 
 def generate(model, src, max_len=60, temperature=0.0, rng=None, beam_size=1, length_norm=1.0,
-             no_repeat_ngram_size=0):
+             no_repeat_ngram_size=0, top_k=0, top_p=1.0, unk_penalty=math.inf):
     """src (Ts, B) int32 -> (outputs, log-probabilities): one list of ids (EOS excluded) and
     its total log-probability per sentence."""
     if beam_size > 1:
-        return beam_search(model, src, beam_size, max_len, length_norm, no_repeat_ngram_size)
-    if no_repeat_ngram_size:
-        return step_decode(model, src, max_len, temperature, rng, no_repeat_ngram_size)
+        return beam_search(model, src, beam_size, max_len, length_norm, no_repeat_ngram_size, unk_penalty)
+    if no_repeat_ngram_size or top_k or top_p < 1 or unk_penalty != math.inf:
+        return step_decode(model, src, max_len, temperature, rng, no_repeat_ngram_size, top_k, top_p, unk_penalty)
     ys, logps = model.decode(src, max_len=max_len, temperature=temperature, rng=rng)
     return [until_eos(row) for row in ys], logps
 
@@ -45,6 +56,15 @@ def generate(model, src, max_len=60, temperature=0.0, rng=None, beam_size=1, len
 def until_eos(ids):
     ids = [int(w) for w in ids]
     return ids[: ids.index(EOS_ID)] if EOS_ID in ids else [w for w in ids if w != PAD_ID]
+
+
+def candidate_scores(logp, unk_penalty=math.inf):
+    """The scores decoders choose from, given log-probabilities (R, V): PAD and BOS at -inf,
+    <unk> lowered by unk_penalty. A new float64 array."""
+    scores = logp.astype(np.float64)
+    scores[:, [PAD_ID, BOS_ID]] = -np.inf
+    scores[:, UNK_ID] -= unk_penalty
+    return scores
 
 
 def banned_tokens(tokens, n):
@@ -57,10 +77,30 @@ def banned_tokens(tokens, n):
     return [tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tokens[i : i + n - 1] == prefix]
 
 
-def step_decode(model, src, max_len=60, temperature=0.0, rng=None, no_repeat_ngram_size=0):
+def sampling_probabilities(scores, temperature, top_k=0, top_p=1.0):
+    """softmax(scores / temperature) over each row's top_k tokens and top_p nucleus, the rest 0."""
+    z = scores / temperature
+    probs = np.exp(z - z.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    if top_k or top_p < 1:
+        order = np.argsort(-probs, axis=1, kind="stable")  # most probable first
+        ranked = np.take_along_axis(probs, order, axis=1)
+        keep = np.ones_like(ranked, dtype=bool)
+        if top_k:
+            keep[:, top_k:] = False
+        if top_p < 1:  # a token stays while the mass before it is below top_p: the top one always
+            keep &= np.cumsum(ranked, axis=1) - ranked < top_p
+        np.put_along_axis(probs, order, np.where(keep, ranked, 0.0), axis=1)
+        probs /= probs.sum(axis=1, keepdims=True)
+    return probs
+
+
+def step_decode(model, src, max_len=60, temperature=0.0, rng=None, no_repeat_ngram_size=0, top_k=0, top_p=1.0,
+                unk_penalty=math.inf):
     """Greedy (temperature 0) or sampled decoding, one compiled step per token, with the
-    n-gram guard. Without the guard it follows Model.decode's scan: the same candidates
-    (never PAD, BOS or <unk>) and, given the same rng, the same uniform draw per step."""
+    n-gram guard, top-k, top-p and the <unk> penalty. Without them it follows
+    Model.decode's scan: the same candidates and, given the same rng, the same uniform
+    draw per step."""
     rng = rng if rng is not None else np.random.default_rng(0)
     noise = rng.random((max_len, src.shape[1]), dtype=np.float32)  # drawn as Model.decode does
     f_init, f_next = model.compile_step()
@@ -68,24 +108,21 @@ def step_decode(model, src, max_len=60, temperature=0.0, rng=None, no_repeat_ngr
     init = f_init(src)
     memory, states = init[:n_mem], init[n_mem:]
     B = src.shape[1]
-    first = BOS_ID + 1  # ids below (PAD, <unk>, BOS) are never emitted, as in Model.decode
     outputs, logps, done = [[] for _ in range(B)], np.zeros(B), np.zeros(B, dtype=bool)
     y_prev = np.full(B, BOS_ID, dtype=np.int32)
     for t in range(max_len):
         out = f_next(y_prev, *states, *memory)
         logp, states = out[0], out[1:]
-        scores = logp[:, first:].astype(np.float64)
+        scores = candidate_scores(logp, unk_penalty)
         for i in range(B):
-            banned = [w - first for w in banned_tokens(outputs[i], no_repeat_ngram_size) if w >= first]
-            scores[i, banned] = -np.inf
+            scores[i, banned_tokens(outputs[i], no_repeat_ngram_size)] = -np.inf
         if temperature == 0:
             y = np.argmax(scores, axis=1)
         else:
-            z = scores / temperature
-            probs = np.exp(z - z.max(axis=1, keepdims=True))
-            probs /= probs.sum(axis=1, keepdims=True)
+            probs = sampling_probabilities(scores, temperature, top_k, top_p)
             y = np.minimum(np.sum(np.cumsum(probs, axis=1) < noise[t][:, None], axis=1), probs.shape[1] - 1)
-        y = (y + first).astype(np.int32)
+            y = np.where(probs[np.arange(B), y] > 0, y, np.argmax(probs, axis=1))  # rounding at the cumsum's end
+        y = y.astype(np.int32)
         for i in np.flatnonzero(~done):
             logps[i] += logp[i, y[i]]
             if y[i] == EOS_ID:
@@ -98,72 +135,79 @@ def step_decode(model, src, max_len=60, temperature=0.0, rng=None, no_repeat_ngr
     return outputs, logps
 
 
-def beam_search(model, src, beam_size=5, max_len=60, length_norm=1.0, no_repeat_ngram_size=0):
+def beam_search(model, src, beam_size=5, max_len=60, length_norm=1.0, no_repeat_ngram_size=0,
+                unk_penalty=math.inf, nbest=1):
     """src (Ts, B) int32 -> (outputs, scores): for each sentence, the best hypothesis as a
-    list of ids (EOS excluded) and its total log-probability. With no_repeat_ngram_size,
-    extensions that repeat an n-gram of their hypothesis are not candidates."""
+    list of ids (EOS excluded) and its total log-probability. With nbest > 1, each entry is
+    instead the list of the nbest best hypotheses (best first) and an array of their
+    log-probabilities. With no_repeat_ngram_size, extensions that repeat an n-gram of their
+    hypothesis are not candidates."""
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+    if not 1 <= nbest <= beam_size:
+        raise ValueError(f"nbest must be between 1 and beam_size ({beam_size}), got {nbest}")
     f_init, f_next = model.compile_step()
     mem_keys = model.memory_keys()
-    n_mem = len(mem_keys)
     init = f_init(src)
-    memory, states = init[:n_mem], init[n_mem:]
+    memory, states = init[: len(mem_keys)], init[len(mem_keys) :]
     B = src.shape[1]
-    # One row per sentence to start with; `rows[i]` lists sentence i's live hypotheses as
-    # (row index into the step's batch, tokens, total log-probability).
-    rows = [[(i, [], 0.0)] for i in range(B)]
+    # live[i]: sentence i's live hypotheses as (tokens, rank score, log-probability), in the
+    # order of their rows in the step's batch; rows go sentence by sentence.
+    live = [[([], 0.0, 0.0)] for _ in range(B)]
     finished = [[] for _ in range(B)]
     sentence_of_row = np.arange(B)
     y_prev = np.full(B, BOS_ID, dtype=np.int32)
     for t in range(max_len):
-        if not any(rows):
-            break
         # c is (B, C); the time-major entries (annotations, keys, src_mask) have B on axis 1.
         mem = [m[sentence_of_row] if key == "c" else m[:, sentence_of_row] for key, m in zip(mem_keys, memory)]
         out = f_next(y_prev, *states, *mem)
         logp, new_states = out[0], out[1:]
-        logp[:, [PAD_ID, BOS_ID]] = -np.inf  # never targets in training; never emitted
-        next_rows, next_sentence, next_y, keep = [], [], [], []
+        R, V = logp.shape
+        rows = [(i, k, hyp) for i in range(B) for k, hyp in enumerate(live[i])]
+        cand = candidate_scores(logp, unk_penalty)  # (R, V)
+        if no_repeat_ngram_size:
+            for r, (_, _, (tokens, _, _)) in enumerate(rows):
+                cand[r, banned_tokens(tokens, no_repeat_ngram_size)] = -np.inf
+        cand += np.array([score for _, _, (_, score, _) in rows])[:, None]
+        # Every sentence's candidates side by side, (B, beam * V), -inf where it has fewer rows.
+        table = np.full((B, beam_size * V), -np.inf)
+        slot = np.array([i * beam_size + k for i, k, _ in rows])
+        table.reshape(B * beam_size, V)[slot] = cand
+        k = min(beam_size, table.shape[1])
+        top = np.argpartition(-table, k - 1, axis=1)[:, :k]  # (B, k), in no order
+        top_scores = np.take_along_axis(table, top, axis=1)
+        best = np.take_along_axis(top, np.lexsort((top, -top_scores), axis=1), axis=1)  # by score, then index
+        row_of = {(i, k_): r for r, (i, k_, _) in enumerate(rows)}
+        keep, next_live, next_y = [], [[] for _ in range(B)], []
         for i in range(B):
-            live = rows[i]
-            if not live:
-                next_rows.append([])
-                continue
-            width = beam_size - len(finished[i])
-            V = logp.shape[1]
-            cand = np.stack([score + logp[r] for r, _, score in live])  # (n_live, V)
-            for k, (_, tokens, _) in enumerate(live):
-                cand[k, banned_tokens(tokens, no_repeat_ngram_size)] = -np.inf
-            flat = cand.ravel()
-            best = np.argsort(-flat, kind="stable")[:width]
-            extended = []
-            for index in best:
-                k, token, score = index // V, int(index % V), float(flat[index])
-                tokens = live[k][1] + [token]
+            for index in best[i, : beam_size - len(finished[i])] if live[i] else []:
+                score = table[i, index]
+                if score == -np.inf:
+                    break
+                r = row_of[(i, index // V)]
+                token, (tokens, _, total) = int(index % V), rows[r][2]
+                hyp = (tokens + [token], float(score), total + float(logp[r, token]))
                 if token == EOS_ID:
-                    finished[i].append((tokens, score))
+                    finished[i].append(hyp)
                 else:
-                    extended.append((len(keep), tokens, score))
-                    keep.append(live[k][0])
-                    next_sentence.append(i)
+                    next_live[i].append(hyp)
+                    keep.append(r)
                     next_y.append(token)
-            next_rows.append(extended)
-        rows = next_rows
+        live = next_live
         if not keep:
             break
         keep = np.array(keep)
         states = [s[keep] for s in new_states]
-        sentence_of_row = np.array(next_sentence)
+        sentence_of_row = np.array([i for i in range(B) for _ in live[i]])
         y_prev = np.array(next_y, dtype=np.int32)
-    for i in range(B):  # max_len reached: live hypotheses finish as they are
-        finished[i] += [(tokens, score) for _, tokens, score in rows[i]]
     outputs, scores = [], []
-    for hyps in finished:
-        tokens, score = max(hyps, key=lambda h: h[1] / len(h[0]) ** length_norm)
-        outputs.append([w for w in tokens if w != EOS_ID])
-        scores.append(score)
-    return outputs, np.array(scores)
+    for i in range(B):  # max_len reached: live hypotheses finish as they are
+        hyps = sorted(finished[i] + live[i], key=lambda h: -h[1] / max(1, len(h[0])) ** length_norm)[:nbest]
+        texts = [[w for w in tokens if w != EOS_ID] for tokens, _, _ in hyps]
+        totals = np.array([total for _, _, total in hyps])
+        outputs.append(texts[0] if nbest == 1 else texts)
+        scores.append(totals[0] if nbest == 1 else totals)
+    return outputs, (np.array(scores) if nbest == 1 else scores)
 
 
 # ---- one-scan greedy and sampled decoding, and the compiled single step ---------------------

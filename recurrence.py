@@ -38,6 +38,7 @@ from pytensor.gradient import DisconnectedType
 from pytensor.graph.basic import Apply, Constant, clone_get_equiv
 from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.op import Op
+from pytensor.link.c.type import Generic, generic
 from pytensor.graph.replace import clone_replace
 from pytensor.graph.rewriting.basic import MergeOptimizer
 from pytensor.graph.traversal import ancestors, graph_inputs
@@ -130,7 +131,10 @@ class StepGraph:
         w_exprs = []
         for var in ancestors(out):
             node = var.owner
+            # A matrix-vector product (attention's scores against v, one output column) is not
+            # cut: its per-step weight gradient costs no more than stacking its input.
             if (node is not None and _is_matmul(node) and constant(node.inputs[1])
+                    and not node.inputs[1].type.broadcastable[-1]
                     and not constant(node.inputs[0]) and node.inputs[1] not in w_exprs):
                 w_exprs.append(node.inputs[1])
         cut = [e.type() for e in w_exprs]
@@ -276,8 +280,11 @@ class _LoopFunction:
 
 class StepLoop(Op):
     """(x_proj (T, B, P), mask (T, B), *init (B, H_k), *memory, *weights) -> state sequences
-    (T, B, H_k), extra sequences (T, ...), then the saved forward values (T, ...) that
-    StepLoopGrad reads. One op per owner, step and memory types, kept on the owner."""
+    (T, B, H_k), extra sequences (T, ...), and the tape: a Python list holding, per step,
+    the forward values StepLoopGrad reads. The compiled step returns new arrays at every
+    call, so the tape keeps them as they are; copying them into (T, ...) arrays cost a
+    quarter of the loop's time for attention. One op per owner, step and memory types, kept
+    on the owner."""
 
     def __init__(self, owner, step, n_states, memory_types, mode, n_extra=0):
         self.owner_name, self.n_states, self.n_extra = owner.name, n_states, n_extra
@@ -288,34 +295,34 @@ class StepLoop(Op):
         return f"StepLoop{{{self.owner_name}}}"
 
     def make_node(self, x_proj, mask, *rest):
-        n, n_mem = self.n_states, self.n_memory
+        n = self.n_states
         inputs = [pt.as_tensor_variable(v).astype(FLOATX) for v in (x_proj, mask, *rest[:n])]
         inputs += [pt.as_tensor_variable(v) for v in rest[n:]]
         seq = lambda t: pt.tensor(dtype=t.dtype, shape=(None,) * (t.ndim + 1))  # noqa: E731  (T, ...)
-        outputs = [pt.tensor3(dtype=FLOATX) for _ in range(n)]
-        outputs += [seq(t) for t in self.graph.extra_types] + [seq(v.type) for v in self.graph.saved]
-        assert len(inputs) == 2 + n + n_mem + len(self.graph.shared)
-        return Apply(self, inputs, outputs)
+        outputs = [pt.tensor3(dtype=FLOATX) for _ in range(n)] + [seq(t) for t in self.graph.extra_types]
+        return Apply(self, inputs, outputs + [generic()])
 
     def prepare_node(self, node, storage_map, compute_map, impl):
         self.graph.compile()  # with the outer function, not on its first call
 
     def perform(self, node, inputs, outputs):
-        n = self.n_states
+        n, n_out = self.n_states, self.n_states + self.n_extra
         x, mask, init, constants = inputs[0], inputs[1], inputs[2 : 2 + n], inputs[2 + n :]
         graph = self.graph
         graph.compile()
         graph.forward.bind([*constants[self.n_memory:], *constants[: self.n_memory]])
         T = x.shape[0]
         seqs = [np.empty((T, *s.shape), FLOATX) for s in init]
-        kept = None  # extras and saved values, (T, ...) each
+        extras = [np.empty((T,) + (0,) * t.ndim, t.dtype) for t in graph.extra_types]
+        tape = []
         prev = list(init)
         for t in range(T):
             out = graph.forward(x[t], *prev)
-            if kept is None:
-                kept = [np.empty((T, *np.shape(v)), np.asarray(v).dtype) for v in out[n:]]
-            for buf, v in zip(kept, out[n:]):
+            if t == 0:
+                extras = [np.empty((T, *v.shape), v.dtype) for v in out[n:n_out]]
+            for buf, v in zip(extras, out[n:n_out]):
                 buf[t] = v
+            tape.append(out[n_out:])
             m = mask[t][:, None]  # (B, 1)
             for k in range(n):
                 # s_t = s_{t-1} + m * (new - s_{t-1}): padding carries the state through
@@ -323,9 +330,7 @@ class StepLoop(Op):
                 seqs[k][t] *= m
                 seqs[k][t] += prev[k]
             prev = [s[t] for s in seqs]
-        if kept is None:  # T == 0
-            kept = [np.empty((0,) * (v.type.ndim), v.type.dtype) for v in node.outputs[n:]]
-        for k, value in enumerate(seqs + kept):
+        for k, value in enumerate(seqs + extras + [tape]):
             outputs[k][0] = value
 
     def _memory_grads(self, inputs):
@@ -341,22 +346,18 @@ class StepLoop(Op):
             [differentiable for _ in node.inputs[2 + self.n_states + self.n_memory:]]
 
     def pullback(self, inputs, outputs, output_grads):
-        n_diff = self.n_states + self.n_extra
-        if any(not isinstance(g.type, DisconnectedType) for g in output_grads[n_diff:]):
-            raise NotImplementedError(f"{self}: only the state and extra sequences are differentiable")
+        n, n_diff = self.n_states, self.n_states + self.n_extra
         grads = [pt.zeros_like(o) if isinstance(g.type, DisconnectedType) else g
                  for o, g in zip(outputs[:n_diff], output_grads[:n_diff])]
         memory_grads = self._memory_grads(inputs)
-        results = _as_list(StepLoopGrad(self, memory_grads)(*inputs, *outputs[: self.n_states],
-                                                           *outputs[n_diff:], *grads))
-        n = self.n_states
+        results = _as_list(StepLoopGrad(self, memory_grads)(*inputs, *outputs[:n], outputs[-1], *grads))
         d_memory = iter(results[1 + n : 1 + n + len(memory_grads)])
         memory = [next(d_memory) if k in memory_grads else DisconnectedType()() for k in range(self.n_memory)]
         return [results[0], DisconnectedType()(), *results[1 : 1 + n], *memory, *results[1 + n + len(memory_grads):]]
 
 
 class StepLoopGrad(Op):
-    """Backward pass of StepLoop: (x_proj, mask, *init, *memory, *weights, *states, *saved,
+    """Backward pass of StepLoop: (x_proj, mask, *init, *memory, *weights, *states, tape,
     *d states, *d extras) -> (d x_proj, *d init, *d memory (the entries in `memory_grads`),
     *d weights)."""
 
@@ -368,17 +369,16 @@ class StepLoopGrad(Op):
 
     def _split(self, inputs):
         fwd = self.forward
-        n, n_mem, n_saved, n_extra = fwd.n_states, fwd.n_memory, len(fwd.graph.saved), fwd.n_extra
-        n_w = len(fwd.graph.shared)
+        n, n_mem, n_w, n_extra = fwd.n_states, fwd.n_memory, len(fwd.graph.shared), fwd.n_extra
         parts, start = [], 0
-        for size in (1, 1, n, n_mem, n_w, n, n_saved, n, n_extra):
+        for size in (1, 1, n, n_mem, n_w, n, 1, n, n_extra):
             parts.append(inputs[start : start + size])
             start += size
-        (x,), (mask,), init, memory, weights, seqs, saved, g_seqs, g_extra = parts
-        return x, mask, init, memory, weights, seqs, saved, g_seqs, g_extra
+        (x,), (mask,), init, memory, weights, seqs, (tape,), g_seqs, g_extra = parts
+        return x, mask, init, memory, weights, seqs, tape, g_seqs, g_extra
 
     def make_node(self, *inputs):
-        inputs = [pt.as_tensor_variable(v) for v in inputs]
+        inputs = [v if isinstance(v.type, Generic) else pt.as_tensor_variable(v) for v in inputs]
         x, _, init, memory, weights, *_ = self._split(inputs)
         outputs = [x.type()] + [s.type() for s in init] + [memory[k].type() for k in self.memory_grads]
         return Apply(self, inputs, outputs + [w.type() for w in weights])
@@ -390,14 +390,14 @@ class StepLoopGrad(Op):
         graph, n = self.forward.graph, self.forward.n_states
         graph.compile(self.memory_grads)
         backward, after = graph.backward[self.memory_grads]
-        x, mask, init, memory, weights, seqs, saved, g_seqs, g_extra = self._split(inputs)
+        x, mask, init, memory, weights, seqs, tape, g_seqs, g_extra = self._split(inputs)
         T = mask.shape[0]
         backward.bind([*weights, *memory])
         dx = np.empty_like(x)
         d_state = [np.zeros_like(s) for s in init]
         d_new = [np.empty_like(s) for s in init]
         d_memory = [np.zeros_like(memory[k]) for k in self.memory_grads]
-        d_matmul = None  # (T, B, n_j): the gradient at each matmul's output, every step
+        d_matmul = [[] for _ in range(graph.n_matmuls)]  # the gradient at each matmul's output, per step
         d_weights = [np.zeros_like(w) for w in weights]
         n_mm = graph.n_matmuls
         per_step = [self.memory_grads.index(k) for k in graph.memory_per_step if k in self.memory_grads]
@@ -408,15 +408,12 @@ class StepLoopGrad(Op):
                 d_state[k] += g_seqs[k][t]
                 np.multiply(d_state[k], m, out=d_new[k])  # through the new state ...
                 d_state[k] -= d_new[k]  # ... and (1 - m) straight to the previous one
-            out = backward(x[t], *prev, *(s[t] for s in saved), *d_new, *(g[t] for g in g_extra))
+            out = backward(x[t], *prev, *tape[t], *d_new, *(g[t] for g in g_extra))
             for k in range(n):
                 d_state[k] += out[k]
             dx[t] = out[n]
-            matmul_grads = out[n + 1 : n + 1 + n_mm]
-            if d_matmul is None:
-                d_matmul = [np.empty((T, *g.shape), FLOATX) for g in matmul_grads]
-            for buf, g in zip(d_matmul, matmul_grads):
-                buf[t] = g
+            for steps, g in zip(d_matmul, out[n + 1 : n + 1 + n_mm]):
+                steps.append(g)
             for i, g in zip(per_step, out[n + 1 + n_mm : n + 1 + n_mm + len(per_step)]):
                 d_memory[i] += g
             for k, g in zip(graph.direct, out[n + 1 + n_mm + len(per_step) :]):
@@ -431,8 +428,8 @@ class StepLoopGrad(Op):
                     s, s0 = seqs[source[1]], init[source[1]]
                     A.append(np.concatenate([s0[None], s[:-1]], axis=0))
                 else:
-                    A.append(saved[source[1]])
-            stacked = [_stack_rows(a) for a in A + d_matmul]
+                    A.append(np.stack([step[source[1]] for step in tape]))
+            stacked = [_stack_rows(a) for a in A] + [_stack_rows(np.stack(steps[::-1])) for steps in d_matmul]
             for acc, g in zip(d_weights + d_memory, after(*stacked, *weights, *memory)):
                 acc += g
         for k, value in enumerate([dx, *d_state, *d_memory, *d_weights]):

@@ -1,8 +1,9 @@
-"""Training and greedy-decoding speed of this project's Model against PyTorch, side by side.
+"""Training and decoding speed of this project's Model against PyTorch, side by side.
 
     pip install torch==2.13.0            # CPU build; needed by this script only
-    python benchmarks/bench_train.py     # about 10 minutes on 2 cores
+    python benchmarks/bench_train.py     # every row, 3 rounds: about 40 minutes on 2 cores
     python benchmarks/bench_train.py --quick
+    python benchmarks/bench_train.py --impls=pytensor_att,torch_att_gru   # any subset
 
 The model: embedding 256, GRU encoder 512, GRU decoder 512 fed c at every step, the deep
 output layer (width 256) and a softmax over 10,000 words; batch 64, source and target length
@@ -20,13 +21,23 @@ same thread settings (OMP/OpenBLAS/MKL threads and torch.set_num_threads):
 - torch_lstm:        the same on fused nn.LSTM layers;
 - torch_loop:        PyTorch with a hand-written Cho GRU cell in a Python loop
                      (benchmarks/torch_reference.py), masks and all, as model.Model;
-- torch_mgu_loop:    the same loop with the minimal gated unit's step.
+- torch_mgu_loop:    the same loop with the minimal gated unit's step;
+- pytensor_att, pytensor_att_lstm, pytensor_att_mgu: model.Model with bidirectional=true
+                     and attention=bahdanau (GRU, LSTM, MGU in every slot); the attention
+                     decoder runs on recurrence.py's loop, derived from its `attend`;
+- torch_att_gru, torch_att_lstm, torch_att_mgu: the same model as a PyTorch user writes it
+                     (torch_reference.TorchAttentionModel): a fused bidirectional encoder
+                     (nn.GRU, nn.LSTM; a loop for the MGU), then a Python loop of one cell
+                     (nn.GRUCell, nn.LSTMCell, the MGU) with additive attention, keys
+                     computed once per batch.
 Each row's ratio divides by its reference (REFERENCES): nn.GRU for our GRUs, nn.LSTM for our
-LSTM, the hand-written loop of the same cell for the MGU.
+LSTM, the hand-written loop of the same cell for the MGU, the PyTorch attention model of the
+same cell for ours.
 
 Reported per implementation: median training s/step and target tokens/s after warm-up;
-greedy decoding tokens/s (64 sentences, 30 steps); compile time, cold (empty compile cache,
-first round) and cached (later rounds); peak RSS of the process; achieved GFLOP/s (matmul
+greedy decoding tokens/s (64 sentences, 30 steps); for attention models, beam search (beam
+5, decode.beam_search's own code over each model's compiled step) in hypothesis-steps per
+second; compile time, cold (empty compile cache, first round) and cached (later rounds); peak RSS of the process; achieved GFLOP/s (matmul
 FLOPs counted from the shapes, backward = 2x forward) as a fraction of numpy's float32
 matmul peak, measured in the same run with the same threads. Writes JSON and prints a table.
 """
@@ -126,8 +137,36 @@ def run_pytensor(args, settings):
         if i >= args.warmup:
             decode.append(seconds)
             decode_tokens = ys.size  # steps run x sentences (the scan stops when all ended)
-    return dict(train_s=train, decode_s=decode, decode_tokens=decode_tokens, loss=loss, import_s=import_s,
-                train_compile_s=train_compile, decode_compile_s=decode_compile)
+    result = dict(train_s=train, decode_s=decode, decode_tokens=decode_tokens, loss=loss, import_s=import_s,
+                  train_compile_s=train_compile, decode_compile_s=decode_compile)
+    if model.attentive:
+        result["beam_rows_per_s"] = beam_rate(model, src, args)
+    return result
+
+
+def beam_rate(model, src, args):
+    """Hypothesis-steps per second of decode.beam_search (beam 5, T steps at most) over
+    `model`'s compiled step: its rows are counted, since two models' beams narrow
+    differently. The median of --decode_reps searches after one untimed one."""
+    import types
+
+    import decode
+
+    f_init, f_next = model.compile_step()
+    rows = [0]
+
+    def counted(y_prev, *rest):
+        rows[0] += len(y_prev)
+        return f_next(y_prev, *rest)
+
+    shim = types.SimpleNamespace(compile_step=lambda: (f_init, counted), memory_keys=model.memory_keys)
+    rates = []
+    for i in range(1 + args.decode_reps):
+        rows[0] = 0
+        seconds, _ = timed(lambda: decode.beam_search(shim, src, beam_size=5, max_len=SIZES["T"]))
+        if i:
+            rates.append(rows[0] / seconds)
+    return statistics.median(rates)
 
 
 def run_torch(args, impl):
@@ -163,8 +202,12 @@ def run_torch(args, impl):
     loss = float(train_step())
     with torch.no_grad():
         decode = [timed(lambda: model.greedy(src, s["T"]))[0] for _ in range(args.warmup + args.decode_reps)]
-    return dict(train_s=train, decode_s=decode[args.warmup:], decode_tokens=s["T"] * s["B"], loss=loss,
-                train_compile_s=None, decode_compile_s=None)  # eager: nothing to compile
+    result = dict(train_s=train, decode_s=decode[args.warmup:], decode_tokens=s["T"] * s["B"], loss=loss,
+                  train_compile_s=None, decode_compile_s=None)  # eager: nothing to compile
+    if impl in ATTENTIVE:  # the same beam search code, over PyTorch's steps
+        sys.path.insert(0, ROOT)
+        result["beam_rows_per_s"] = beam_rate(model, src.numpy().astype("int32"), args)
+    return result
 
 
 def torch_loop_model(E, H, V, G=3, step=None):
@@ -245,6 +288,8 @@ def summarise(runs, peak):
             train_fraction_of_peak=train_flops / train / 1e9 / peak,
             decode_gflops=decode_step_flops * decode_tokens / s["B"] / decode / 1e9,
             final_loss=results[-1]["loss"],
+            beam_rows_per_s=statistics.median(r["beam_rows_per_s"] for r in results) if "beam_rows_per_s" in results[0]
+            else None,
             runs=results,
         )
     for impl, row in out.items():
@@ -252,6 +297,7 @@ def summarise(runs, peak):
         row["reference"] = REFERENCES.get(impl) if ref else None
         row["train_ratio"] = row["train_tokens_per_s"] / ref["train_tokens_per_s"] if ref else None
         row["decode_ratio"] = row["decode_tokens_per_s"] / ref["decode_tokens_per_s"] if ref else None
+        row["beam_ratio"] = row["beam_rows_per_s"] / ref["beam_rows_per_s"] if ref and row["beam_rows_per_s"] else None
     return out
 
 
@@ -259,12 +305,13 @@ def table(summary, peak):
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     lines = [f"matmul peak (numpy float32 2048^2): {peak:.0f} GFLOP/s",
              "| implementation | reference | train s/step | train tok/s | x reference | decode tok/s | x reference "
-             "| compile cold / cached s | peak RSS MB | GFLOP/s (of peak) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| beam 5 rows/s | x reference | compile cold / cached s | peak RSS MB | GFLOP/s (of peak) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for impl, r in summary.items():
         lines.append(
             f"| {impl} | {r['reference'] or '-'} | {r['train_s_per_step']:.3f} | {r['train_tokens_per_s']:.0f} | {fmt(r['train_ratio'], '.2f')} "
             f"| {r['decode_tokens_per_s']:.0f} | {fmt(r['decode_ratio'], '.2f')} "
+            f"| {fmt(r['beam_rows_per_s'], '.0f')} | {fmt(r['beam_ratio'], '.2f')} "
             f"| {fmt(r['compile_cold_s'], '.1f')} / {fmt(r['compile_cached_s'], '.1f')} | {r['peak_rss_mb']:.0f} "
             f"| {r['train_gflops']:.0f} ({100 * r['train_fraction_of_peak']:.0f}%) |")
     return "\n".join(lines)

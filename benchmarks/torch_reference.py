@@ -277,6 +277,32 @@ class TorchAttentionModel(torch.nn.Module):
             y = self.logits(h, emb, ctx).argmax(1)
         return y
 
+    # The interface decode.beam_search asks of a model, so that the benchmark runs the same
+    # search, step by step, over this model's steps.
+    def memory_keys(self):
+        return ("annotations", "src_mask", "keys")
+
+    def compile_step(self):
+        """(f_init, f_next) on numpy arrays, as decode.compile_step documents."""
+        numpy = lambda ts: [t.numpy() for t in ts]  # noqa: E731
+
+        @torch.no_grad()
+        def f_init(src):
+            annotations, keys, src_mask, state = self.encode(torch.from_numpy(src).long())
+            return numpy([annotations, src_mask, keys, *(state if self.cell == "lstm" else [state])])
+
+        @torch.no_grad()
+        def f_next(y_prev, *args):
+            states, (annotations, src_mask, keys) = args[:-3], args[-3:]
+            state = tuple(map(torch.from_numpy, states)) if self.cell == "lstm" else torch.from_numpy(states[0])
+            emb = self.tgt_embed(torch.from_numpy(y_prev).long())
+            memory = (torch.from_numpy(keys), torch.from_numpy(annotations), torch.from_numpy(src_mask))
+            state, h, ctx = self.step(emb, state, memory)
+            logp = torch.log_softmax(self.logits(h, emb, ctx), dim=1)
+            return numpy([logp, *(state if self.cell == "lstm" else [state])])
+
+        return f_init, f_next
+
     @classmethod
     def from_model(cls, model):
         """Copy a PyTensor Model (reset_after GRU, bidirectional, one layer, Bahdanau)."""
