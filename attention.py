@@ -9,6 +9,7 @@ import pytensor
 import pytensor.tensor as pt
 import recurrence
 from layers import Module, _glorot, _uniform
+from pytensor.graph.replace import clone_replace
 
 
 def masked_softmax(scores, mask):
@@ -130,11 +131,12 @@ class AttentionDecoder(Module):
         new, ctx, weights = self.attend(x_t, *args)
         return [*new, ctx, weights]
 
-    def scan(self, x_proj, mask, init, memory, mode=backend.DEFAULT_MODE):
+    def scan(self, x_proj, mask, init, memory, mode=backend.DEFAULT_MODE, weights=None):
         """Teacher-forced loop over x_proj (T, B, G*H) with `mask` (T, B), from the state list
         `init`, reading `memory` = [keys, annotations, src_mask]. Returns (state sequences,
         each (T, B, H_k); contexts (T, B, C); attention weights (T, Ts, B)). A padded step
-        carries the state through; its context and weights are computed all the same."""
+        carries the state through; its context and weights are computed all the same.
+        `weights` maps params to what the step reads in their place (weight-drop)."""
         n = self.n_states
         unique = list(dict.fromkeys(memory))  # Luong's keys are the annotations themselves
         positions = [unique.index(v) for v in memory]
@@ -146,18 +148,19 @@ class AttentionDecoder(Module):
         out = None
         if self.cell.fused:
             out = recurrence.step_loop(self, step, n, x_proj, mask, init, unique, n_extra=2, mode=mode,
-                                       key=("attend_step", tuple(positions)))
+                                       key=("attend_step", tuple(positions)), weights=weights)
         if out is None:
-            out = self._scan(step, x_proj, mask, init, unique, mode)
+            out = self._scan(step, x_proj, mask, init, unique, mode, weights or {})
         return out[:n], out[n], out[n + 1]
 
-    def _scan(self, step, x_proj, mask, init, memory, mode):
+    def _scan(self, step, x_proj, mask, init, memory, mode, weights):
         """The same loop under pytensor.scan: the reference the fused loop is tested against."""
         n = self.n_states
 
         # scan's order: sequences (x_proj_t, m_t), the previous state, non-sequences (memory).
         def masked_step(x_t, m_t, *args):
             out = step(x_t, *args)
+            out = clone_replace(out, replace=weights) if weights else out
             m = m_t[:, None]  # (B, 1)
             return [*(m * s + (1.0 - m) * p for s, p in zip(out[:n], args[:n])), *out[n:]]
 

@@ -118,7 +118,7 @@ def load_dataset(folder, need=()):
     splits = {name: load_split(os.path.join(folder, f"{name}.npz")) for name in SPLITS}
     for name in need:
         if not splits[name]:
-            raise DataError(f"{folder}/{name}.npz: no pairs; training needs {name} pairs")
+            raise DataError(f"{folder}/{name}.npz: no pairs; {name} pairs are needed here")
     for name, pairs in splits.items():
         for side, vocab in ((0, src_vocab), (1, tgt_vocab)):
             ids = [pair[side] for pair in pairs if len(pair[side])]

@@ -49,14 +49,16 @@ def checksum(model):
 
 
 def compile_grad(model):
-    """Half 1 of a step: `f(src, tgt) -> [summed nll, n_tokens, *gradients of the summed nll]`,
-    one gradient per trainable param, no parameter updates."""
+    """Half 1 of a step: `f(src, tgt) -> [summed nll, n_tokens, *gradients of the summed
+    objective]` (the nll, or the label-smoothed loss), one gradient per trainable param, no
+    parameter updates."""
     def build():
         src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
         model.dropout.begin()
-        nll, mask = model.token_nll(src, tgt, train=True)
-        total = pt.sum(nll, dtype=layers.FLOATX)
-        outputs = [total, pt.sum(mask, dtype=layers.FLOATX), *pytensor.grad(total, model.trainable_params())]
+        nll, mask, objective = model.token_nll(src, tgt, train=True)
+        total = pt.sum(objective, dtype=layers.FLOATX)
+        outputs = [pt.sum(nll, dtype=layers.FLOATX), pt.sum(mask, dtype=layers.FLOATX),
+                   *pytensor.grad(total, model.trainable_params())]
         return pytensor.function([src, tgt], outputs, updates=model.dropout.updates(), mode=model.mode)
 
     return backend.cached(model.functions, "grad", build)

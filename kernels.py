@@ -197,6 +197,20 @@ def softmax_cross_entropy(logits, targets):
     return SoftmaxCrossEntropy()(logits, targets)[0]
 
 
+def smoothed_cross_entropy(logits, targets, smoothing=0.0):
+    """(nll (N,), loss (N,)): the negative log-likelihood of `targets` under softmax(logits),
+    and the label-smoothed loss, the cross-entropy against (1 - e) onehot(y) + e / V:
+
+        loss_i = (1 - e) nll_i + e (logsumexp(x_i) - mean_j x_ij)
+
+    which reuses the fused op's logsumexp. With smoothing 0, loss is nll."""
+    nll, lse = SoftmaxCrossEntropy()(logits, targets)
+    if not smoothing:
+        return nll, nll
+    e = np.float32(smoothing)
+    return nll, (np.float32(1.0) - e) * nll + e * (lse - pt.mean(logits, axis=1))
+
+
 # ---- the GRU over a whole sequence ---------------------------------------------------------
 #
 # Under scan, each GRU timestep runs as several small ops with per-op overhead; tanh alone

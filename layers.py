@@ -20,6 +20,7 @@ import optim
 import pytensor
 import pytensor.tensor as pt
 import recurrence
+from pytensor.graph.replace import clone_replace
 
 FLOATX = "float32"
 
@@ -123,7 +124,8 @@ class FF(Module):
 class Embedding(Module):
     """Lookup table: ids (any shape, int) -> vectors (..., outputSize).
 
-    Rows start as N(0, init_std**2) draws (ModelConfig.embed_init_std).
+    Rows start as N(0, init_std**2) draws (ModelConfig.embed_init_std). `Embedding.tied(other,
+    name)` reads `other`'s table and owns no parameter (one table for source and target).
     """
 
     def __init__(self, vocabSize, outputSize, name="embed", rng=None, init_std=1.0):
@@ -131,8 +133,30 @@ class Embedding(Module):
         rng = rng or np.random.default_rng(0)
         self.W = self.add_param("W", rng.normal(0.0, init_std, size=(vocabSize, outputSize)))
 
+    @classmethod
+    def tied(cls, other, name):
+        tied = cls.__new__(cls)
+        Module.__init__(tied, name)
+        tied.W = other.W
+        return tied
+
     def __call__(self, ids):
         return self.W[ids]
+
+
+class TiedOutput(Module):
+    """The softmax layer with the target word vectors as its weights (Press & Wolf 2017):
+    logits = x @ embed.W^T + b. Owns only b; the table's gradient reaches the embedding."""
+
+    def __init__(self, embed, name="ffout"):
+        super().__init__(name)
+        self.embed = embed
+        vocab_size, self.inputSize = embed.W.get_value(borrow=True).shape
+        self.outputSize = vocab_size
+        self.b = self.add_param("b", np.zeros(vocab_size))
+
+    def __call__(self, x):
+        return pt.dot(x, self.embed.W.T) + self.b
 
 
 class Dropout:
@@ -146,14 +170,23 @@ class Dropout:
     def begin(self):
         self._next = self.rng
 
+    def uniform(self, shape):
+        """Uniform [0, 1) draws of `shape` (a python 1 in it makes that axis broadcastable)."""
+        self._next, u = pt.random.uniform(size=shape, rng=self._next, return_next_rng=True)
+        return u.astype(FLOATX)
+
     def mask(self, shape, rate):
         """A float mask of `shape`: 0 with probability `rate`, else 1 / (1 - rate)."""
         keep = np.float32(1.0 - rate)
-        self._next, u = pt.random.uniform(size=shape, rng=self._next, return_next_rng=True)
-        return pt.lt(u, keep).astype(FLOATX) / keep
+        return pt.lt(self.uniform(shape), keep).astype(FLOATX) / keep
 
     def __call__(self, x, rate):
         return x * self.mask(x.shape, rate)
+
+    def locked(self, x, rate):
+        """Variational dropout of a sequence x (T, B, D): one mask per sequence, the same at
+        every timestep (Gal & Ghahramani 2016)."""
+        return x * self.mask((1, x.shape[1], x.shape[2]), rate)  # (1, B, D), broadcast over T
 
     def updates(self):
         return [(self.rng, self._next)] if self._next is not self.rng else []
@@ -204,30 +237,34 @@ class Recurrent(Module):
     def zeros(self, batch_size):
         return self.initial_state(pt.zeros((batch_size, self.hiddenSize), dtype=FLOATX))
 
-    def scan(self, x_proj, mask, init=None, go_backwards=False, mode=backend.DEFAULT_MODE):
+    def scan(self, x_proj, mask, init=None, go_backwards=False, mode=backend.DEFAULT_MODE, weights=None):
         """Run over a padded batch: the list of state sequences, each (T, B, H).
 
         x_proj: (T, B, G*H) from `project`; mask: (T, B) float, 1 for real steps, 0 for
         padding. A padded step carries the state through unchanged, so the state at T-1 is
         the state after each sequence's last real token. Backwards, states come out in the
-        order computed, as scan's go_backwards gives them. `mode` is in backend.MODES."""
+        order computed, as scan's go_backwards gives them. `mode` is in backend.MODES.
+        `weights` maps some of this cell's params to what `recur` reads in their place for
+        this loop (weight-drop: {U: U * mask})."""
         init = list(init) if init is not None else self.zeros(x_proj.shape[1])
+        weights = weights or {}
         if go_backwards:
             x_proj, mask = x_proj[::-1], mask[::-1]
-        states = self._fast_loop(x_proj, mask, init, mode) if self.fused else None
-        return states if states is not None else self._scan(x_proj, mask, init, mode)
+        states = self._fast_loop(x_proj, mask, init, mode, weights) if self.fused else None
+        return states if states is not None else self._scan(x_proj, mask, init, mode, weights)
 
-    def _fast_loop(self, x_proj, mask, init, mode):
+    def _fast_loop(self, x_proj, mask, init, mode, weights):
         """The whole loop as one op derived from `recur`; None if the step can't run alone."""
-        return recurrence.cell_loop(self, x_proj, mask, init, mode)
+        return recurrence.cell_loop(self, x_proj, mask, init, mode, weights)
 
-    def _scan(self, x_proj, mask, init, mode):
+    def _scan(self, x_proj, mask, init, mode, weights):
         """The same loop under pytensor.scan: the reference the fast paths are tested against."""
 
         # scan's argument order: sequences (x_proj_t, m_t), then previous states.
         def masked_step(x_t, m_t, *prev):
             new = self.recur(x_t, *prev)
             new = new if isinstance(new, (list, tuple)) else [new]
+            new = clone_replace(new, replace=weights) if weights else new
             m = m_t[:, None]  # (B, 1)
             return [m * n + (1.0 - m) * p for n, p in zip(new, prev)]
 
@@ -261,13 +298,13 @@ class GRU(Recurrent):
         super().__init__(inputSize, hiddenSize, name, rng, fused)
         self.reset_after = reset_after
 
-    def _fast_loop(self, x_proj, mask, init, mode):
+    def _fast_loop(self, x_proj, mask, init, mode, weights):
         """The stock GRU gets kernels.GRUSequence, a hand-written loop of these equations
         (about 2x faster than the generic op, README Performance). A subclass that overrides
         `recur` gets the generic op, built from its own `recur`."""
-        if type(self).recur is not GRU.recur:
-            return super()._fast_loop(x_proj, mask, init, mode)
-        return [kernels.gru_sequence(x_proj, mask, init[0], self.U, self.reset_after)]
+        if type(self).recur is not GRU.recur or set(weights) - {self.U}:
+            return super()._fast_loop(x_proj, mask, init, mode, weights)
+        return [kernels.gru_sequence(x_proj, mask, init[0], weights.get(self.U, self.U), self.reset_after)]
 
     # recur(x_proj_t, h_prev): x_proj_t (B, 3H) is this step's input projection.
     def recur(self, x_t, h_prev):

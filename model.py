@@ -9,7 +9,14 @@
 With `attention` set (Bahdanau et al. 2015), c in the decoder and the output is replaced by a
 context ctx_t that the decoder computes at each step from all encoder annotations. The
 encoder can be bidirectional (annotations [forward; backward], c = [last fwd; first bwd])
-and stacked, with dropout between layers in training.
+and stacked.
+
+Regularisers, each a setting that is 0 (off) by default and acts in training only: dropout
+on the word vectors, between stacked encoder layers and on the deep output layer; locked
+dropout (one mask per sequence) on every recurrent layer's input and output; weight-drop
+(DropConnect on every recurrent matrix U, AWD-LSTM); word dropout (input words replaced by
+<unk>); the softmax weights tied to the target word vectors, and one table for source and
+target; label smoothing in the loss (perplexity stays the plain cross-entropy's).
 
 Batches are (T, B) int32 id matrices, time first, padded with PAD_ID; masks are derived
 from the padding. A target batch holds BOS y_1 .. y_n EOS, so the decoder reads tgt[:-1]
@@ -29,7 +36,8 @@ import pytensor
 import pytensor.tensor as pt
 from attention import ATTENTIONS, AttentionDecoder
 from configurator import setting
-from vocab import PAD_ID
+from configurator import ConfigError
+from vocab import EOS_ID, PAD_ID, UNK_ID
 
 @dataclass
 class ModelConfig:
@@ -49,6 +57,14 @@ class ModelConfig:
     attention: str = setting("none", f"none (Cho 2014's fixed c), {' or '.join(ATTENTIONS)}")
     attention_size: int = setting(0, "additive attention's hidden width; 0 = hidden_size")
     dropout: float = setting(0.0, "dropout between stacked encoder layers, training only")
+    embed_dropout: float = setting(0.0, "dropout on the source and target word vectors, training only")
+    rnn_dropout: float = setting(0.0, "locked dropout (one mask per sequence) on every recurrent layer's input and output")
+    weight_drop: float = setting(0.0, "DropConnect on every recurrent matrix U, one mask per batch (AWD-LSTM)")
+    word_dropout: float = setting(0.0, "replace source and target input words by <unk> with this probability")
+    readout_dropout: float = setting(0.0, "dropout on the deep output layer, before the softmax")
+    tie_embeddings: bool = setting(False, "the softmax weights are the target word vectors (Press & Wolf 2017)")
+    tie_src_tgt: bool = setting(False, "one word-vector table for source and target (same vocabulary only)")
+    label_smoothing: float = setting(0.0, "spread this much of each target's probability over the vocabulary")
     src_vocab_size: int = setting(0, "from the prepared data's vocabulary", derived=True)
     tgt_vocab_size: int = setting(0, "from the prepared data's vocabulary", derived=True)
 
@@ -77,6 +93,11 @@ class Model:
         names = [p.name for p in self.params]
         if len(set(names)) != len(names):
             raise ValueError(f"parameter names must be unique, got {names}")
+        if config.tie_embeddings:  # a user's initModules() may have changed the readout's width
+            out, embed = self.modules["readout"].outputSize, self.modules["tgt_embed"].W.get_value(borrow=True).shape
+            if out != embed[1]:
+                raise ConfigError(f"tie_embeddings: the readout is {out} wide but the target word vectors are "
+                                  f"{embed[1]} (table {embed[0]} x {embed[1]}); they must be the same width")
         self.opt_state = []  # shared variables written by the optimizer, see compile_train
         self._pending_opt_state = {}  # a loaded checkpoint's, set when the optimizer is built
         self.checkpoint_state = {}  # the saved `state` dict of a loaded checkpoint
@@ -99,9 +120,12 @@ class Model:
         def cell(input_size, name):
             return Cell(input_size, H, name=name, rng=rng, **options)
 
+        src_embed = None if cfg.tie_src_tgt else layers.Embedding(cfg.src_vocab_size, E, "src_embed", rng,
+                                                                    cfg.embed_init_std)
+        tgt_embed = layers.Embedding(cfg.tgt_vocab_size, E, "tgt_embed", rng, cfg.embed_init_std)
         modules = {
-            "src_embed": layers.Embedding(cfg.src_vocab_size, E, "src_embed", rng, cfg.embed_init_std),
-            "tgt_embed": layers.Embedding(cfg.tgt_vocab_size, E, "tgt_embed", rng, cfg.embed_init_std),
+            "src_embed": src_embed or layers.Embedding.tied(tgt_embed, "src_embed"),
+            "tgt_embed": tgt_embed,
             "encoder": cell(E, "encoder"),
         }
         for layer in range(cfg.encoder_layers):
@@ -117,7 +141,8 @@ class Model:
         else:
             modules["decoder"] = cell([E, C], "decoder")
         modules["readout"] = layers.FF([H, E, C], E, "tanh", name="readout", rng=rng)
-        modules["ffout"] = layers.FF(E, cfg.tgt_vocab_size, "linear", name="ffout", rng=rng)
+        modules["ffout"] = layers.TiedOutput(tgt_embed, name="ffout") if cfg.tie_embeddings else \
+            layers.FF(E, cfg.tgt_vocab_size, "linear", name="ffout", rng=rng)
         return modules
 
     # ---- the symbolic graph -------------------------------------------------------------
@@ -129,26 +154,50 @@ class Model:
         src_mask (Ts, B); and, for attention, keys (Ts, B, A)."""
         m, cfg = self.modules, self.config
         src_mask = pt.neq(src, PAD_ID).astype(layers.FLOATX)  # (Ts, B)
-        x = m["src_embed"](src)  # (Ts, B, E)
+        x = self._drop(m["src_embed"](self._word_dropout(src, train)), cfg.embed_dropout, train)  # (Ts, B, E)
         for layer in range(cfg.encoder_layers):
             name = "encoder" if layer == 0 else f"encoder{layer}"
-            if layer > 0 and train and cfg.dropout > 0:
-                x = self.dropout(x, cfg.dropout)
-            fwd = m[name].scan(m[name].project(x), src_mask, mode=self.mode_name)[0]  # (Ts, B, H)
+            x = self._drop(x, cfg.dropout if layer > 0 else 0.0, train)
+            x = self._drop(x, cfg.rnn_dropout, train, locked=True)
+            cell = m[name]
+            fwd = cell.scan(cell.project(x), src_mask, mode=self.mode_name, weights=self._dropped_U(cell, train))[0]
             # Masking carried each state past its padding, so fwd[-1] is after the last token.
             annotations, c = fwd, fwd[-1]  # (Ts, B, H), (B, H)
             if cfg.bidirectional:
-                bwd_cell = m[f"{name}_bwd"]
+                cell = m[f"{name}_bwd"]
                 # Scanning backwards, padding comes first and leaves the zero state as it is.
-                bwd = bwd_cell.scan(bwd_cell.project(x), src_mask, go_backwards=True, mode=self.mode_name)[0]
+                bwd = cell.scan(cell.project(x), src_mask, go_backwards=True, mode=self.mode_name,
+                                weights=self._dropped_U(cell, train))[0]
                 bwd = bwd[::-1]  # (Ts, B, H), back in source order
                 annotations = pt.concatenate([fwd, bwd], axis=2)  # (Ts, B, 2H)
                 c = pt.concatenate([c, bwd[0]], axis=1)  # (B, 2H)
-            x = annotations
+            x = self._drop(annotations, cfg.rnn_dropout, train, locked=True)
         memory = {"c": c, "annotations": x, "src_mask": src_mask}
         if self.attentive and m["decoder"].attention.has_keys:
             memory["keys"] = m["decoder"].attention.keys(x)  # (Ts, B, A), once per batch
         return memory
+
+    # ---- regularisers: identities unless training with a non-zero rate ----------------------
+
+    def _drop(self, x, rate, train, locked=False):
+        """x with dropout at `rate` in training; `locked`: one mask per sequence of x (T, B, D)."""
+        if not train or rate <= 0:
+            return x
+        return self.dropout.locked(x, rate) if locked else self.dropout(x, rate)
+
+    def _word_dropout(self, ids, train):
+        """ids (T, B) with each word (not PAD, BOS or EOS) replaced by <unk> at word_dropout."""
+        if not train or self.config.word_dropout <= 0:
+            return ids
+        drop = pt.and_(pt.lt(self.dropout.uniform(ids.shape), np.float32(self.config.word_dropout)), pt.gt(ids, EOS_ID))
+        return pt.switch(drop, UNK_ID, ids).astype(ids.dtype)
+
+    def _dropped_U(self, cell, train):
+        """{cell.U: U * mask} for weight-drop in training (one mask per batch), else {}."""
+        rate = self.config.weight_drop
+        if not train or rate <= 0 or not isinstance(getattr(cell, "U", None), pytensor.compile.SharedVariable):
+            return {}
+        return {cell.U: self.dropout(cell.U, rate)}
 
     def memory_keys(self):
         """The memory entries the decoder reads, in the order compiled functions pass them."""
@@ -177,43 +226,50 @@ class Model:
             new, ctx, weights = (list(new) if isinstance(new, (list, tuple)) else [new]), memory["c"], None
         return new, self.logits(new[0], emb, ctx), weights
 
-    def decoder_states(self, emb, tgt_mask, memory):
+    def decoder_states(self, emb, tgt_mask, memory, train=False):
         """Teacher-forced decoder over embedded inputs emb (T, B, E) -> h (T, B, H), the
         context the output reads ((T, B, C), or c (B, C) without attention), and the
         attention weights (T, Ts, B) or None."""
         dec = self.modules["decoder"]
         init = self.decoder_init(memory)
+        weights = self._dropped_U(getattr(dec, "cell", dec), train)
         if not self.attentive:
             x_proj = dec.project(emb, memory["c"])  # (T, B, G*H); c broadcast over T
-            return dec.scan(x_proj, tgt_mask, init=init, mode=self.mode_name)[0], memory["c"], None
-        states, ctx, weights = dec.scan(dec.project(emb), tgt_mask, init, self._attended(memory), self.mode_name)
-        return states[0], ctx, weights
+            return dec.scan(x_proj, tgt_mask, init=init, mode=self.mode_name, weights=weights)[0], memory["c"], None
+        states, ctx, attention = dec.scan(dec.project(emb), tgt_mask, init, self._attended(memory), self.mode_name,
+                                          weights)
+        return states[0], ctx, attention
 
     def logits(self, h, y_prev_emb, c):
         """Unnormalised next-token scores from decoder states: (..., H) -> (..., V)."""
         return self.modules["ffout"](self.modules["readout"](h, y_prev_emb, c))
 
     def token_nll(self, src, tgt, train=False):
-        """Teacher-forced negative log-likelihood per target position, and the target mask.
+        """Teacher-forced negative log-likelihood per target position, the target mask, and
+        the training objective per position: the nll, or with label_smoothing in training
+        (1 - e) nll + e * (the cross-entropy against a uniform distribution).
 
-        src (Ts, B), tgt (Tt, B) int32 -> nll (Tt-1, B), mask (Tt-1, B); 0 on padding.
+        src (Ts, B), tgt (Tt, B) int32 -> nll, mask, objective, each (Tt-1, B); 0 on padding.
         """
+        cfg = self.config
         memory = self.encode(src, train)
         tgt_in, tgt_out = tgt[:-1], tgt[1:]  # (T, B) each
         tgt_mask = pt.neq(tgt_out, PAD_ID).astype(layers.FLOATX)  # (T, B)
-        emb = self.modules["tgt_embed"](tgt_in)  # (T, B, E)
-        h, ctx, _ = self.decoder_states(emb, tgt_mask, memory)  # (T, B, H)
-        logits = self.logits(h, emb, ctx)  # (T, B, V)
+        emb = self._drop(self.modules["tgt_embed"](self._word_dropout(tgt_in, train)), cfg.embed_dropout, train)
+        h, ctx, _ = self.decoder_states(self._drop(emb, cfg.rnn_dropout, train, locked=True), tgt_mask, memory, train)
+        readout = self.modules["readout"](self._drop(h, cfg.rnn_dropout, train, locked=True), emb, ctx)  # (T, B, E)
+        logits = self.modules["ffout"](self._drop(readout, cfg.readout_dropout, train))  # (T, B, V)
         flat = logits.reshape((-1, logits.shape[-1]))  # (T*B, V)
         # One fused C pass per row, forward and backward (kernels.py, README Performance).
-        nll = kernels.softmax_cross_entropy(flat, tgt_out.flatten())  # (T*B,)
-        return nll.reshape(tgt_out.shape) * tgt_mask, tgt_mask  # (T, B)
+        nll, objective = kernels.smoothed_cross_entropy(flat, tgt_out.flatten(), cfg.label_smoothing if train else 0)
+        return [v.reshape(tgt_out.shape) * tgt_mask for v in (nll, tgt_mask, objective)]  # (T, B) each
 
     def loss(self, src, tgt, train=False):
-        """Mean cross-entropy per real target token (a scalar), and the token count."""
-        nll, mask = self.token_nll(src, tgt, train)
+        """The mean training objective per real target token (the cross-entropy, unless
+        label smoothing applies) and the token count."""
+        _, mask, objective = self.token_nll(src, tgt, train)
         n_tokens = pt.sum(mask, dtype=layers.FLOATX)
-        return pt.sum(nll, dtype=layers.FLOATX) / pt.maximum(n_tokens, 1.0), n_tokens
+        return pt.sum(objective, dtype=layers.FLOATX) / pt.maximum(n_tokens, 1.0), n_tokens
 
     # ---- compiled functions, built once on first use ------------------------------------
 
@@ -237,7 +293,9 @@ class Model:
         return updates, norm
 
     def compile_train(self, optimizer="adam", grad_clip=1.0):
-        """The training step `f(src, tgt, lr) -> (loss, n_tokens, grad_norm)`.
+        """The training step `f(src, tgt, lr) -> (loss, n_tokens, grad_norm)`, the loss being
+        the mean cross-entropy per token (what perplexity measures; with label smoothing the
+        gradient is the smoothed objective's).
 
         Updates are skipped (params unchanged) when the gradient norm is not finite, so a
         bad batch never corrupts the weights; the caller sees the non-finite norm.
@@ -246,10 +304,12 @@ class Model:
             src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
             lr = pt.scalar("lr", dtype=layers.FLOATX)
             self.dropout.begin()
-            loss, n_tokens = self.loss(src, tgt, train=True)
-            grads = pytensor.grad(loss, self.trainable_params())
-            updates, norm = self.training_updates(loss, grads, lr, optimizer, grad_clip)
-            return pytensor.function([src, tgt, lr], [loss, n_tokens, norm],
+            nll, mask, objective = self.token_nll(src, tgt, train=True)
+            n_tokens = pt.sum(mask, dtype=layers.FLOATX)
+            mean = lambda v: pt.sum(v, dtype=layers.FLOATX) / pt.maximum(n_tokens, 1.0)  # noqa: E731
+            grads = pytensor.grad(mean(objective), self.trainable_params())
+            updates, norm = self.training_updates(mean(objective), grads, lr, optimizer, grad_clip)
+            return pytensor.function([src, tgt, lr], [mean(nll), n_tokens, norm],
                                      updates=updates + self.dropout.updates(), mode=self.mode)
 
         return backend.cached(self.functions, ("train", optimizer, grad_clip), build)
@@ -258,7 +318,7 @@ class Model:
         """`f(src, tgt) -> (summed nll, n_tokens)` for validation, with no updates."""
         def build():
             src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
-            nll, mask = self.token_nll(src, tgt)
+            nll, mask, _ = self.token_nll(src, tgt)
             outs = [pt.sum(nll, dtype=layers.FLOATX), pt.sum(mask, dtype=layers.FLOATX)]
             return pytensor.function([src, tgt], outs, mode=self.mode)
 

@@ -79,3 +79,21 @@ def decayed(start, finish, progress, shape="cosine"):
     if shape == "exponential":
         return start * (finish / start) ** progress
     return start
+
+
+def run_progress(step, elapsed_s, max_iters=0, max_minutes=0.0):
+    """How far a run is, from 0 to 1: the larger of its step fraction (with a step limit)
+    and its time fraction (with a time limit); 0 when neither is set."""
+    fractions = [step / max_iters] if max_iters else []
+    fractions += [elapsed_s / (60.0 * max_minutes)] if max_minutes else []
+    return min(1.0, max(fractions, default=0.0))
+
+
+def scheduled_lr(peak, floor, warmup_steps, step, progress, warmup_end):
+    """Linear warm-up to `peak` over the first `warmup_steps` steps, then a cosine decay to
+    `floor` over the rest of the run: from `warmup_end`, the progress at which warm-up
+    ended, to progress 1. Warm-up and decay measure the same progress, so a run bounded by
+    time decays smoothly from the end of its warm-up, however long that took."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    return decayed(peak, floor, (progress - warmup_end) / max(1e-9, 1.0 - warmup_end), "cosine")

@@ -26,7 +26,8 @@ overrides `recur` or `attend`: there is no second copy of the equations, and the
 applied outside the step as in `layers.Recurrent.scan` (a padded step carries the state
 through; extras are not masked). A step that reads anything but its input, its state, its
 memory, shared variables and constants (a random draw, a variable from an outer graph)
-cannot be compiled on its own: `step_loop` then returns None and the owner runs under scan.
+cannot be compiled on its own: `step_loop` then returns None and the owner runs under scan,
+as it does in the NUMBA compile mode.
 """
 import numpy as np
 
@@ -437,14 +438,17 @@ class StepLoopGrad(Op):
 
 
 def step_loop(owner, step, n_states, x_proj, mask, init, memory=(), n_extra=0, mode=backend.DEFAULT_MODE,
-              key=None):
+              key=None, weights=None):
     """The masked loop of `step(x_t, *state, *memory) -> [*new_state, *extra]` over x_proj
     (T, B, P) with `mask` (T, B), from the initial state list `init`: a list of n_states
     state sequences (T, B, H_k) and n_extra extra sequences; or None when the step cannot be
     compiled on its own (see the module docstring). `owner` is the module whose `params` the
     step reads; the op and its compiled step are built once per owner, step (or `key`, for a
     step made anew at each call), compile mode (a name in backend.MODES) and memory types,
-    and kept on the owner."""
+    and kept on the owner. `weights` maps some of the owner's params to what the step reads
+    in their place for this loop (weight-drop's U * mask): they are inputs of the op."""
+    if mode == "NUMBA":  # Numba compiles scan itself, and has no type for the tape
+        return None
     memory = [pt.as_tensor_variable(v) for v in memory]
     key = (mode, key or getattr(step, "__func__", step), tuple(v.type for v in memory))
     ops = owner.__dict__.setdefault("_step_loops", {})
@@ -456,11 +460,13 @@ def step_loop(owner, step, n_states, x_proj, mask, init, memory=(), n_extra=0, m
     op = ops[key]
     if op is None:
         return None
-    return _as_list(op(x_proj, mask, *init, *memory, *op.graph.shared))[: n_states + n_extra]
+    weights = weights or {}
+    shared = [weights.get(w, w) for w in op.graph.shared]
+    return _as_list(op(x_proj, mask, *init, *memory, *shared))[: n_states + n_extra]
 
 
-def cell_loop(cell, x_proj, mask, init, mode=backend.DEFAULT_MODE):
+def cell_loop(cell, x_proj, mask, init, mode=backend.DEFAULT_MODE, weights=None):
     """The state sequences of `cell` over x_proj (T, B, P) with `mask` (T, B), from the
     initial state list `init`: a list of (T, B, H_k), as `Recurrent.scan` returns; or None
     when the cell's step cannot be compiled on its own."""
-    return step_loop(cell, cell.recur, cell.n_states, x_proj, mask, init, mode=mode)
+    return step_loop(cell, cell.recur, cell.n_states, x_proj, mask, init, mode=mode, weights=weights)

@@ -1,17 +1,20 @@
 """Sample next sentences from a checkpoint.
 
     python sample.py --start="In the beginning God created the heaven and the earth."
-    echo "the house is on fire" | python sample.py --num_samples=5 --temperature=0.8
+    python sample.py                                  # on a terminal: type a line, get outputs
+    echo "the house is on fire" | python sample.py --num_samples=5 --top_p=0.9
     python sample.py --dataset=mybook --start="It was a dark and stormy night."
-    python sample.py --dataset=kjv_es --beam_size=5 --start="And God said"
+    python sample.py --dataset=kjv_es --beam_size=5 --num_samples=3 --start="And God said"
     python sample.py --dataset=kjv_es --start="..." --plot_attention=attention.png
     python sample.py --help
 
 The checkpoint is <out_dir>/ckpt_best.npz, out_dir defaulting to out/<dataset> as in
-train.py. Each input line is tokenised as in training, encoded, and decoded num_samples times:
-greedily when temperature is 0, else by sampling at that temperature. With beam_size > 1,
-beam search gives one output per line instead. --plot_attention saves a source x output
-heatmap of the attention weights for the first input (attention models).
+train.py. Each input (--start, else each line typed at the prompt, or piped in) is tokenised
+as in training, encoded, and decoded: num_samples samples at the temperature (restricted to
+the top_k words and the top_p nucleus when set), or greedily at temperature 0. With
+beam_size > 1, beam search gives the num_samples best outputs (at most beam_size), each with
+its log-probability. --plot_attention saves a source x output heatmap of the attention
+weights for the first input (attention models).
 """
 import math
 import os
@@ -21,13 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 
 import backend
+from checkpoint import CheckpointError, checkpoint_path
 from configurator import ConfigError, configure, require, setting
 from dataset import pad_batch
-from runs import run_dir
-from checkpoint import CheckpointError, checkpoint_path
+from decode import beam_search, generate
 from model import Model
+from runs import run_dir
 from vocab import UNK_ID
-from decode import generate
+
+MAX_SAMPLES = 1000  # outputs per input decoded together: a bound on one batch's memory
 
 
 @dataclass
@@ -35,9 +40,13 @@ class SampleConfig:
     dataset: str = setting("kjv", "the run of this dataset (out/<dataset>), unless out_dir is given")
     out_dir: str = setting("", "run folder whose checkpoint to load; empty = out/<dataset>")
     ckpt: str = setting("best", "best, latest, step<N>, or a path to an .npz")
-    start: str = setting("", "input sentence; empty = read lines from stdin")
-    num_samples: int = setting(3, "outputs per input")
+    start: str = setting("", "input sentence; empty = read lines (a prompt on a terminal)")
+    num_samples: int = setting(3, f"outputs per input: samples, or the n best of a beam (at most {MAX_SAMPLES})")
     temperature: float = setting(0.8, "0 = greedy; higher = more varied")
+    top_k: int = setting(0, "sample only among the k most probable words; 0 = all")
+    top_p: float = setting(1.0, "sample only from the nucleus: the fewest most probable words whose probability "
+                                "reaches top_p; 1 = all")
+    unk_penalty: float = setting(math.inf, "subtracted from <unk>'s log-probability; inf = never emit <unk>")
     beam_size: int = setting(1, "1 = greedy or sampling (temperature); > 1 = beam search")
     length_norm: float = setting(1.0, "beam ranks by log p / length**length_norm")
     no_repeat_ngram_size: int = setting(0, "n > 0: no output repeats an n-gram (a guard against loops)")
@@ -47,22 +56,78 @@ class SampleConfig:
     mode: str = setting(backend.DEFAULT_MODE, f"compile mode: {', '.join(backend.MODES)}")
 
 
-def main(argv):
-    cfg = SampleConfig()
-    configure([cfg], argv, __doc__.strip())
-    require(cfg.num_samples > 0, f"num_samples={cfg.num_samples}: must be positive")
+def check(cfg, explicit=()):
+    require(0 < cfg.num_samples <= MAX_SAMPLES, f"num_samples={cfg.num_samples}: must be between 1 and {MAX_SAMPLES}")
     require(cfg.max_len > 0, f"max_len={cfg.max_len}: must be positive")
-    for name in ("temperature", "length_norm"):
+    for name in ("temperature", "length_norm", "top_p"):
         require(math.isfinite(getattr(cfg, name)), f"{name}={getattr(cfg, name)}: must be a finite number")
     require(cfg.temperature >= 0, f"temperature={cfg.temperature}: must not be negative")
+    require(cfg.top_k >= 0, f"top_k={cfg.top_k}: must not be negative (0 = all words)")
+    require(0 < cfg.top_p <= 1, f"top_p={cfg.top_p}: must be in (0, 1]")
+    require(cfg.unk_penalty >= 0, f"unk_penalty={cfg.unk_penalty}: must not be negative (inf bans <unk>)")
     require(cfg.seed >= 0, f"seed={cfg.seed}: must not be negative")
+    require(cfg.beam_size >= 1, f"beam_size={cfg.beam_size}: must be at least 1")
+    require(cfg.beam_size == 1 or cfg.num_samples <= cfg.beam_size or "num_samples" not in explicit,
+            f"num_samples={cfg.num_samples}: a beam of {cfg.beam_size} gives at most {cfg.beam_size} outputs")
+    if cfg.beam_size > 1:  # the default number of outputs, as many as the beam holds
+        cfg.num_samples = min(cfg.num_samples, cfg.beam_size)
+    require(cfg.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size={cfg.no_repeat_ngram_size}: must not be negative")
     if cfg.plot_attention:
         if not cfg.plot_attention.lower().endswith(".png"):
             cfg.plot_attention += ".png"  # the file matplotlib would write; said as it is
         folder = os.path.dirname(os.path.abspath(cfg.plot_attention))
         require(os.path.isdir(folder), f"plot_attention={cfg.plot_attention}: the folder {folder} does not exist")
-    require(cfg.beam_size >= 1, f"beam_size={cfg.beam_size}: must be at least 1")
-    require(cfg.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size={cfg.no_repeat_ngram_size}: must not be negative")
+
+
+def inputs(cfg):
+    """The input lines: --start, else lines read one at a time (with a prompt on a terminal)."""
+    if cfg.start:
+        yield cfg.start
+        return
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("Type a sentence and press Enter; Ctrl-D quits.", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ") if interactive else sys.stdin.readline()
+        except EOFError:
+            return
+        if not interactive and not line:
+            return
+        if line.strip():
+            yield line.rstrip("\n")
+
+
+def respond(model, cfg, line, rng, reverse):
+    """Print the outputs for one input line, each with its log-probability; returns the
+    first output's ids (for the attention plot), or None."""
+    tokens = model.src_vocab.tokens(line)
+    ids = model.src_vocab.encode(tokens)
+    if not sys.stdin.isatty() or cfg.start:
+        print(f"> {line}")
+    if not tokens:
+        print("  (no words in this input; skipped)")
+        return None
+    if not any(i != UNK_ID for i in ids):
+        print("  (every word is outside the vocabulary; the model sees only <unk>)")
+    ids = ids[::-1] if reverse else ids
+    if cfg.beam_size > 1:
+        outputs, scores = beam_search(model, pad_batch([ids]), cfg.beam_size, cfg.max_len, cfg.length_norm,
+                                      cfg.no_repeat_ngram_size, cfg.unk_penalty, nbest=cfg.num_samples)
+        outputs, scores = (outputs[0], scores[0]) if cfg.num_samples > 1 else (outputs, scores)
+    else:
+        n = 1 if cfg.temperature == 0 else cfg.num_samples  # greedy outputs would repeat
+        outputs, scores = generate(model, pad_batch([ids] * n), cfg.max_len, cfg.temperature, rng,
+                                   no_repeat_ngram_size=cfg.no_repeat_ngram_size, top_k=cfg.top_k, top_p=cfg.top_p,
+                                   unk_penalty=cfg.unk_penalty)
+    for out, logp in zip(outputs, scores):
+        print(f"  {model.tgt_vocab.text(out)}    [log p = {logp:.1f}]", flush=True)
+    return ids, outputs[0]
+
+
+def main(argv):
+    cfg = SampleConfig()
+    check(cfg, configure([cfg], argv, __doc__.strip()))
     path = checkpoint_path(run_dir(cfg.out_dir, cfg.dataset), cfg.ckpt)
     model = Model.load(path, mode=cfg.mode)
     if model.src_vocab is None or model.tgt_vocab is None:
@@ -70,46 +135,17 @@ def main(argv):
     require(not cfg.plot_attention or model.attentive,
             f"plot_attention: {path} is a model without attention (attention = none)")
     reverse = model.checkpoint_state.get("data", {}).get("reverse_source", False)
-    lines = [cfg.start] if cfg.start else [line for line in sys.stdin.read().splitlines() if line.strip()]
-    require(lines, "no input: pass --start=... or pipe sentences on stdin")
     rng = np.random.default_rng(cfg.seed)
-    for line in lines:
-        tokens = model.src_vocab.tokens(line)
-        ids = model.src_vocab.encode(tokens)
-        known = sum(i != UNK_ID for i in ids)
-        print(f"> {line}")
-        if not tokens:
-            print("  (no words in this input; skipped)")
-            continue
-        if not known:
-            print("  (every word is outside the vocabulary; the model sees only <unk>)")
-        ids = ids[::-1] if reverse else ids
-        n = 1 if cfg.temperature == 0 or cfg.beam_size > 1 else cfg.num_samples  # greedy outputs would repeat
-        outputs, logps = generate(model, pad_batch([ids] * n), cfg.max_len, cfg.temperature, rng, cfg.beam_size,
-                                  cfg.length_norm, cfg.no_repeat_ngram_size)
-        for out, logp in zip(outputs, logps):
-            print(f"  {model.tgt_vocab.text(out)}    [log p = {logp:.1f}]")
-        if cfg.plot_attention:
-            plot_attention(model, ids, outputs[0], cfg.plot_attention)  # ids without EOS
+    seen = 0
+    for line in inputs(cfg):
+        seen += 1
+        first = respond(model, cfg, line, rng, reverse)
+        if cfg.plot_attention and first:
+            plot_attention(model, *first, cfg.plot_attention)  # ids without EOS
             print(f"  attention heatmap: {cfg.plot_attention}")
             cfg.plot_attention = ""  # the first input only
+    require(seen, "no input: pass --start=... or type or pipe sentences on stdin")
     return 0
-
-
-def print_val_samples(model, pairs, n, max_len, reverse_source, rng):
-    """Greedy and sampled outputs for n validation sources, beside the reference (the end of
-    a training run)."""
-    if not n or not pairs:
-        return
-    chosen = [pairs[i] for i in rng.choice(len(pairs), min(n, len(pairs)), replace=False)]
-    src = pad_batch([s for s, _ in chosen])
-    greedy, _ = generate(model, src, max_len)
-    sampled, _ = generate(model, src, max_len, temperature=0.8, rng=rng)
-    for (s, t), g, smp in zip(chosen, greedy, sampled):
-        print(f"\n  source:    {model.src_vocab.text(s[::-1] if reverse_source else s)}")
-        print(f"  reference: {model.tgt_vocab.text(t)}")
-        print(f"  greedy:    {model.tgt_vocab.text(g)}")
-        print(f"  sampled:   {model.tgt_vocab.text(smp)}  (temperature 0.8)")
 
 
 def plot_attention(model, src_ids, out_ids, path):

@@ -2,6 +2,7 @@
 
     python train.py                                   # next-verse prediction on KJV
     python train.py --dataset=mybook --max_minutes=480  # your text (data/text/prepare.py), overnight
+    python train.py config/kjv_night.toml             # KJV overnight, regularised
     python train.py config/reverse.toml               # the synthetic reverse task
     python train.py --init_from=resume                # continue a stopped run exactly
     python train.py --help                            # every setting
@@ -31,10 +32,10 @@ from attention import ATTENTIONS
 from checkpoint import CheckpointError, checkpoint_path
 from configurator import ConfigError, configure, require, setting
 from dataset import Batcher, DataError, check_prepared_as, dataset_dir, load_dataset, prepared_facts
-from evaluate import read_references, validation_metrics
 from model import Model, ModelConfig, approx_param_count
+from progress import Progress, notices
 from runs import RunError, RunFolder, append_log, keep_snapshots, plot_log, read_log, run_dir, write_log
-from sample import print_val_samples
+from scoring import print_val_samples, read_references, validation_metrics
 
 # With skip_nonfinite, this many non-finite batches in a row mean the model has diverged.
 MAX_SKIPPED_IN_A_ROW = 20
@@ -52,8 +53,10 @@ class TrainConfig:
     min_lr: float = setting(1e-4, "cosine decay ends here, at max_iters or at max_minutes, whichever comes first")
     warmup_iters: int = setting(100, "linear warm-up steps")
     grad_clip: float = setting(1.0, "clip the global gradient norm to this; 0 = off")
-    max_iters: int = setting(700, "stop after this many steps (the default run: about 5 min)")
-    max_minutes: float = setting(0.0, "also stop after this many minutes of training, resumes included; 0 = no limit")
+    max_iters: int = setting(700, "stop after this many steps (the default run: about 5 min); "
+                                  "given --max_minutes alone, no step limit")
+    max_minutes: float = setting(0.0, "stop after this many minutes of training, resumes included; 0 = no limit")
+    patience: int = setting(0, "stop after this many evaluations without a better val loss; 0 = never")
     eval_interval: int = setting(200, "validate and checkpoint every this many steps")
     keep_last: int = setting(2, "also keep the last N evaluations' checkpoints as ckpt_step<N>.npz; 0 = none")
     eval_exact_match: int = setting(500, "val pairs decoded for exact match (tasks that use it)")
@@ -73,6 +76,9 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0
     best_val_loss: float | None = None
+    best_step: int = 0
+    evals_since_best: int = 0  # for patience
+    warmup_end: float | None = None  # the run's progress when warm-up ended (optim.scheduled_lr)
     tokens: int = 0
     skipped_nonfinite: int = 0
     train_seconds: float = 0.0  # training time of the invocations before this one
@@ -86,8 +92,10 @@ def check(cfg, mcfg):
     require(cfg.init_from in ("scratch", "resume"), f"init_from={cfg.init_from!r}: use scratch or resume")
     require(cfg.optimizer in optim.OPTIMIZERS, f"optimizer={cfg.optimizer!r}: use {' or '.join(optim.OPTIMIZERS)}")
     require(cfg.mode in backend.MODES, f"mode={cfg.mode!r}: use one of {', '.join(backend.MODES)}")
-    for name in ("batch_size", "max_iters", "eval_interval", "max_decode_len"):
+    for name in ("batch_size", "eval_interval", "max_decode_len"):
         require(getattr(cfg, name) > 0, f"{name}={getattr(cfg, name)}: must be positive")
+    require(cfg.max_iters > 0 or (cfg.max_iters == 0 and cfg.max_minutes > 0),
+            f"max_iters={cfg.max_iters}: must be positive (0, no step limit, only with max_minutes)")
     for name in ("embed_size", "hidden_size", "embed_init_std"):
         require(getattr(mcfg, name) > 0, f"{name}={getattr(mcfg, name)}: must be positive")
     require(mcfg.encoder_layers > 0, f"encoder_layers={mcfg.encoder_layers}: must be positive")
@@ -99,11 +107,13 @@ def check(cfg, mcfg):
         raise ConfigError(f"cell={mcfg.cell!r}: {err}") from None
     require(not mcfg.reset_after or issubclass(cell, layers.GRU), f"reset_after=true is a GRU setting, not {mcfg.cell}'s")
     require(mcfg.attention_size >= 0, f"attention_size={mcfg.attention_size}: must not be negative")
-    require(0 <= mcfg.dropout < 1, f"dropout={mcfg.dropout}: must be in [0, 1)")
+    for name in ("dropout", "embed_dropout", "rnn_dropout", "weight_drop", "word_dropout", "readout_dropout",
+                 "label_smoothing"):
+        require(0 <= getattr(mcfg, name) < 1, f"{name}={getattr(mcfg, name)}: must be in [0, 1)")
     require(cfg.learning_rate > 0, f"learning_rate={cfg.learning_rate}: must be positive")
     require(0 <= cfg.min_lr <= cfg.learning_rate, f"min_lr={cfg.min_lr}: must be in [0, learning_rate]")
     for name in ("warmup_iters", "grad_clip", "max_minutes", "eval_exact_match", "eval_bleu", "num_samples",
-                 "mpi_check_interval", "keep_last", "seed"):
+                 "mpi_check_interval", "keep_last", "seed", "patience"):
         require(getattr(cfg, name) >= 0, f"{name}={getattr(cfg, name)}: must not be negative")
     require(mcfg.init_seed >= 0, f"init_seed={mcfg.init_seed}: must not be negative")
 
@@ -121,16 +131,14 @@ def check_memory(mcfg):
                          f"{need / 2**30:,.1f} GiB for its weights and optimizer; {free / 2**30:,.1f} GiB is free")
 
 
-def learning_rate(cfg, step, elapsed_s=0.0):
-    """Linear warm-up, then cosine decay from learning_rate to min_lr. The decay's progress
-    is the larger of the step fraction (to max_iters) and, when max_minutes bounds the run,
-    the time fraction, so a run cut by time still finishes its schedule."""
-    if step < cfg.warmup_iters:
-        return cfg.learning_rate * (step + 1) / cfg.warmup_iters
-    progress = (step - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters)
-    if cfg.max_minutes:
-        progress = max(progress, elapsed_s / (60 * cfg.max_minutes))
-    return optim.decayed(cfg.learning_rate, cfg.min_lr, progress, "cosine")
+def learning_rate(cfg, state, elapsed_s=0.0):
+    """Linear warm-up, then cosine decay from learning_rate to min_lr as the run progresses
+    (by steps, by time, or both: optim.run_progress), from the end of warm-up to the end."""
+    progress = optim.run_progress(state.step, elapsed_s, cfg.max_iters, cfg.max_minutes)
+    if state.step >= cfg.warmup_iters and state.warmup_end is None:
+        state.warmup_end = progress
+    return optim.scheduled_lr(cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, state.step, progress,
+                              state.warmup_end or 0.0)
 
 
 @dataclass
@@ -188,6 +196,9 @@ def init_or_resume(cfg, mcfg, explicit, comm):
             log = os.path.join(cfg.out_dir, "log.jsonl")
             write_log(log, read_log(log, upto=state.step))  # evaluations after the checkpoint would repeat
     else:
+        require(not mcfg.tie_src_tgt or src_vocab == tgt_vocab,
+                f"tie_src_tgt=true needs one vocabulary for source and target; {data_dir} has "
+                f"{len(src_vocab)} source and {len(tgt_vocab)} target words, not the same list")
         mcfg.src_vocab_size, mcfg.tgt_vocab_size = len(src_vocab), len(tgt_vocab)
         check_memory(mcfg)
         model = Model(mcfg, src_vocab, tgt_vocab, mode=cfg.mode)
@@ -236,20 +247,24 @@ def evaluate_and_checkpoint(run, row):
                                  cfg.eval_exact_match if run.meta.get("exact_match") else 0, cfg.eval_bleu, run.references)
     row.update(metrics, run_id=run.run_id, skipped_nonfinite=state.skipped_nonfinite)
     if not math.isfinite(metrics["val_loss"]):
-        return f"step {state.step}: val loss {metrics['val_loss']}; neither logged nor checkpointed"
+        return f"stopped: step {state.step}: val loss {metrics['val_loss']}; neither logged nor checkpointed"
     append_log(run.path("log.jsonl"), row)
     plot_log(run.path("log.jsonl"), run.path("loss.png"))
     if state.best_val_loss is None or metrics["val_loss"] < state.best_val_loss:
-        state.best_val_loss = metrics["val_loss"]
+        state.best_val_loss, state.best_step, state.evals_since_best = metrics["val_loss"], state.step, 0
         save(run, "best")
+    else:
+        state.evals_since_best += 1
     save(run, "latest")
     keep_snapshots(run.path("latest"), state.step, cfg.keep_last)
+    if cfg.patience and state.evals_since_best >= cfg.patience:
+        return "patience"
     return None
 
 
 def train(run, step_fn, batcher, bar):
-    """The loop. Returns why it ended: "max_iters", "max_minutes", "signal: <name>" or
-    "stopped: <reason>" (divergence), having saved what should be saved."""
+    """The loop. Returns why it ended: "max_iters", "max_minutes", "patience", "signal:
+    <name>" or "stopped: <reason>" (divergence), having saved what should be saved."""
     cfg, state = run.cfg, run.state
     stop_signals = []  # Ctrl-C and SIGTERM only raise this flag; the step in flight finishes
 
@@ -261,14 +276,17 @@ def train(run, step_fn, batcher, bar):
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     started, order, skipped_in_a_row = time.time(), batcher.epoch(state.epoch), 0
-    why = "max_iters" if state.step >= cfg.max_iters else None  # a finished run, resumed
+    why = "max_iters" if cfg.max_iters and state.step >= cfg.max_iters else None  # a finished run, resumed
+    if cfg.patience and state.evals_since_best >= cfg.patience:
+        why = "patience"
     elapsed = lambda: state.train_seconds + time.time() - started  # noqa: E731
     window = {"loss": 0.0, "tokens": 0.0, "time": time.time()}
+    noticed = bool(cfg.max_iters) or state.step >= cfg.eval_interval  # said at the start, or by a run resumed
     while why is None:
         if state.batch_in_epoch >= len(order):
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             order = batcher.epoch(state.epoch)
-        lr = learning_rate(cfg, state.step, elapsed())
+        lr = learning_rate(cfg, state, elapsed())
         # Under MPI every rank stops at the same step: the request travels in the step's
         # all-reduce, and the time limit is rank 0's clock.
         timed_out = run.is_root and bool(cfg.max_minutes) and elapsed() > 60 * cfg.max_minutes
@@ -286,17 +304,18 @@ def train(run, step_fn, batcher, bar):
             state.tokens += int(n_tokens)
             window["loss"], window["tokens"] = window["loss"] + loss * n_tokens, window["tokens"] + n_tokens
             rate = window["tokens"] / max(1e-9, time.time() - window["time"])
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.1e}", refresh=False)
-            bar.update(1)
-            if state.step >= cfg.max_iters:
+            bar.update(state, elapsed(), loss=f"{loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.1e}")
+            if cfg.max_iters and state.step >= cfg.max_iters:
                 why = "max_iters"
             if run.is_root and (why or timed_out or state.step % cfg.eval_interval == 0):
                 state.train_seconds, started = elapsed(), time.time()
                 row = {"step": state.step, "epoch": state.epoch, "train_loss": window["loss"] / max(1.0, window["tokens"]),
                        "lr": lr, "tokens_per_s": rate, "elapsed_s": state.train_seconds}
-                diverged = evaluate_and_checkpoint(run, row)
+                ended = evaluate_and_checkpoint(run, row)
                 bar.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-                why = f"stopped: {diverged}" if diverged else why
+                if not noticed:
+                    noticed = [bar.write(line) for line in notices(run, state.train_seconds)] or True
+                why = ended or why
                 window = {"loss": 0.0, "tokens": 0.0, "time": time.time()}
         if why is None and stop:
             why = "max_minutes" if timed_out else f"signal: {stop_signals[0] if stop_signals else 'on another rank'}"
@@ -304,10 +323,10 @@ def train(run, step_fn, batcher, bar):
 
 
 def main(argv):
-    from tqdm import tqdm
-
     cfg, mcfg = TrainConfig(), ModelConfig()
     explicit = configure([cfg, mcfg], argv, __doc__.strip())
+    if cfg.max_minutes and "max_iters" not in explicit:
+        cfg.max_iters = 0  # a time limit alone bounds the run: the default step count does not apply
     check(cfg, mcfg)
     cfg.out_dir = run_dir(cfg.out_dir, cfg.dataset)
     comm = distributed.world()  # None unless started by mpiexec with several processes
@@ -319,15 +338,17 @@ def main(argv):
     say(f"{cfg.dataset}: {len(run.splits['train'])} train pairs, vocab {len(model.src_vocab)}/{len(model.tgt_vocab)}; "
         f"model {n_params / 1e6:.2f}M params{ranks}; run {run.run_id} in {cfg.out_dir}; compiling ({cfg.mode}) ...",
         flush=True)
+    if cfg.max_iters:
+        for line in notices(run, 0.0):
+            say(line)
     t0 = time.time()
     batcher = Batcher(run.splits["train"], cfg.batch_size, cfg.seed)
     step_fn = compile_step(run, batcher)
     if run.is_root:
         model.compile_eval()
     say(f"compiled in {time.time() - t0:.1f}s", flush=True)
-    # Redraw twice a second on a terminal; every 30 s in a log file, which keeps it readable.
-    bar = tqdm(total=cfg.max_iters, initial=state.step, unit="step", dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 30, disable=not run.is_root)
+    bar = Progress(cfg, state, state.train_seconds, run.is_root)
+    start_step = state.step
     try:
         why = train(run, step_fn, batcher, bar)
     except KeyboardInterrupt:
@@ -344,9 +365,16 @@ def main(argv):
         print(f"interrupted at step {state.step} ({why.removeprefix('signal: ')}): saving {latest}")
         save(run, "latest")
         return 0
+    if state.step == start_step and why in ("max_iters", "max_minutes", "patience"):  # resumed, already finished
+        value = getattr(cfg, why)
+        print(f"this run had already stopped at step {state.step} ({why}={value}); to train on, resume with a "
+              f"larger one: python train.py --init_from=resume --out_dir={cfg.out_dir} --{why}={2 * value}")
     if why == "max_minutes":
         print(f"stopping at step {state.step}: max_minutes={cfg.max_minutes} reached")
-    print(f"done: step {state.step}, best val loss {state.best_val_loss}, "
+    if why == "patience":
+        print(f"stopping at step {state.step}: val loss has not improved for {cfg.patience} evaluations "
+              f"(patience={cfg.patience}); the best, step {state.best_step}, is {run.path('best')}")
+    print(f"done: step {state.step}, best val loss {state.best_val_loss} at step {state.best_step}, "
           f"val unigram ppl {run.meta.get('val_unigram_ppl', 'n/a')}; checkpoints in {cfg.out_dir}")
     print_val_samples(model, run.splits["val"], cfg.num_samples, cfg.max_decode_len, run.meta.get("reverse_source"),
                       np.random.default_rng(cfg.seed))

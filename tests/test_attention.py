@@ -82,7 +82,7 @@ def test_gradient_through_attention_matches_finite_differences(model):
     loss, _ = model.loss(src, tgt)
     params = [model.modules["decoder"].attention.W, model.modules["decoder"].attention.v,
               model.modules["encoder1_bwd"].U]
-    f = pytensor.function([src, tgt], [loss, *pytensor.grad(loss, params)])
+    f = pytensor.function([src, tgt], [loss, *pytensor.grad(loss, params)], mode=model.mode)
     batch = make_batch(random_pairs(3, seed=2))
     _, *grads = f(*batch)
     rng = np.random.default_rng(0)

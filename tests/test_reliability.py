@@ -331,7 +331,7 @@ def test_bad_prepared_data_is_named(data, tmp_path):
     empty_val = copy_dataset(data, tmp_path / "empty_val", **{"val.npz": dict(
         src=np.zeros(0, np.int32), tgt=np.zeros(0, np.int32), src_len=np.zeros(0, np.int64), tgt_len=np.zeros(0, np.int64))})
     message = one_line_error(run(train_cmd(empty_val, tmp_path / "run"), check=False))
-    assert message == f"error: {empty_val}/val.npz: no pairs; training needs val pairs"
+    assert message == f"error: {empty_val}/val.npz: no pairs; val pairs are needed here"
 
 
 def test_resume_refuses_data_prepared_with_other_settings(data, finished_run, tmp_path):

@@ -135,8 +135,9 @@ def test_translation_pipeline_smoke(tmp_path):
     assert [r["step"] for r in rows] == [2, 4]
     assert all(0 <= r["val_bleu"] <= 100 and 0 <= r["val_chrf"] <= 100 for r in rows)
     proc = run("evaluate.py", f"--out_dir={out}", "--split=test", "--beam_size=2", "--max_len=10")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["beam_size"] == 2 and result["n_sentences"] == 10 and 0 <= result["bleu"] <= 100
+    result = json.loads((out / "eval_best_test_beam2.json").read_text(encoding="utf-8"))
+    assert result["beam_size"] == 2 and result["n_pairs"] == 10 and 0 <= result["bleu"] <= 100 and result["ppl"] > 1
+    assert f"BLEU {result['bleu']}" in proc.stdout
     assert len((out / "eval_best_test_beam2.txt").read_text(encoding="utf-8").splitlines()) == 10
     png = tmp_path / "attention.png"
     proc = run("sample.py", f"--out_dir={out}", "--start=god made light", "--beam_size=2",
@@ -172,15 +173,39 @@ def test_own_text_to_samples_in_three_commands(tmp_path):
 
 
 def test_time_bound_runs_finish_their_learning_rate_schedule():
-    from train import TrainConfig, learning_rate
+    from train import TrainConfig, TrainState, learning_rate
 
-    cfg = TrainConfig(learning_rate=1e-2, min_lr=1e-4, warmup_iters=0, max_iters=100_000, max_minutes=10)
-    assert learning_rate(cfg, 10, elapsed_s=0) == pytest.approx(1e-2, rel=1e-3)
-    assert learning_rate(cfg, 10, elapsed_s=300) == pytest.approx((1e-2 + 1e-4) / 2)  # half the time: half the cosine
-    assert learning_rate(cfg, 10, elapsed_s=600) == pytest.approx(1e-4)
-    cfg.max_minutes = 0  # no time bound: steps alone set the schedule
-    assert learning_rate(cfg, 50_000, elapsed_s=600) == pytest.approx((1e-2 + 1e-4) / 2)
+    peak, floor, middle = 1e-2, 1e-4, (1e-2 + 1e-4) / 2
+    cfg = TrainConfig(learning_rate=peak, min_lr=floor, warmup_iters=0, max_iters=0, max_minutes=10)
+    state = TrainState(step=10)
+    assert learning_rate(cfg, state, elapsed_s=0) == pytest.approx(peak, rel=1e-3)
+    assert learning_rate(cfg, state, elapsed_s=300) == pytest.approx(middle)  # half the time: half the cosine
+    assert learning_rate(cfg, state, elapsed_s=600) == pytest.approx(floor)
+    cfg.max_iters, cfg.max_minutes = 100_000, 0  # no time bound: steps alone set the schedule
+    assert learning_rate(cfg, TrainState(step=50_000, warmup_end=0.0), elapsed_s=600) == pytest.approx(middle)
     assert TrainConfig().max_minutes == 0 and TrainConfig().out_dir == ""  # no time cap by default
+
+
+def test_warm_up_and_decay_follow_the_same_progress():
+    """A time-bound run that spends 40% of its time warming up decays from the peak over
+    the remaining 60%, with no jump; a step-bound run's schedule is the classic one."""
+    from train import TrainConfig, TrainState, learning_rate
+
+    cfg = TrainConfig(learning_rate=1e-2, min_lr=0.0, warmup_iters=100, max_iters=0, max_minutes=10)
+    state = TrainState()
+    rates = []
+    for step, seconds in ((0, 0), (50, 120), (99, 238), (100, 240), (101, 242), (150, 420), (200, 600)):
+        state.step = step
+        rates.append(learning_rate(cfg, state, elapsed_s=seconds))
+    assert rates[0] == pytest.approx(1e-4) and rates[2] == pytest.approx(1e-2)  # linear warm-up
+    assert rates[3] == pytest.approx(1e-2) and rates[4] == pytest.approx(1e-2, rel=1e-3)  # no fall after it
+    assert rates[5] == pytest.approx(0.5e-2, rel=1e-3) and rates[6] == pytest.approx(0.0, abs=1e-9)
+    assert state.warmup_end == pytest.approx(0.4)
+    cfg = TrainConfig(learning_rate=1e-2, min_lr=0.0, warmup_iters=100, max_iters=1100)
+    state = TrainState(step=600)
+    assert learning_rate(cfg, state) == pytest.approx(1e-2) and state.warmup_end == pytest.approx(600 / 1100)
+    state = TrainState(step=600, warmup_end=100 / 1100)  # warm-up ended at step 100
+    assert learning_rate(cfg, state) == pytest.approx(0.5e-2)  # (600 - 100) / (1100 - 100): half the cosine
 
 
 def test_runs_live_in_out_slash_dataset_unless_told():
