@@ -9,7 +9,7 @@ import pytensor
 import pytensor.tensor as pt
 import recurrence
 from layers import Module, _glorot, _uniform
-from pytensor.graph.replace import clone_replace
+from pytensor.graph.replace import graph_replace
 
 
 def masked_softmax(scores, mask):
@@ -155,15 +155,17 @@ class AttentionDecoder(Module):
 
     def _scan(self, step, x_proj, mask, init, memory, mode, weights):
         """The same loop under pytensor.scan: the reference the fused loop is tested against."""
-        n = self.n_states
+        n, replaced = self.n_states, list(weights)
 
-        # scan's order: sequences (x_proj_t, m_t), the previous state, non-sequences (memory).
+        # scan's order: sequences (x_proj_t, m_t), the previous state, non-sequences (memory,
+        # then what `weights` puts in place of some params, so that scan differentiates it).
         def masked_step(x_t, m_t, *args):
-            out = step(x_t, *args)
-            out = clone_replace(out, replace=weights) if weights else out
+            stand_ins = args[len(args) - len(replaced):]
+            out = step(x_t, *args[: len(args) - len(replaced)])
+            out = graph_replace(out, dict(zip(replaced, stand_ins))) if replaced else out
             m = m_t[:, None]  # (B, 1)
             return [*(m * s + (1.0 - m) * p for s, p in zip(out[:n], args[:n])), *out[n:]]
 
         return pytensor.scan(masked_step, sequences=[x_proj, mask], outputs_info=[*init, None, None],
-                             non_sequences=memory, name=f"{self.name}.scan", return_updates=False,
-                             mode=backend.compile_mode(mode), return_list=True)
+                             non_sequences=[*memory, *(weights[p] for p in replaced)], name=f"{self.name}.scan",
+                             return_updates=False, mode=backend.compile_mode(mode), return_list=True)

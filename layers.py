@@ -20,7 +20,7 @@ import optim
 import pytensor
 import pytensor.tensor as pt
 import recurrence
-from pytensor.graph.replace import clone_replace
+from pytensor.graph.replace import graph_replace
 
 FLOATX = "float32"
 
@@ -259,19 +259,24 @@ class Recurrent(Module):
 
     def _scan(self, x_proj, mask, init, mode, weights):
         """The same loop under pytensor.scan: the reference the fast paths are tested against."""
+        n, replaced = len(init), list(weights)
 
-        # scan's argument order: sequences (x_proj_t, m_t), then previous states.
-        def masked_step(x_t, m_t, *prev):
+        # scan's argument order: sequences (x_proj_t, m_t), previous states, non-sequences
+        # (what `weights` puts in place of some params: scan passes those very variables, and
+        # graph_replace keeps them, so that scan takes them as inputs it differentiates).
+        def masked_step(x_t, m_t, *args):
+            prev, stand_ins = args[:n], args[n:]
             new = self.recur(x_t, *prev)
             new = new if isinstance(new, (list, tuple)) else [new]
-            new = clone_replace(new, replace=weights) if weights else new
+            new = graph_replace(new, dict(zip(replaced, stand_ins))) if replaced else new
             m = m_t[:, None]  # (B, 1)
-            return [m * n + (1.0 - m) * p for n, p in zip(new, prev)]
+            return [m * n_ + (1.0 - m) * p for n_, p in zip(new, prev)]
 
         return pytensor.scan(
             masked_step,
             sequences=[x_proj, mask],
             outputs_info=init,
+            non_sequences=[weights[p] for p in replaced],
             name=f"{self.name}.scan",
             return_updates=False,
             mode=backend.compile_mode(mode),  # the project's rewrites, not scan's own default

@@ -1,6 +1,6 @@
 """How varied and how loopy are a checkpoint's outputs? Decodes the first --n val sources of a
-run's dataset greedily, by sampling (temperature 0.8) and with beam search (5), each without
-and with the no-repeat-n-gram guard, and measures:
+run's dataset greedily, by sampling (temperature 0.8), by nucleus sampling (top_p 0.9) and
+with beam search (5), each without and with the no-repeat-n-gram guard, and measures:
 
   distinct-1, distinct-2   distinct unigrams (bigrams) over all outputs / all unigrams (bigrams)
   unique                   distinct outputs / outputs (1.0: every source got its own answer)
@@ -22,10 +22,10 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from dataset import dataset_dir, eval_batches, load_dataset, make_batch  # noqa: E402
-from decode import generate  # noqa: E402
 from checkpoint import checkpoint_path  # noqa: E402
+from dataset import dataset_dir, load_dataset  # noqa: E402
 from model import Model  # noqa: E402
+from scoring import decode_pairs  # noqa: E402
 
 
 def ngrams(tokens, n):
@@ -44,17 +44,6 @@ def diversity(outputs):
             "loops": round(loops / len(outputs), 4), "len": round(float(np.mean([len(o) for o in outputs])), 1)}
 
 
-def decode_all(model, pairs, max_len, seed, **how):
-    rng = np.random.default_rng(seed)
-    outputs = [None] * len(pairs)
-    for idx in eval_batches(pairs, 50):
-        src, _ = make_batch([pairs[i] for i in idx])
-        outs, _ = generate(model, src, max_len, rng=rng, **how)
-        for i, out in zip(idx, outs):
-            outputs[i] = out
-    return outputs
-
-
 def measure(out_dir, ckpt, n, max_len, guard, seed):
     path = checkpoint_path(out_dir, ckpt)
     model = Model.load(path)
@@ -63,10 +52,12 @@ def measure(out_dir, ckpt, n, max_len, guard, seed):
     pairs = splits["val"][:n]
     rows = {"reference": diversity([[int(w) for w in t] for _, t in pairs])}
     samples = {}
-    for name, how in (("greedy", {}), ("sampled T=0.8", {"temperature": 0.8}), ("beam 5", {"beam_size": 5})):
+    for name, how in (("greedy", {}), ("sampled T=0.8", {"temperature": 0.8}),
+                      ("nucleus top_p=0.9", {"temperature": 1.0, "top_p": 0.9}), ("beam 5", {"beam_size": 5})):
         for g in (0, guard):
             label = name + (f", no-repeat {g}" if g else "")
-            outputs = decode_all(model, pairs, max_len, seed, no_repeat_ngram_size=g, **how)
+            outputs = decode_pairs(model, pairs, 50, max_len, rng=np.random.default_rng(seed), no_repeat_ngram_size=g,
+                                   **how)
             rows[label] = diversity(outputs)
             samples[label] = [model.tgt_vocab.text(o) for o in outputs[:2]]
     return {"checkpoint": path, "step": model.checkpoint_state.get("step"), "dataset": dataset,
