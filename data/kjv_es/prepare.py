@@ -4,8 +4,9 @@ Both Bibles come from Debian's SWORD modules (sword-text-kjv, sword-text-sparv; 
 domain), read with PyPI `pysword`. If /usr/share/sword lacks them, this script fetches the
 two packages with `apt-get download` and unpacks them with `dpkg-deb -x` into
 data/kjv_es/sword/ (no root needed; as root, `apt-get install sword-text-kjv
-sword-text-sparv` puts them in /usr/share/sword instead). Pairs with an empty side are
-dropped. Verses are split at random with a fixed seed (each pair stands alone, so nothing
+sword-text-sparv` puts them in /usr/share/sword instead): it needs Debian's tools (Debian,
+Ubuntu). Markup is removed with a space kept between adjacent words (clean_verse). Pairs
+with an empty side are dropped. Verses are split at random with a fixed seed (each pair stands alone, so nothing
 leaks between splits), then data/text/prepare.py's write_dataset cleans pilcrows, lowercases
 and word-tokenises (vocab.tokenize), skips training pairs longer than --max_len tokens on
 either side (counted in meta.json; val and test keep every pair) and writes train/val/test.npz,
@@ -20,6 +21,8 @@ your own parallel text, data/text/prepare.py (contiguous splits, SentencePiece) 
 import argparse
 import glob
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -45,20 +48,54 @@ def find_sword(local_root):
         return SYSTEM_SWORD
     local = os.path.join(local_root, "usr", "share", "sword")
     if not has_modules(local):
+        tools = [tool for tool in ("apt-get", "dpkg-deb") if shutil.which(tool) is None]
+        if tools:
+            raise text_dataset.PrepareError(
+                f"the Bibles come from Debian's packages {' and '.join(PACKAGES)}, and this machine has no "
+                f"{' or '.join(tools)} to fetch them; on another machine, copy {SYSTEM_SWORD} here, or give your "
+                "own parallel text with --pairs_tsv (or data/text/prepare.py --src/--tgt)")
         debs = os.path.join(local_root, "debs")
         os.makedirs(debs, exist_ok=True)
         if subprocess.run(["apt-get", "download", *PACKAGES], cwd=debs).returncode != 0:
-            sys.exit(f"error: `apt-get download {' '.join(PACKAGES)}` failed; as root, "
-                     f"`apt-get install {' '.join(PACKAGES)}` also works")
+            raise text_dataset.PrepareError(f"`apt-get download {' '.join(PACKAGES)}` failed; as root, "
+                                             f"`apt-get install {' '.join(PACKAGES)}` also works")
         for deb in glob.glob(os.path.join(debs, "*.deb")):
             subprocess.run(["dpkg-deb", "-x", deb, local_root], check=True)
     if not has_modules(local):
-        sys.exit(f"error: {local} lacks the modules {', '.join(MODULES.values())}")
+        raise text_dataset.PrepareError(f"{local} lacks the modules {', '.join(MODULES.values())}")
     return local
+
+
+# Reina-Valera marks the words its translators added (<transChange>) between Strong's-tagged
+# words (<w>) with no space between the elements: "para siempre</w><transChange>es</transChange>
+# <w>su" loses its spaces when the tags are stripped ("siempreessu"). Where an element closes
+# and the next opens between two letters, the words are two, except a pronoun added after a
+# verb, which is the verb's enclitic ("poniéndo</w><transChange>le" is "poniéndole"; so is a
+# tag inside a word, "preguntándo<transChange>le", or KJV's "tha</w>t"). After a name or a
+# word that takes its pronoun before the verb ("no lo hizo", "Josué los circuncidó") the
+# pronoun stays a word of its own.
+_ADJACENT_ELEMENTS = re.compile(r"(\w+)((?:</(?:w|transChange)>)+)((?:<(?:w|transChange)\b[^>]*>)+)(?=\w)")
+_ADDED_PRONOUN = re.compile(r"<transChange\b[^>]*>(le|lo|la|les|los|las|me|te|se|nos|os)</transChange>")
+_BEFORE_VERBS = {"no", "que", "y", "como", "cuánto", "cuanto", "ellos", "gentes", "os", "ya", "nunca"}
+
+
+def _join_or_space(match):
+    word, closing, opening = match.groups()
+    before = re.sub(r"<[^>]*>", "", match.string[: match.start()])
+    name = word[0].isupper() and not re.search(r"(^|[.:;?!¿¡]\s*)$", before)  # capitalised mid-sentence
+    enclitic = (_ADDED_PRONOUN.match(match.string, match.start(3)) is not None and not name
+                and word.lower() not in _BEFORE_VERBS)
+    return word + closing + ("" if enclitic else " ") + opening
+
+
+def clean_verse(osis, cleaner):
+    """A verse's OSIS markup -> its text, adjacent words kept apart by a space."""
+    return cleaner.clean(_ADJACENT_ELEMENTS.sub(_join_or_space, osis))
 
 
 def read_pairs(sword_dir):
     """[(english, spanish)] verse texts in canonical order, both sides non-empty."""
+    from pysword.cleaner import OSISCleaner
     from pysword.modules import SwordModules
 
     modules = SwordModules(sword_dir)
@@ -71,8 +108,8 @@ def read_pairs(sword_dir):
             n_verses = book.chapter_lengths[chapter - 1]
             verses = list(range(1, n_verses + 1))
             texts = {
-                lang: bible.get(books=[book.osis_name], chapters=[chapter], verses=verses, clean=True, join="\x00")
-                .split("\x00")
+                lang: [clean_verse(v, OSISCleaner()) for v in bible.get(
+                    books=[book.osis_name], chapters=[chapter], verses=verses, clean=False, join="\x00").split("\x00")]
                 for lang, bible in bibles.items()
             }
             for en, es in zip(texts["en"], texts["es"]):
@@ -83,7 +120,7 @@ def read_pairs(sword_dir):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=text_dataset.HelpFormatter)
     ap.add_argument("--out_dir", default=HERE, help="where to write the splits (default: beside this script)")
     ap.add_argument("--src_vocab", type=int, default=8000, help="English vocabulary cap, specials included")
     ap.add_argument("--tgt_vocab", type=int, default=8000, help="Spanish vocabulary cap, specials included")

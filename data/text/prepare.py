@@ -187,6 +187,7 @@ def write_dataset(out_dir, text_splits, *, tokenizer="word", vocab_size=8000, tg
     split_tgt = tgt_vocab.tokens if tgt_vocab else tokenize
     tokens = {name: [(split_src(s), split_tgt(t)) for s, t in pairs] for name, pairs in text_splits.items()}
     n_long = {name: sum(max(len(s), len(t)) > max_len for s, t in pairs) for name, pairs in tokens.items()}
+    len_p99 = int(np.percentile([max(len(s), len(t)) for s, t in tokens["train"]], 99))
     for name, pairs in tokens.items():
         if long == "skip" and name == "train":
             tokens[name] = [(s, t) for s, t in pairs if max(len(s), len(t)) <= max_len]
@@ -209,7 +210,8 @@ def write_dataset(out_dir, text_splits, *, tokenizer="word", vocab_size=8000, tg
     logp = np.log((np.bincount(train_tgt, minlength=len(tgt_vocab)) + 1.0) / (len(train_tgt) + len(tgt_vocab)))
     val_tgt = np.concatenate([t + [EOS_ID] for _, t in ids["val"]])
     summary = dict(facts, tokenizer=tokenizer, reverse_source=reverse_source, max_len=max_len,
-                   long_sentences=long, n_over_max_len=n_long, pairs={k: len(v) for k, v in ids.items()},
+                   long_sentences=long, n_over_max_len=n_long, train_len_p99=len_p99,
+                   pairs={k: len(v) for k, v in ids.items()},
                    vocab_sizes=[len(src_vocab), len(tgt_vocab)], tgt_unk_rate=unk, val_unigram_ppl=round(float(np.exp(-logp[val_tgt].mean())), 2),
                    bleu=references)
 
@@ -258,8 +260,28 @@ def prepare(args):
                          corpus=what, exact_match=False, **facts)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the docstring's layout and shows every default."""
+
+
+def notes(summary, args):
+    """One line each for what a user may not have asked for: a SentencePiece vocabulary
+    smaller than requested, and many training pairs over --max_len."""
+    lines = []
+    if args.tokenizer == "sentencepiece" and max(summary["vocab_sizes"]) < args.vocab_size:
+        lines.append(f"note: SentencePiece made {summary['vocab_sizes']} pieces, not the {args.vocab_size} asked for: "
+                     f"the training text holds no more; --vocab_size={max(summary['vocab_sizes'])} says so")
+    n_train, n_long = summary["pairs"]["train"], summary["n_over_max_len"]["train"]
+    if n_long > 0.05 * max(1, n_train):
+        what = "cut" if summary["long_sentences"] == "truncate" else "skipped"
+        lines.append(f"note: {n_long} of {n_train + (n_long if what == 'skipped' else 0)} training pairs "
+                     f"({100 * n_long / max(1, n_train):.0f}%) were {what} at --max_len={args.max_len} tokens; "
+                     f"--max_len={summary['train_len_p99']} keeps 99% of them whole")
+    return lines
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", nargs="+", metavar="FILE", help="plain-text files -> next-sentence pairs")
     src.add_argument("--src", metavar="FILE", help="source side of line-aligned parallel text (with --tgt)")
@@ -267,12 +289,13 @@ def main(argv=None):
     ap.add_argument("--tgt", metavar="FILE", help="target side of line-aligned parallel text (with --src)")
     ap.add_argument("--out_dir", required=True, help="where the dataset goes; train.py --dataset=<its name>")
     ap.add_argument("--split", choices=("prose", "lines"), default="prose",
-                    help="prose: sentences found by pysbd; lines: one sentence per line (default prose)")
+                    help="prose: sentences found by pysbd; lines: one sentence per line")
     ap.add_argument("--within", choices=("file", "paragraph"), default="file",
-                    help="pairs never cross a file; paragraph: nor a blank line (default file)")
+                    help="pairs never cross a file; paragraph: nor a blank line")
     ap.add_argument("--unit", choices=("sentence", "clause"), default="sentence",
-                    help="clause: also cut sentences after ; and : (default sentence)")
-    ap.add_argument("--tokenizer", choices=("word", "sentencepiece"), default="word", help="default word")
+                    help="clause: also cut sentences after ; and :")
+    ap.add_argument("--tokenizer", choices=("word", "sentencepiece"), default="word",
+                    help="word: lowercased words; sentencepiece: subword units trained on the training split")
     ap.add_argument("--vocab_size", type=int, default=8000, help="vocabulary size per side, specials included")
     ap.add_argument("--max_len", type=int, default=60, help="longest sentence in tokens (see above)")
     ap.add_argument("--val_frac", type=float, default=0.03, help="val block, as a fraction of the pairs")
@@ -299,6 +322,8 @@ def main(argv=None):
           f"{summary['n_over_max_len']} over {args.max_len} tokens ({summary['long_sentences']}); "
           f"vocab {summary['vocab_sizes']} ({args.tokenizer}); target <unk> rate {summary['tgt_unk_rate']}; "
           f"val unigram perplexity {summary['val_unigram_ppl']}")
+    for line in notes(summary, args):
+        print(line)
     print(f"wrote {args.out_dir}; next: python train.py --dataset={name}")
 
 
