@@ -170,11 +170,12 @@ class NDS2SAE(AutoencoderModel):
             raise ValueError(f"{what} returned an empty batch")
         return in_seq, out_seq, bool(last_batch)
 
-    def evaluate(self, gen, batch_size=100, max_batches=100000):
+    def evaluate(self, gen, batch_size=100, max_batches=10_000):
         """Mean loss, MSE per value and stop loss over one pass of `gen` (until last_batch),
-        weighted by output steps."""
+        weighted by output steps. A pass longer than `max_batches` is an error (a generator
+        that never says last_batch=True); one that takes more than 2 s shows its progress."""
         eval_fn, totals, weight = self.eval_function(), np.zeros(3), 0.0
-        for _ in range(max_batches):
+        for _ in tqdm(range(max_batches), desc="validation", unit="batch", leave=False, delay=2):
             in_seq, out_seq, last = self._batch(gen, batch_size, "valid generator")
             y, y_mask = pad(out_seq)
             n = float(y_mask.sum())
@@ -182,7 +183,8 @@ class NDS2SAE(AutoencoderModel):
             weight += n
             if last:
                 return dict(zip(("loss", "mse", "stop_loss"), (totals / weight).tolist()))
-        raise ValueError(f"valid generator gave {max_batches} batches without last_batch=True")
+        raise ValueError(f"valid generator gave {max_batches:,} batches without last_batch=True; it must end each "
+                         "pass over the validation data with last_batch=True (evaluate's max_batches bounds a pass)")
 
     def train(self, train_generator, valid_generator, n_iterations=3000, batch_size=100,
               display_step=100):

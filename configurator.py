@@ -6,6 +6,7 @@ Settings are dataclass fields declared with `setting(default, help)`. Later sour
 defaults, then each config file in order, then flags. Unknown keys and values of the wrong
 type are errors that name the key, the value and the source.
 """
+import argparse
 import dataclasses
 import difflib
 import sys
@@ -14,6 +15,11 @@ import tomllib
 
 class ConfigError(ValueError):
     pass
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """For the scripts that take argparse flags (prepare scripts, benchmarks): --help keeps
+    the docstring's layout and shows every default."""
 
 
 def setting(default, help, derived=False):

@@ -1,12 +1,22 @@
-"""The prepared-data format and length-bucketed batches.
+"""The prepared-data format, how a dataset folder is written as a whole, and
+length-bucketed batches.
 
 A prepared dataset is a folder with `meta.json` (vocabularies and task facts) and one
 `<split>.npz` per split: token ids of every source and target concatenated (`src`, `tgt`)
 with their lengths (`src_len`, `tgt_len`). Sequences are stored without BOS/EOS; `Batcher`
 adds them. Everything loads with allow_pickle=False.
+
+meta.json, written last, lists every other file of the dataset with its size and SHA-256
+(`files`): a folder whose files do not match it (a prepare run killed half-way through
+replacing them, a file copied in from elsewhere) is refused on loading, in one line naming
+the file. `publish` is how every prepare script writes a folder.
 """
+import fcntl
+import hashlib
 import json
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -57,10 +67,115 @@ def load_split(path):
 
 
 def write_meta(folder, src_vocab, tgt_vocab, **facts):
-    """meta.json: the vocabularies plus facts about the task (all JSON values)."""
-    meta = dict(facts, src_vocab=src_vocab.itos, tgt_vocab=tgt_vocab.itos)
+    """meta.json: the vocabularies plus facts about the task (all JSON values), and the
+    manifest of the folder's other files (`files`: name -> size and SHA-256)."""
+    names = sorted(n for n in os.listdir(folder) if n != "meta.json" and not n.startswith("."))
+    meta = dict(facts, src_vocab=src_vocab.itos, tgt_vocab=tgt_vocab.itos,
+                files={n: fingerprint(os.path.join(folder, n)) for n in names})
     with open(os.path.join(folder, "meta.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, ensure_ascii=False)
+
+
+def fingerprint(path):
+    """{"bytes", "sha256"} of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
+def check_manifest(folder, meta):
+    """DataError naming the first file of the dataset that is missing or differs from what
+    meta.json lists: the folder's files were not written together."""
+    path = os.path.join(folder, "meta.json")
+    if not isinstance(meta.get("files"), dict):
+        raise DataError(f"{path}: lists no files (written by an earlier version of this project); re-run the "
+                        "dataset's prepare.py")
+    for name, expected in sorted(meta["files"].items()):
+        file = os.path.join(folder, name)
+        if not os.path.isfile(file):
+            raise DataError(f"{file}: missing, though {path} lists it; re-run the dataset's prepare.py")
+        if fingerprint(file) != expected:
+            raise DataError(f"{file}: not the file {path} was written with (prepared at another time, or changed "
+                            "since); re-run the dataset's prepare.py")
+
+
+def reseal(folder):
+    """Rewrite meta.json's manifest for the files as they are now: for tools that edit a
+    prepared dataset on purpose (the tests and benchmarks/bad_inputs.py damage one to see
+    the checks behind the manifest)."""
+    path = os.path.join(folder, "meta.json")
+    with open(path, encoding="utf-8") as f:
+        meta = json.load(f)
+    if not isinstance(meta, dict):
+        return  # nothing to seal
+    meta["files"] = {n: fingerprint(os.path.join(folder, n)) for n in meta.get("files", {})}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(meta, f, ensure_ascii=False)
+
+
+# What prepare scripts write, and what they leave in a folder of theirs (data/<name>/).
+DATASET_FILES = {"meta.json", "train.npz", "val.npz", "test.npz", "val.ref.txt", "test.ref.txt", "spm.model",
+                 "spm_src.model", "spm_tgt.model"}
+KEPT = {"prepare.py", "__pycache__", "README.md"}
+
+
+def _ours(folder):
+    """The files of `folder` a prepare script wrote: those its meta.json lists, when there
+    is a dataset's meta.json."""
+    try:
+        with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(meta, dict) or "src_vocab" not in meta or "tgt_vocab" not in meta:
+        return set()
+    listed = meta.get("files")
+    return {"meta.json", *(listed if isinstance(listed, dict) else DATASET_FILES)}
+
+
+def publish(out_dir, write_files, src_vocab, tgt_vocab, facts, overwrite=False):
+    """Write a dataset folder as a whole. `write_files(staging)` writes its files into a
+    staging folder inside out_dir; meta.json (facts and the manifest) is written there last;
+    then the files replace the folder's, meta.json last, and files of the previous dataset
+    that the new one lacks go. A run killed in between leaves files that do not match
+    meta.json's manifest, which loading refuses. One prepare run at a time holds the
+    folder's lock; staging folders of killed runs are removed. A folder holding files that
+    no prepare script wrote (by its meta.json) is refused, unless `overwrite`: then they are
+    replaced where the dataset has a file of that name and left as they are otherwise."""
+    os.makedirs(out_dir, exist_ok=True)
+    try:
+        lock = open(os.path.join(out_dir, ".prepare.lock"), "w")
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise DataError(f"out_dir={out_dir}: another prepare.py is writing this folder") from None
+    except OSError as err:
+        raise DataError(f"out_dir={out_dir}: {err.strerror}") from None
+    try:
+        for name in os.listdir(out_dir):
+            if name.startswith(".prepare-"):  # a killed run's staging
+                shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+        previous = _ours(out_dir)
+        foreign = sorted(n for n in os.listdir(out_dir) if not n.startswith(".") and n not in previous | KEPT)
+        if foreign and not overwrite:
+            raise DataError(f"out_dir={out_dir}: holds files no prepare script wrote ({', '.join(foreign[:5])}"
+                            f"{', ...' if len(foreign) > 5 else ''}); choose another folder, or pass --overwrite to "
+                            "write the dataset there anyway")
+        staging = tempfile.mkdtemp(dir=out_dir, prefix=".prepare-")
+        try:
+            write_files(staging)
+            write_meta(staging, src_vocab, tgt_vocab, **facts)
+            written = set(os.listdir(staging))
+            for name in sorted(written, key=lambda n: n == "meta.json"):  # meta.json last
+                os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+            for name in previous - written - KEPT:  # the previous dataset's, now unlisted
+                if os.path.isfile(os.path.join(out_dir, name)):
+                    os.remove(os.path.join(out_dir, name))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        lock.close()
 
 
 # Facts of a prepared dataset that a resumed run must find unchanged (besides the vocabulary).
@@ -110,6 +225,10 @@ def load_dataset(folder, need=()):
         for side in ("src", "tgt"):
             if not isinstance(meta.get(f"{side}_vocab"), list) or not all(isinstance(w, str) for w in meta[f"{side}_vocab"]):
                 raise ValueError(f"{side}_vocab is not a list of strings")
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: malformed meta.json ({err})") from None
+    check_manifest(folder, meta)  # before reading the files it lists
+    try:
         spm_files = meta.get("spm") or {}
         src_vocab, tgt_vocab = (Vocab(meta[f"{side}_vocab"], spm=read_bytes(folder, spm_files.get(side)))
                                 for side in ("src", "tgt"))

@@ -14,6 +14,7 @@ identical; a checksum comparison every `check_interval` steps stops the job if t
 Plain `python train.py` never imports mpi4py.
 """
 import os
+import sys
 
 import numpy as np
 
@@ -41,6 +42,21 @@ def world():
                          "(pip install -r requirements-mpi.txt)") from None
     comm = MPI.COMM_WORLD
     return comm if comm.Get_size() > 1 else None
+
+
+def exit(status):
+    """End this process as sys.exit(status) would (0 or None: success; an int: that code;
+    a message: printed to stderr, code 1); when it fails as one rank of an MPI job, the
+    whole job is aborted, so that no rank waits for it in an all-reduce."""
+    if status in (None, 0):
+        sys.exit(0)
+    if not isinstance(status, int):
+        print(status, file=sys.stderr, flush=True)
+    if any(name in os.environ for name in LAUNCHER_VARIABLES) and "mpi4py.MPI" in sys.modules:
+        comm = sys.modules["mpi4py.MPI"].COMM_WORLD
+        if comm.Get_size() > 1:
+            comm.Abort(status if isinstance(status, int) else 1)
+    sys.exit(status if isinstance(status, int) else 1)
 
 
 def checksum(model):

@@ -389,10 +389,51 @@ def cell_class(name):
     if ":" in name:
         module_name, _, class_name = name.partition(":")
         try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"cell {name!r}: {err}") from None
+            module = importlib.import_module(module_name)
+        except Exception as err:  # a user's file may fail in any way: name it in one line
+            where = f" ({err.filename}, line {err.lineno})" if isinstance(err, SyntaxError) else ""
+            raise ValueError(f"importing {module_name} failed: {type(err).__name__}: "
+                             f"{getattr(err, 'msg', None) or err}{where}") from None
+        cls = getattr(module, class_name, None)
+        if cls is None:
+            raise ValueError(f"{module_name} has no {class_name}")
         if isinstance(cls, type) and issubclass(cls, Recurrent):
             return cls
         raise ValueError(f"cell {name!r} is not a layers.Recurrent subclass")
     raise ValueError(f"unknown cell {name!r}; choose one of {', '.join(sorted(CELLS))}, or module:Class")
+
+
+def check_cell(cls, input_size=3, hidden_size=5, batch_size=2):
+    """ValueError in one line, naming the class and `recur`, unless a small `cls` builds and
+    its `recur` returns n_states float32 states of shape (B, hiddenSize), computed for a
+    batch of 2: what every slot of a model needs from a user's cell."""
+    name = cls.__name__
+    try:
+        cell = cls(input_size, hidden_size, name="check", rng=np.random.default_rng(0))
+        x = pt.matrix("x_proj_t", dtype=FLOATX)
+        states = [pt.matrix(f"state{k}", dtype=FLOATX) for k in range(cell.n_states)]
+        new = cell.recur(x, *states)
+    except Exception as err:
+        raise ValueError(f"{name}: building it and calling recur failed: {type(err).__name__}: {err}") from None
+    new = list(new) if isinstance(new, (list, tuple)) else [new]
+    if len(new) != cell.n_states:
+        raise ValueError(f"{name}.recur returned {len(new)} state(s); n_states is {cell.n_states}")
+    for k, state in enumerate(new):
+        if not isinstance(state, pt.TensorVariable) or state.type.dtype != FLOATX:
+            got = getattr(getattr(state, "type", None), "dtype", type(state).__name__)
+            raise ValueError(f"{name}.recur returned a {got} state {k}; expected {FLOATX} (a float64 constant or "
+                             "shared variable upcasts it: use np.float32)")
+    rng = np.random.default_rng(0)
+    values = [rng.standard_normal((batch_size, cell.n_gates * hidden_size)).astype(FLOATX)]
+    values += [rng.standard_normal((batch_size, hidden_size)).astype(FLOATX) for _ in states]
+    try:
+        shapes = [v.shape for v in pytensor.function([x, *states], new, mode=backend.compile_mode("FAST_COMPILE"),
+                                                     on_unused_input="ignore")(*values)]
+    except Exception as err:
+        raise ValueError(f"{name}.recur failed on a batch of {batch_size} (input ({batch_size}, "
+                         f"{cell.n_gates * hidden_size}), states ({batch_size}, {hidden_size})): "
+                         f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+    expected = [(batch_size, hidden_size)] * cell.n_states
+    if shapes != expected:
+        raise ValueError(f"{name}.recur returned states of shapes {shapes}; expected {expected} "
+                         f"(batch, hiddenSize) for n_gates={cell.n_gates}, hiddenSize={hidden_size}")

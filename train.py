@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 import uuid
 from dataclasses import dataclass
 
@@ -103,6 +104,8 @@ def check(cfg, mcfg):
             f"attention={mcfg.attention!r}: use one of none, {', '.join(ATTENTIONS)}")
     try:
         cell = layers.cell_class(mcfg.cell)
+        if cell not in (layers.GRU, layers.LSTM):  # a user's cell: checked before anything is built
+            layers.check_cell(cell)
     except ValueError as err:
         raise ConfigError(f"cell={mcfg.cell!r}: {err}") from None
     require(not mcfg.reset_after or issubclass(cell, layers.GRU), f"reset_after=true is a GRU setting, not {mcfg.cell}'s")
@@ -382,7 +385,14 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Under mpiexec, an error on any one rank ends every rank (the others would wait in the
+    # next all-reduce forever): distributed.exit says it and aborts the job.
     try:
-        sys.exit(main(sys.argv[1:]))
+        code = main(sys.argv[1:])
     except (ConfigError, DataError, CheckpointError, RunError, distributed.DivergenceError) as err:
-        sys.exit(f"error: {err}")
+        distributed.exit(f"error: {err}")
+    except SystemExit as stop:
+        distributed.exit(stop.code)
+    except BaseException:
+        distributed.exit(traceback.format_exc().rstrip())
+    distributed.exit(code)

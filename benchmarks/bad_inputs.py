@@ -106,6 +106,56 @@ def train(run, *flags, data="data"):
     return lambda p: ["train.py", f"--dataset={p[data]}", f"--out_dir={p[run] if run in p else run}", *TINY, *flags]
 
 
+CELLS = """
+import numpy as np
+import pytensor.tensor as pt
+import layers
+
+class Wide(layers.Recurrent):
+    def recur(self, x_t, h):
+        return pt.concatenate([h, h], axis=1)
+
+class Float64(layers.Recurrent):
+    def recur(self, x_t, h):
+        return pt.tanh(x_t + pt.dot(h, self.U)) * np.float64(0.5)
+
+class Two(layers.Recurrent):
+    def recur(self, x_t, h):
+        return [h, h]
+"""
+
+
+def user_cell(source, class_name):
+    """train.py with --cell=<a module written from `source`>:<class_name>."""
+    def args(p):
+        folder = os.path.join(p["tmp"], "cells")
+        os.makedirs(folder, exist_ok=True)
+        module = f"cell_{abs(hash((source, class_name))) % 10**8}"
+        open(os.path.join(folder, module + ".py"), "w").write(source)
+        return ["-c", f"import sys; sys.path[:0] = [{folder!r}, {ROOT!r}]; import runpy; sys.argv = ['train.py', "
+                      f"'--dataset={p['data']}', '--out_dir={os.path.join(p['tmp'], 'cellrun')}', "
+                      f"'--cell={module}:{class_name}']; runpy.run_path('train.py', run_name='__main__')"]
+    return args
+
+
+def half_replaced(p):
+    """A copy of the reverse dataset whose train.npz is another dataset's."""
+    folder = os.path.join(p["tmp"], "half")
+    copy_with(p["data"], folder, lambda d: shutil.copy(os.path.join(p["tr"], "train.npz"), os.path.join(d, "train.npz")))
+    return folder
+
+
+def no_leak(folder):
+    """Whether no val or test pair of a prepared folder, nor its source, is also in train."""
+    from dataset import load_dataset
+
+    _, _, _, splits = load_dataset(folder)
+    train = {(tuple(s), tuple(t)) for s, t in splits["train"]}
+    sources = {s for s, _ in train}
+    return all((tuple(s), tuple(t)) not in train and tuple(s) not in sources
+               for name in ("val", "test") for s, t in splits[name])
+
+
 def damaged_ckpt(name, edit):
     """sample.py on a copy of G whose ckpt_best.npz is edited by edit(path)."""
     def args(p):
@@ -116,10 +166,13 @@ def damaged_ckpt(name, edit):
 
 
 def damaged_data(name, edit):
-    """train.py on a copy of the prepared data edited by edit(folder)."""
+    """train.py on a copy of the prepared data edited by edit(folder), its manifest
+    rewritten to match (the checks behind the manifest are the ones tried)."""
+    from dataset import reseal
+
     def args(p):
         folder = os.path.join(p["tmp"], "data-" + name)
-        copy_with(p["data"], folder, edit)
+        copy_with(p["data"], folder, lambda d: (edit(d), reseal(d)))
         out = os.path.join(p["tmp"], "run-" + name)
         return ["train.py", f"--dataset={folder}", f"--out_dir={out}", *TINY, "--max_iters=2"]
     return args
@@ -235,6 +288,52 @@ CASES = [
     ("ae_batch_neg", "autoencoder encode with batch_size=-1", ae(call="f.build().encode([np.zeros((3, 2))], batch_size=-1)"),
      "error"),
     ("ae_complex", "autoencoder predict on complex input", ae(call="f.build().predict([np.zeros((3, 2)) + 1j])"), "error"),
+    # Round three: datasets replaced as a whole, no hangs, no leaks, a user's broken cell.
+    ("data_half_replaced", "a dataset whose train.npz was replaced and meta.json not (a prepare killed between them)",
+     lambda p: ["train.py", f"--dataset={half_replaced(p)}", f"--out_dir={os.path.join(p['tmp'], 'run-half')}", *TINY],
+     "error"),
+    ("prepare_foreign_folder", "prepare.py --out_dir=<a folder of the user's with a meta.json and a train.npz>",
+     lambda p: (os.makedirs(os.path.join(p["tmp"], "mine"), exist_ok=True),
+                open(os.path.join(p["tmp"], "mine", "meta.json"), "w").write('{"my": "notes"}'),
+                open(os.path.join(p["tmp"], "mine", "train.npz"), "w").write("mine"),
+                ["data/text/prepare.py", "--pairs_tsv", os.path.join(p["tmp"], "pairs.tsv"), "--out_dir",
+                 os.path.join(p["tmp"], "mine"), "--min_held", "20"])[-1],
+     lambda p, proc: proc.returncode != 0 and "holds files no prepare script wrote" in proc.stderr
+     and open(os.path.join(p["tmp"], "mine", "train.npz")).read() == "mine"),
+    ("prepare_stale_staging", "prepare.py into a folder a killed prepare left a .prepare-* staging folder in",
+     lambda p: (shutil.copytree(p["tr"], os.path.join(p["tmp"], "stale")),
+                os.makedirs(os.path.join(p["tmp"], "stale", ".prepare-killed")),
+                ["data/text/prepare.py", "--pairs_tsv", os.path.join(p["tmp"], "pairs.tsv"), "--out_dir",
+                 os.path.join(p["tmp"], "stale"), "--min_held", "20"])[-1],
+     lambda p, proc: proc.returncode == 0 and not os.path.exists(os.path.join(p["tmp"], "stale", ".prepare-killed"))),
+    ("prepare_long_line", "prepare.py on one 2 MB line without a sentence end",
+     lambda p: (open(os.path.join(p["tmp"], "long.txt"), "w").write(" ".join(["word"] * 400_000)),
+                ["data/text/prepare.py", "--input", os.path.join(p["tmp"], "long.txt"), "--out_dir",
+                 os.path.join(p["tmp"], "long")])[1], "error"),
+    ("prepare_utf16", "prepare.py on a UTF-16 text file",
+     lambda p: (open(os.path.join(p["tmp"], "u16.txt"), "wb").write("One. Two. Three.\n".encode("utf-16")),
+                ["data/text/prepare.py", "--input", os.path.join(p["tmp"], "u16.txt"), "--out_dir",
+                 os.path.join(p["tmp"], "u16")])[1],
+     lambda p, proc: proc.returncode != 0 and "UTF-16" in proc.stderr.strip().splitlines()[-1]),
+    ("prepare_twice_the_book", "prepare.py --input book.txt book.txt (every held-out pair also in train)",
+     lambda p: (open(os.path.join(p["tmp"], "book.txt"), "w").write(" ".join(f"Sentence {i} is here." for i in range(300))),
+                ["data/text/prepare.py", "--input", os.path.join(p["tmp"], "book.txt"), os.path.join(p["tmp"], "book.txt"),
+                 "--out_dir", os.path.join(p["tmp"], "book"), "--min_held", "20"])[1],
+     lambda p, proc: proc.returncode == 0 and no_leak(os.path.join(p["tmp"], "book"))),
+    ("prepare_sp_vocab_5", "prepare.py --tokenizer=sentencepiece --vocab_size=5",
+     lambda p: ["data/text/prepare.py", "--pairs_tsv", os.path.join(p["tmp"], "pairs.tsv"), "--out_dir",
+                os.path.join(p["tmp"], "sp5"), "--tokenizer=sentencepiece", "--vocab_size=5", "--min_held", "20"], "error"),
+    ("sample_a_million", "sample.py --num_samples=1000000",
+     lambda p: ["sample.py", f"--out_dir={p['G']}", "--start=s4", "--num_samples=1000000"], "error"),
+    ("cell_import_fails", "--cell=<a module that raises at import>", user_cell("raise RuntimeError('no GPU here')", "X"),
+     "error"),
+    ("cell_syntax_error", "--cell=<a module with a syntax error>", user_cell("def broken(:\n", "X"), "error"),
+    ("cell_wrong_shape", "--cell=<a cell whose recur returns (B, 2H)>", user_cell(CELLS, "Wide"), "error"),
+    ("cell_float64", "--cell=<a cell whose recur returns a float64 state>", user_cell(CELLS, "Float64"), "error"),
+    ("cell_two_states", "--cell=<a cell whose recur returns 2 states for n_states 1>", user_cell(CELLS, "Two"), "error"),
+    ("ae_endless_valid", "autoencoder train with a validation generator that never says last_batch=True",
+     ae("endless = lambda n: (lambda g: (lambda b: g(b)[:2] + (False,)))(make_generator(20, 1))(n)",
+        "f.build().train(make_generator(50, 0), endless, n_iterations=3, batch_size=10, display_step=1)"), "error"),
     # last: it prepares T's dataset again, with the target vocabulary in another order
     ("evaluate_new_vocab", "evaluate.py after the data was prepared again with another vocabulary",
      lambda p: reorder_tgt_vocab(p["tr"]) or ["evaluate.py", f"--out_dir={p['T']}", "--max_len=8"], "error"),

@@ -86,3 +86,41 @@ def test_a_dead_rank_stops_the_job_and_the_checkpoint_resumes(data, tmp_path):
     step = json.loads(str(read_npz(out / "ckpt_latest.npz")["meta"]))["state"]["step"]
     run(train_cmd(data, out, "--init_from=resume", f"--max_iters={step + 2}", "--eval_interval=2"))
     assert rows(out)[-1]["step"] == step + 2
+
+
+@pytest.mark.parametrize("case", ["run_in_folder", "locked_folder", "bad_data"])
+def test_a_refusal_on_rank_0_alone_ends_every_rank(data, tmp_path, case):
+    """Checks only rank 0 makes (the run folder, its lock, and an error on one rank in
+    general) end the whole job promptly with a non-zero exit and the one-line refusal."""
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    expected = {"run_in_folder": "holds a run", "locked_folder": "in use by another training run",
+                "bad_data": "no pairs"}[case]
+    if case == "run_in_folder":
+        run(train_cmd(data, out, "--max_iters=2", "--eval_interval=2"))
+    holder = None
+    if case == "locked_folder":  # another run holds out/'s lock
+        holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
+                                   "from runs import RunFolder; RunFolder(sys.argv[2]); print('held', flush=True); "
+                                   "time.sleep(120)", ROOT, str(out)], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+    dataset = data
+    if case == "bad_data":  # rank 0 reads val; an empty val split is refused there
+        from dataset import reseal
+
+        dataset = tmp_path / "data"
+        import shutil
+
+        shutil.copytree(data, dataset)
+        np.savez(dataset / "val.npz", src=np.zeros(0, np.int32), tgt=np.zeros(0, np.int32),
+                 src_len=np.zeros(0, np.int64), tgt_len=np.zeros(0, np.int64))
+        reseal(dataset)
+    try:
+        started = time.time()
+        proc = subprocess.run([MPIEXEC, "-n", "2", *train_cmd(dataset, out, "--max_iters=4")], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and expected in proc.stderr, proc.stderr[-2000:]
+        assert time.time() - started < 60
+    finally:
+        if holder is not None:
+            holder.kill()

@@ -165,7 +165,7 @@ def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(data, tmp_path):
 
 def without_word_in_val_sources(data, folder, word):
     """A copy of a prepared dataset whose val pairs never have `word` in the source."""
-    from dataset import load_dataset, save_split
+    from dataset import load_dataset, reseal, save_split
 
     os.makedirs(folder)
     _, _, _, splits = load_dataset(str(data))
@@ -176,6 +176,7 @@ def without_word_in_val_sources(data, folder, word):
         meta = f.read()
     with open(os.path.join(folder, "meta.json"), "w", encoding="utf-8") as f:
         f.write(meta)
+    reseal(folder)
     return str(folder)
 
 
@@ -305,6 +306,9 @@ def copy_dataset(data, folder, **changes):
         else:
             meta[name] = value
     (folder / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    from dataset import reseal
+
+    reseal(folder)  # the manifest follows the edit: the checks behind it are what is tested
     return folder
 
 

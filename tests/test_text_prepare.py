@@ -186,7 +186,9 @@ def test_kjv_prepare_uses_the_shared_writer(tmp_path):
               "--unit", "clause"])
     verse_meta, clause_meta = load_dataset(str(tmp_path / "v"))[0], load_dataset(str(tmp_path / "c"))[0]
     assert sum(verse_meta["pairs"].values()) == 59 and verse_meta["tokenizer"] == "word"
-    assert clause_meta["unit"] == "clause" and sum(clause_meta["pairs"].values()) == 3 * 60 - 1
+    removed = clause_meta["removed_from_train"]  # "part two." is the source of a val pair too
+    assert clause_meta["unit"] == "clause" and sum(clause_meta["pairs"].values()) + sum(removed.values()) == 3 * 60 - 1
+    assert removed["sources_in_val_or_test"] > 0
     assert np.isfinite(verse_meta["val_unigram_ppl"])
 
 
@@ -210,3 +212,18 @@ def test_detokenizer_reattaches_quotes_apostrophes_and_hyphens(tokens, text):
 ])
 def test_detokenised_kjv_and_licence_sentences_read_as_written(sentence):
     assert detokenize(tokenize(sentence)).lower() == sentence.lower()
+
+
+def test_a_corpus_that_repeats_itself_leaks_nothing_into_train(tmp_path):
+    """The same book twice (--input book.txt book.txt): every val and test pair is also in
+    the other copy, and every one of them is taken out of train, counted in meta.json."""
+    book = tmp_path / "book.txt"
+    book.write_text(" ".join(f"Sentence number {i} is here." for i in range(300)), encoding="utf-8")
+    text_prepare.main(["--input", str(book), str(book), "--out_dir", str(tmp_path / "d"), "--min_held", "20"])
+    meta, _, _, splits = load_dataset(str(tmp_path / "d"))
+    train = {tuple(map(tuple, p)) for p in ((list(s), list(t)) for s, t in splits["train"])}
+    train_sources = {tuple(s) for s, _ in splits["train"]}
+    for name in ("val", "test"):
+        assert splits[name]
+        assert not any((tuple(s), tuple(t)) in train or tuple(s) in train_sources for s, t in splits[name])
+    assert meta["removed_from_train"]["pairs_in_val_or_test"] > 0

@@ -69,6 +69,8 @@ def main(argv=None):
     ap.add_argument("--unit", choices=("verse", "clause"), default="verse",
                     help="clause: pairs of clauses (verses cut after ; and :) instead of verses")
     ap.add_argument("--seed", type=int, default=1234, help="seed of the chapter split")
+    ap.add_argument("--overwrite", action="store_true", help="write into an --out_dir that holds files no prepare "
+                                                             "script wrote (those the dataset names are replaced)")
     args = ap.parse_args(argv)
     if args.vocab_size < 5 or args.max_len < 1:
         ap.error("--vocab_size must be at least 5 and --max_len at least 1")
@@ -97,11 +99,11 @@ def main(argv=None):
         summary = text_dataset.write_dataset(
             args.out_dir, raw, vocab_size=args.vocab_size, max_len=args.max_len, long="truncate",
             reverse_source=args.reverse_source, task="next_verse", source=os.path.basename(source),
-            n_verses=len(verses), unit=args.unit, n_units=len(units), exact_match=False)
+            n_verses=len(verses), unit=args.unit, n_units=len(units), exact_match=False, overwrite=args.overwrite)
     except text_dataset.PrepareError as err:
         sys.exit(f"error: {source}: {err}")
     print(f"{len(verses)} verses; pairs {summary['pairs']}, of which {summary['n_over_max_len']} had a {args.unit} "
-          f"truncated to {args.max_len} tokens; vocab {summary['vocab_sizes'][0]}; <unk> rate {summary['tgt_unk_rate']}; "
+          f"truncated to {args.max_len} tokens; removed from train as in val or test: {summary['removed_from_train']}; vocab {summary['vocab_sizes'][0]}; <unk> rate {summary['tgt_unk_rate']}; "
           f"val unigram perplexity {summary['val_unigram_ppl']}; wrote {args.out_dir}")
 
 

@@ -129,6 +129,8 @@ def main(argv=None):
     ap.add_argument("--n_test", type=int, default=1000, help="verses held out for test")
     ap.add_argument("--seed", type=int, default=1234, help="seed of the split")
     ap.add_argument("--pairs_tsv", default=None, help="read source<TAB>target lines from this file instead")
+    ap.add_argument("--overwrite", action="store_true", help="write into an --out_dir that holds files no prepare "
+                                                             "script wrote (those the dataset names are replaced)")
     args = ap.parse_args(argv)
     if min(args.src_vocab, args.tgt_vocab) < 5 or args.max_len < 1 or min(args.n_val, args.n_test) < 1:
         ap.error("vocabularies need at least 5 entries; --max_len, --n_val, --n_test must be positive")
@@ -144,11 +146,13 @@ def main(argv=None):
         summary = text_dataset.write_dataset(
             args.out_dir, splits, vocab_size=args.src_vocab, tgt_vocab_size=args.tgt_vocab, shared_vocab=False,
             max_len=args.max_len, long="skip", references=True, task="translation", source_lang="en",
-            target_lang="es", corpus=args.pairs_tsv or MODULES, n_pairs=len(raw), exact_match=False)
+            target_lang="es", corpus=args.pairs_tsv or MODULES, n_pairs=len(raw), exact_match=False,
+            overwrite=args.overwrite)
     except text_dataset.PrepareError as err:
         sys.exit(f"error: {err}")
     print(f"{len(raw)} verse pairs; training pairs over {args.max_len} tokens skipped: "
-          f"{summary['n_over_max_len']['train']}; pairs {summary['pairs']}; vocab en/es {summary['vocab_sizes']}; "
+          f"{summary['n_over_max_len']['train']}; removed from train as in val or test: {summary['removed_from_train']}; "
+          f"pairs {summary['pairs']}; vocab en/es {summary['vocab_sizes']}; "
           f"target <unk> rate {summary['tgt_unk_rate']}; wrote {args.out_dir}")
 
 

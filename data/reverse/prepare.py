@@ -19,14 +19,15 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository root
 
-from dataset import save_split, write_meta  # noqa: E402
+from configurator import HelpFormatter  # noqa: E402
+from dataset import DataError, publish, save_split  # noqa: E402
 from vocab import SPECIALS, Vocab  # noqa: E402
 
 TASKS = {"reverse": lambda s: s[::-1], "copy": lambda s: list(s), "sort": sorted}
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--task", choices=sorted(TASKS), default="reverse", help="what the target is")
     ap.add_argument("--out_dir", default=HERE, help="where to write the splits")
     ap.add_argument("--n_symbols", type=int, default=20, help="alphabet size")
@@ -35,6 +36,8 @@ def main(argv=None):
     ap.add_argument("--n_train", type=int, default=20000, help="training pairs")
     ap.add_argument("--n_heldout", type=int, default=500, help="pairs in each of val and test")
     ap.add_argument("--seed", type=int, default=0, help="random seed")
+    ap.add_argument("--overwrite", action="store_true", help="write into an --out_dir that holds files no prepare "
+                                                             "script wrote (those the dataset names are replaced)")
     args = ap.parse_args(argv)
     if not 1 <= args.min_len <= args.max_len or args.n_symbols < 2:
         ap.error("need 1 <= --min_len <= --max_len and --n_symbols >= 2")
@@ -59,11 +62,15 @@ def main(argv=None):
             src = [symbols[i] for i in seq]
             pairs[name].append((vocab.encode(src), vocab.encode(TASKS[args.task](src))))
 
-    os.makedirs(args.out_dir, exist_ok=True)
-    for name, split in pairs.items():
-        save_split(os.path.join(args.out_dir, f"{name}.npz"), split)
-    write_meta(args.out_dir, vocab, vocab, task=args.task, reverse_source=False,
-               exact_match=True, pairs={k: len(v) for k, v in pairs.items()})
+    def write_files(staging):
+        for name, split in pairs.items():
+            save_split(os.path.join(staging, f"{name}.npz"), split)
+
+    try:
+        publish(args.out_dir, write_files, vocab, vocab, dict(task=args.task, reverse_source=False, exact_match=True,
+                                                              pairs={k: len(v) for k, v in pairs.items()}), args.overwrite)
+    except DataError as err:
+        sys.exit(f"error: {err}")
     print(f"{args.task}: {', '.join(f'{k} {len(v)}' for k, v in pairs.items())} pairs; wrote {args.out_dir}")
 
 

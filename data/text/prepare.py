@@ -32,9 +32,7 @@ import argparse
 import io
 import os
 import re
-import shutil
 import sys
-import tempfile
 
 import numpy as np
 
@@ -43,7 +41,8 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from dataset import save_split, write_meta  # noqa: E402
+from configurator import HelpFormatter  # noqa: E402,F401  (the prepare scripts' --help)
+from dataset import DataError, publish, save_split  # noqa: E402
 from vocab import EOS_ID, UNK_ID, Vocab, tokenize  # noqa: E402
 
 MIN_TRAIN = 10  # fewer training pairs than this is a mistake, not a dataset
@@ -63,6 +62,11 @@ def read_text(path):
         raise PrepareError(f"{path}: {err.strerror}") from None
     if not raw.strip():
         raise PrepareError(f"{path}: empty file")
+    head = raw[:200]  # UTF-16 without a BOM: ASCII text has a NUL in every other byte
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(head) >= 8 and head.count(0) * 3 >= len(head)
+                                                   and 0 in (head[0::2].count(0), head[1::2].count(0))):
+        raise PrepareError(f"{path}: UTF-16 text (a byte-order mark or a NUL byte beside every character); save "
+                           f"it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8 {path} > {path}.utf8")
     nul = raw.find(b"\x00")
     if nul >= 0:
         raise PrepareError(f"{path}: binary file (NUL byte at byte offset {nul})")
@@ -78,20 +82,49 @@ def clean(text):
     return " ".join(text.replace("\u00b6", " ").split())
 
 
-def segments(text, split="prose", within="file"):
+def segments(text, split="prose", within="file", name="text"):
     """The file's sentences, as a list of segments (lists of sentences) that pairs may not
-    cross: one segment for the whole file, or one per blank-line paragraph."""
+    cross: one segment for the whole file, or one per blank-line paragraph. `name` (the
+    file) is for messages and the progress bar."""
     paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
     if split == "lines":
         per_paragraph = [[clean(line) for line in p.split("\n") if line.strip()] for p in paragraphs]
     else:
         import pysbd
+        from tqdm import tqdm
 
         segmenter = pysbd.Segmenter(language="en", clean=False)
-        per_paragraph = [[clean(s) for s in segmenter.segment(clean(p)) if s.strip()] for p in paragraphs]
+        chunks = [(i, chunk) for i, p in enumerate(paragraphs) for chunk in _chunks(clean(p), text, p, name)]
+        per_paragraph = [[] for _ in paragraphs]
+        for i, chunk in tqdm(chunks, desc=f"{os.path.basename(name)}: sentences", unit="chunk", leave=False,
+                             disable=len(chunks) < 100):
+            per_paragraph[i] += [clean(s) for s in segmenter.segment(chunk) if s.strip()]
     if within == "paragraph":
         return [p for p in per_paragraph if p]
     return [[s for p in per_paragraph for s in p]]
+
+
+CHUNK_CHARS = 5_000  # pysbd's time grows faster than its input: 2.5 s for one 45,000-character paragraph
+MAX_RUN_CHARS = 100_000  # text with no sentence end for this long is not prose
+
+
+def _chunks(paragraph, text, raw_paragraph, name):
+    """A long paragraph cut after sentence ends into pieces of about CHUNK_CHARS characters
+    each, for pysbd; a PrepareError naming the line where MAX_RUN_CHARS characters go by
+    without one."""
+    if len(paragraph) <= CHUNK_CHARS:
+        return [paragraph]
+    chunks, current = [], ""
+    for piece in re.split(r"(?<=[.!?])\s+", paragraph):
+        if len(piece) > MAX_RUN_CHARS:
+            line = text[: text.find(raw_paragraph)].count("\n") + 1
+            raise PrepareError(f"{name}:{line}: {len(piece):,} characters without a sentence end (. ! ?), too long "
+                               "to split into sentences; use --split=lines (one sentence per line), or break the text")
+        if current and len(current) + len(piece) > CHUNK_CHARS:
+            chunks.append(current)
+            current = ""
+        current = f"{current} {piece}" if current else piece
+    return chunks + [current]
 
 
 def clauses(sentence):
@@ -156,11 +189,18 @@ def train_sentencepiece(texts, vocab_size):
     import sentencepiece
 
     model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="unigram",
-        character_coverage=1.0, hard_vocab_limit=False, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-        pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>", num_threads=2,
-        minloglevel=2)
+    try:
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="unigram",
+            character_coverage=1.0, hard_vocab_limit=False, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+            pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>", num_threads=2,
+            minloglevel=2)
+    except RuntimeError as err:  # e.g. fewer pieces asked for than the text has characters
+        detail = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        chars = re.search(r"smaller than required_chars\. \d+ vs (\d+)", detail)
+        if chars:  # every character of the text needs a piece of its own, and so do the 4 specials
+            detail = f"the text has {int(chars[1]) - 4} distinct characters; ask for at least {chars[1]} pieces"
+        raise PrepareError(f"--vocab_size={vocab_size}: SentencePiece could not train ({detail})") from None
     proto = model.getvalue()
     processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
     return Vocab([processor.id_to_piece(i) for i in range(processor.get_piece_size())], spm=proto)
@@ -168,12 +208,15 @@ def train_sentencepiece(texts, vocab_size):
 
 def write_dataset(out_dir, text_splits, *, tokenizer="word", vocab_size=8000, tgt_vocab_size=None,
                   shared_vocab=True, max_len=60, long="truncate", reverse_source=False, references=False,
-                  **facts):
+                  overwrite=False, **facts):
     """Tokenise {split: [(source text, target text)]}, build the vocabularies from train,
     and write train/val/test.npz, meta.json (and {val,test}.ref.txt with `references`) to
-    out_dir, each file replaced atomically once all are written. `long` is what happens to
+    out_dir as a whole (dataset.publish; `overwrite` as there). `long` is what happens to
     a sentence over max_len tokens: truncate (counted), or skip (training pairs; counted).
-    Returns the summary that meta.json holds besides the vocabularies."""
+    Training pairs that are also val or test pairs are removed, and for next-sentence data
+    (no references) so are training pairs whose source is a val or test source: the splits
+    share no example (counted in `removed_from_train`). Returns the summary that meta.json
+    holds besides the vocabularies."""
     for name in ("train", "val", "test"):
         if not text_splits.get(name):
             raise PrepareError(f"no {name} pairs")
@@ -193,8 +236,16 @@ def write_dataset(out_dir, text_splits, *, tokenizer="word", vocab_size=8000, tg
             tokens[name] = [(s, t) for s, t in pairs if max(len(s), len(t)) <= max_len]
         elif long == "truncate":
             tokens[name] = [(s[:max_len], t[:max_len]) for s, t in pairs]
+    held = {(tuple(s), tuple(t)) for name in ("val", "test") for s, t in tokens[name]}
+    held_sources = set() if references else {tuple(s) for name in ("val", "test") for s, _ in tokens[name]}
+    before = len(tokens["train"])
+    tokens["train"] = [(s, t) for s, t in tokens["train"] if (tuple(s), tuple(t)) not in held]
+    in_heldout = before - len(tokens["train"])
+    tokens["train"] = [(s, t) for s, t in tokens["train"] if tuple(s) not in held_sources]
+    removed = {"pairs_in_val_or_test": in_heldout, "sources_in_val_or_test": before - in_heldout - len(tokens["train"])}
     if not tokens["train"]:
-        raise PrepareError(f"every training pair is over --max_len {max_len} tokens")
+        raise PrepareError(f"no training pair is left once those over --max_len {max_len} tokens and those also in "
+                           "val or test are set aside")
     if tokenizer == "word":  # word vocabularies: the most frequent training tokens
         train_tokens = tokens["train"]
         src_tokens = [s for s, _ in train_tokens] + ([t for _, t in train_tokens] if shared_vocab else [])
@@ -210,14 +261,12 @@ def write_dataset(out_dir, text_splits, *, tokenizer="word", vocab_size=8000, tg
     logp = np.log((np.bincount(train_tgt, minlength=len(tgt_vocab)) + 1.0) / (len(train_tgt) + len(tgt_vocab)))
     val_tgt = np.concatenate([t + [EOS_ID] for _, t in ids["val"]])
     summary = dict(facts, tokenizer=tokenizer, reverse_source=reverse_source, max_len=max_len,
-                   long_sentences=long, n_over_max_len=n_long, train_len_p99=len_p99,
+                   long_sentences=long, n_over_max_len=n_long, train_len_p99=len_p99, removed_from_train=removed,
                    pairs={k: len(v) for k, v in ids.items()},
                    vocab_sizes=[len(src_vocab), len(tgt_vocab)], tgt_unk_rate=unk, val_unigram_ppl=round(float(np.exp(-logp[val_tgt].mean())), 2),
                    bleu=references)
 
-    os.makedirs(out_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=out_dir, prefix=".prepare-")
-    try:
+    def write_files(staging):
         for name, pairs in ids.items():
             save_split(os.path.join(staging, f"{name}.npz"), pairs)
             if references and name != "train":  # what BLEU scores against: the words, <unk>s not applied
@@ -225,23 +274,23 @@ def write_dataset(out_dir, text_splits, *, tokenizer="word", vocab_size=8000, tg
                         else [t for _, t in text_splits[name]])
                 with open(os.path.join(staging, f"{name}.ref.txt"), "w", encoding="utf-8") as f:
                     f.writelines(r + "\n" for r in refs)
-        spm_files = {}
         for side, vocab in (("src", src_vocab), ("tgt", tgt_vocab)):
             if vocab.spm is not None:
-                spm_files[side] = "spm.model" if shared_vocab else f"spm_{side}.model"
-                with open(os.path.join(staging, spm_files[side]), "wb") as f:
+                with open(os.path.join(staging, summary["spm"][side]), "wb") as f:
                     f.write(vocab.spm)
-        write_meta(staging, src_vocab, tgt_vocab, spm=spm_files, **summary)
-        for name in sorted(os.listdir(staging), key=lambda n: n == "meta.json"):  # meta.json last
-            os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    summary["spm"] = {side: "spm.model" if shared_vocab else f"spm_{side}.model"
+                      for side, vocab in (("src", src_vocab), ("tgt", tgt_vocab)) if vocab.spm is not None}
+    try:
+        publish(out_dir, write_files, src_vocab, tgt_vocab, summary, overwrite)
+    except DataError as err:
+        raise PrepareError(str(err)) from None
     return summary
 
 
 def prepare(args):
     if args.input:
-        segs = [seg for path in args.input for seg in segments(read_text(path), args.split, args.within)]
+        segs = [seg for path in args.input for seg in segments(read_text(path), args.split, args.within, path)]
         if args.unit == "clause":
             segs = [[c for s in seg for c in clauses(s)] for seg in segs]
         what = args.input[0] + (f" and {len(args.input) - 1} more files" if len(args.input) > 1 else "")
@@ -256,12 +305,8 @@ def prepare(args):
     splits = contiguous_split(pairs, n_val, n_test, gap, what)
     return write_dataset(args.out_dir, splits, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                          shared_vocab=bool(args.input), max_len=args.max_len, long=long,
-                         reverse_source=args.reverse_source, references=refs, task=task,
+                         reverse_source=args.reverse_source, references=refs, task=task, overwrite=args.overwrite,
                          corpus=what, exact_match=False, **facts)
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """--help keeps the docstring's layout and shows every default."""
 
 
 def notes(summary, args):
@@ -303,6 +348,8 @@ def main(argv=None):
     ap.add_argument("--min_held", type=int, default=50, help="smallest val and test block, in pairs")
     ap.add_argument("--max_held", type=int, default=2000, help="largest val and test block, in pairs")
     ap.add_argument("--reverse_source", action="store_true", help="reverse source sentences (Sutskever et al. 2014)")
+    ap.add_argument("--overwrite", action="store_true", help="write into an --out_dir that holds files no prepare "
+                                                             "script wrote (those the dataset names are replaced)")
     args = ap.parse_args(argv)
     if (args.src is None) != (args.tgt is None):
         ap.error("--src and --tgt go together")
@@ -318,8 +365,11 @@ def main(argv=None):
     name = os.path.normpath(args.out_dir)
     if os.path.dirname(os.path.abspath(name)) == os.path.join(ROOT, "data"):
         name = os.path.basename(name)  # train.py finds data/<name> by its name
+    elif os.sep not in name:
+        name = os.path.join(".", name)  # a bare name would mean data/<name> to train.py
     print(f"{summary['corpus']}: {summary.get('n_sentences', '')} {args.unit}s; pairs {summary['pairs']}, "
-          f"{summary['n_over_max_len']} over {args.max_len} tokens ({summary['long_sentences']}); "
+          f"{summary['n_over_max_len']} over {args.max_len} tokens ({summary['long_sentences']}); removed from train "
+          f"as in val or test: {summary['removed_from_train']}; "
           f"vocab {summary['vocab_sizes']} ({args.tokenizer}); target <unk> rate {summary['tgt_unk_rate']}; "
           f"val unigram perplexity {summary['val_unigram_ppl']}")
     for line in notes(summary, args):
