@@ -12,8 +12,7 @@ from dataset import Batcher, eval_batches, load_dataset, make_batch, pad_batch
 from vocab import BOS_ID, EOS_ID, PAD_ID, SPECIALS, UNK_ID, Vocab, tokenize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "data", "kjv"))
-import prepare as kjv_prepare  # noqa: E402
+from data.kjv import prepare as kjv_prepare  # noqa: E402
 
 
 def test_tokenize_lowercases_and_splits_punctuation():

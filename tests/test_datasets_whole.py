@@ -14,8 +14,7 @@ from configurator import ConfigError
 from dataset import DataError, load_dataset
 from helpers import ROOT
 
-sys.path.insert(0, os.path.join(ROOT, "data", "text"))
-import prepare as text_prepare  # noqa: E402
+from data.text import prepare as text_prepare  # noqa: E402
 
 
 def tsv(folder, n=200, seed=0):

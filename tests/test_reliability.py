@@ -17,8 +17,7 @@ from helpers import ROOT, log_rows, run_command as run
 from checkpoint import CheckpointError, read_arrays as read_npz
 from model import Model
 
-sys.path.insert(0, os.path.join(ROOT, "data", "kjv"))
-import prepare as kjv_prepare  # noqa: E402
+from data.kjv import prepare as kjv_prepare  # noqa: E402
 
 TINY = ["--embed_size=8", "--hidden_size=16", "--batch_size=8", "--eval_exact_match=0", "--num_samples=0",
         "--max_minutes=0", "--learning_rate=0.01", "--min_lr=0.01", "--warmup_iters=0"]

@@ -150,7 +150,8 @@ def test_translation_pipeline_smoke(tmp_path):
 def test_own_text_to_samples_in_three_commands(tmp_path):
     """The README's three commands on a user's text file: prepare (SentencePiece), train
     into the default out/<dataset>, sample from it by --dataset; kept snapshots pruned."""
-    sentences = [f"Mr. Brown walked to the {place} and back again." for place in ("river", "hill", "town")] * 100
+    sentences = [f"Mr. {name} walked to the {place} and back {when}." for name in ("Brown", "Green", "White", "Black")
+                 for place in ("river", "hill", "town", "mill", "farm") for when in ("again", "at noon", "at dusk")] * 5
     book = tmp_path / "book.txt"
     book.write_text("\n\n".join(" ".join(sentences[i : i + 5]) for i in range(0, 300, 5)), encoding="utf-8")
     data = tmp_path / f"mybook{os.getpid()}"
