@@ -118,7 +118,9 @@ def reseal(folder):
 # What prepare scripts write, and what they leave in a folder of theirs (data/<name>/).
 DATASET_FILES = {"meta.json", "train.npz", "val.npz", "test.npz", "val.ref.txt", "test.ref.txt", "spm.model",
                  "spm_src.model", "spm_tgt.model"}
-KEPT = {"prepare.py", "__pycache__", "README.md"}
+# A corpus script's own downloads stay beside it: kjv_es's Debian packages (sword/), the
+# JapaneseVowels wheel (download/).
+KEPT = {"prepare.py", "__pycache__", "README.md", "sword", "download"}
 
 
 def _ours(folder):

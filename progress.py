@@ -7,11 +7,11 @@ from tqdm import tqdm
 
 
 class Progress:
-    """The progress bar: steps against max_iters, or, in a run bounded by time alone,
-    minutes against max_minutes (with the step count beside the loss)."""
+    """The progress bar: minutes against max_minutes when a run has a time limit (with the
+    step count beside the loss), otherwise steps against max_iters."""
 
     def __init__(self, cfg, state, elapsed_s, enabled):
-        self.by_time = not cfg.max_iters
+        self.by_time = bool(cfg.max_minutes)
         total, done = (cfg.max_minutes, elapsed_s / 60) if self.by_time else (cfg.max_iters, state.step)
         # Redraw twice a second on a terminal; every 30 s in a log file, which keeps it readable.
         self.bar = tqdm(total=total, initial=done, unit="min" if self.by_time else "step", dynamic_ncols=True,

@@ -284,7 +284,7 @@ def train(run, step_fn, batcher, bar):
         why = "patience"
     elapsed = lambda: state.train_seconds + time.time() - started  # noqa: E731
     window = {"loss": 0.0, "tokens": 0.0, "time": time.time()}
-    noticed = bool(cfg.max_iters) or state.step >= cfg.eval_interval  # said at the start, or by a run resumed
+    noticed = (bool(cfg.max_iters) and not cfg.max_minutes) or state.step >= cfg.eval_interval  # said at the start, or by a run resumed
     while why is None:
         if state.batch_in_epoch >= len(order):
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
@@ -341,7 +341,7 @@ def main(argv):
     say(f"{cfg.dataset}: {len(run.splits['train'])} train pairs, vocab {len(model.src_vocab)}/{len(model.tgt_vocab)}; "
         f"model {n_params / 1e6:.2f}M params{ranks}; run {run.run_id} in {cfg.out_dir}; compiling ({cfg.mode}) ...",
         flush=True)
-    if cfg.max_iters:
+    if cfg.max_iters and not cfg.max_minutes:  # with a time limit, the steps that fit are known later
         for line in notices(run, 0.0):
             say(line)
     t0 = time.time()

@@ -79,6 +79,18 @@ def test_a_killed_prepares_staging_folder_is_removed_by_the_next(tmp_path):
     assert not (out / ".prepare-killed").exists()
 
 
+def test_a_corpus_scripts_own_downloads_beside_it_are_not_a_users_files(tmp_path):
+    """data/kjv_es/prepare.py downloads Debian's packages into data/kjv_es/sword/ before it
+    publishes the dataset into that folder; that must not count as a user's files."""
+    out = tmp_path / "kjv_es"
+    (out / "sword" / "mods.d").mkdir(parents=True)
+    (out / "download").mkdir()
+    (out / "prepare.py").write_text("# the corpus script")
+    prepare("--pairs_tsv", tsv(tmp_path), "--out_dir", out, "--min_held", 20)
+    load_dataset(str(out))
+    assert (out / "sword" / "mods.d").is_dir() and (out / "prepare.py").exists()
+
+
 def test_a_users_folder_is_refused_and_overwrite_leaves_their_other_files(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
