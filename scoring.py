@@ -86,7 +86,8 @@ def score(hypotheses, references, tokenize="none"):
     word tokens joined by spaces, "13a" for text (SentencePiece datasets)."""
     import sacrebleu
 
-    bleu = sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize)
+    # force: with tokenize='none' the text is tokenised on purpose (sacrebleu would warn of it)
+    bleu = sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize, force=tokenize == "none")
     chrf = sacrebleu.corpus_chrf(hypotheses, [references])
     return {"bleu": round(bleu.score, 2), "chrf": round(chrf.score, 2)}
 
