@@ -1,6 +1,7 @@
 """A cell written only as `recur`, in a file of its own: the README's "Adding your own cell"
 example, and the benchmark's user-cell row. Use it with `--cell=benchmarks.mgu:MGU`, or
 import this file and use `--cell=mgu` / `Cell = MGU` in `initModules()`."""
+import backend  # noqa: F401  (float32: before pytensor, so this file can be imported first)
 import pytensor.tensor as pt
 
 import layers
