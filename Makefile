@@ -3,6 +3,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
+# The compile mode of `make train`: CVM (PyTensor's C backend, the default) or JAX (installs
+# requirements-jax.txt first; README, Training on a GPU).
+MODE   ?= CVM
 
 .PHONY: train test sample vowels clean
 
@@ -12,14 +15,19 @@ $(VENV)/.installed: requirements.txt requirements-mpi.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-mpi.txt
 	touch $@
 
+# JAX is optional for training; the tests of the JAX path need it.
+$(VENV)/.installed-jax: requirements-jax.txt $(VENV)/.installed
+	$(PY) -m pip install --quiet -r requirements-jax.txt
+	touch $@
+
 data/kjv/meta.json: data/kjv/prepare.py $(VENV)/.installed
 	$(PY) data/kjv/prepare.py
 
 # The default run (700 steps, a few minutes), started afresh each time: it replaces out/kjv.
-train: $(VENV)/.installed data/kjv/meta.json
-	$(PY) train.py --overwrite=true
-	$(PY) sample.py --start="And Abram departed, as the LORD had spoken unto him."
-	$(PY) sample.py --start="the house is on fire"
+train: $(VENV)/.installed data/kjv/meta.json $(if $(filter JAX,$(MODE)),$(VENV)/.installed-jax)
+	$(PY) train.py --overwrite=true --mode=$(MODE)
+	$(PY) sample.py --start="And Abram departed, as the LORD had spoken unto him." --mode=$(MODE)
+	$(PY) sample.py --start="the house is on fire" --mode=$(MODE)
 
 # The sequence autoencoder on JapaneseVowels: figures in out/vowels/metrics.json and PNGs.
 vowels: $(VENV)/.installed
@@ -29,7 +37,7 @@ vowels: $(VENV)/.installed
 sample: $(VENV)/.installed
 	$(PY) sample.py
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(VENV)/.installed-jax
 	$(PY) -m pytest -q -n 2 tests
 
 clean:

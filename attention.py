@@ -166,6 +166,10 @@ class AttentionDecoder(Module):
             m = m_t[:, None]  # (B, 1)
             return [*(m * s + (1.0 - m) * p for s, p in zip(out[:n], args[:n])), *out[n:]]
 
-        return pytensor.scan(masked_step, sequences=[x_proj, mask], outputs_info=[*init, None, None],
-                             non_sequences=[*memory, *(weights[p] for p in replaced)], name=f"{self.name}.scan",
-                             return_updates=False, mode=backend.compile_mode(mode), return_list=True)
+        out = pytensor.scan(masked_step, sequences=[x_proj, mask], outputs_info=[*init, None, None],
+                            non_sequences=[*memory, *(weights[p] for p in replaced)], name=f"{self.name}.scan",
+                            return_updates=False, mode=backend.compile_mode(mode), return_list=True)
+        # Scan does not infer the shapes of the per-step outputs; under JAX every shape must
+        # be known when the graph is compiled (backend.StaticShapeFunction).
+        T, B, (Ts, _, C) = x_proj.shape[0], x_proj.shape[1], memory[-2].shape
+        return [*out[:n], pt.specify_shape(out[n], (T, B, C)), pt.specify_shape(out[n + 1], (T, Ts, B))]

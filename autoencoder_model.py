@@ -120,7 +120,7 @@ class AutoencoderModel:
         for j, cell in enumerate(self.encoder):
             if j > 0 and drop:
                 h = h * drop.pop(0)[None]  # (T, B, H): the same mask at every step
-            states = cell.scan(cell.project(h), x_mask)
+            states = cell.scan(cell.project(h), x_mask, mode=self.settings["mode"])
             h = states[0]  # (T, B, H)
             finals.append([s[-1] for s in states])  # (B, H) each, masking kept the last real
         code = pt.concatenate([f[0] for f in finals], axis=1)  # (B, C)
@@ -189,8 +189,8 @@ class AutoencoderModel:
                 self.params, grads, self.settings["grad_clip"], lambda clipped: optim.adam(self.params, clipped, lr))
             if pending_opt_state:
                 checkpoint.restore_optimizer(self.opt_state, pending_opt_state, f"{path}: optimizer.npz", prefix="")
-            return pytensor.function([x, x_mask, y, y_mask, lr], [loss, mse, stop_loss, norm],
-                                     updates=updates + self.dropout.updates(), mode=self.mode)
+            return backend.function([x, x_mask, y, y_mask, lr], [loss, mse, stop_loss, norm], self.mode,
+                                    updates + self.dropout.updates(), pad=True)
 
         return backend.cached(self.functions, "train", build)
 
@@ -199,8 +199,7 @@ class AutoencoderModel:
         def build():
             x, x_mask, y, y_mask = self._inputs()
             outs = self._loss(x, x_mask, y, y_mask)
-            return pytensor.function([x, x_mask, y, y_mask], list(outs),
-                                     mode=self.mode)
+            return backend.function([x, x_mask, y, y_mask], list(outs), self.mode, pad=True)
 
         return backend.cached(self.functions, "eval", build)
 
@@ -210,7 +209,6 @@ class AutoencoderModel:
             x, x_mask, _, _ = self._inputs()
             max_len = pt.iscalar("max_len")
             code, pred, stop_logit = self._graph(x, x_mask, max_len)
-            return pytensor.function([x, x_mask, max_len], [code, pred, pt.sigmoid(stop_logit)],
-                                     mode=self.mode)
+            return backend.function([x, x_mask, max_len], [code, pred, pt.sigmoid(stop_logit)], self.mode)
 
         return backend.cached(self.functions, "predict", build)

@@ -4,7 +4,13 @@ the compile mode.
 Import this module before anything else imports pytensor: `compiledir` can only be chosen
 before pytensor's first import. A user's own PYTENSOR_FLAGS still win over these defaults.
 """
+import functools
+import logging
 import os
+import time
+import warnings
+
+import numpy as np
 
 _ROOT = os.path.dirname(os.path.abspath(__file__))
 # A project-local cache means a second run (and the test suite) starts warm.
@@ -12,33 +18,31 @@ _DEFAULT_FLAGS = f"floatX=float32,compiledir={os.path.join(_ROOT, '.pytensor_cac
 os.environ["PYTENSOR_FLAGS"] = ",".join(
     f for f in (_DEFAULT_FLAGS, os.environ.get("PYTENSOR_FLAGS", "")) if f
 )
-
 # OpenMP threads (kernels.py) sleep when idle instead of spinning: spinning, they took the
 # cores from numpy's BLAS threads and made the matmuls of a decoding step 2x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import warnings  # noqa: E402
-
 # pytensor warns at import that its C backend found no BLAS; dot products then run through
 # numpy's own BLAS, which is what we measured and want (see README, Performance).
 warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS")
 
-import logging  # noqa: E402
+# After the flags above: pytensor reads them at its first import.
+import pytensor  # noqa: E402
+import pytensor.scalar.basic as scalar_ops  # noqa: E402
+import pytensor.tensor as pt  # noqa: E402
+from pytensor.graph.basic import Constant  # noqa: E402
+from pytensor.graph.rewriting.basic import in2out, node_rewriter  # noqa: E402
+from pytensor.link.jax.linker import JAXLinker  # noqa: E402
+from pytensor.link.vm import VMLinker  # noqa: E402
+from pytensor.tensor.basic import MakeVector  # noqa: E402
+from pytensor.tensor.elemwise import Elemwise  # noqa: E402
+from pytensor.tensor.math import Dot  # noqa: E402
+from pytensor.tensor.shape import Reshape  # noqa: E402
 
-import pytensor  # noqa: E402,F401
+import thunks  # noqa: E402
 
 # A WARNING per compiled function ("Using NumPy C-API based implementation for BLAS
 # functions"): the expected set-up here, said once in the README instead.
 logging.getLogger("pytensor.tensor.blas").setLevel(logging.ERROR)
-import pytensor.tensor as pt  # noqa: E402,F401
-import contextvars  # noqa: E402
-import functools  # noqa: E402
-
-import pytensor.scalar.basic as scalar_ops  # noqa: E402
-from pytensor.graph.rewriting.basic import in2out, node_rewriter  # noqa: E402
-from pytensor.link.vm import VMLinker  # noqa: E402
-from pytensor.tensor.elemwise import CAReduce, Elemwise  # noqa: E402
-from pytensor.tensor.math import Dot  # noqa: E402
 
 if pytensor.config.floatX != "float32":
     raise RuntimeError(
@@ -48,8 +52,98 @@ if pytensor.config.floatX != "float32":
 
 # The modes a config may name. "CVM" is PyTensor's C backend: measured fastest to compile
 # and to run for this model on CPU (README, Performance). "NUMBA" is PyTensor 3's own default.
-MODES = ("CVM", "NUMBA", "FAST_COMPILE")
+MODES = ("CVM", "NUMBA", "FAST_COMPILE", "JAX")
 DEFAULT_MODE = "CVM"
+
+
+def host_loops(name):
+    """Whether the project's own loop ops (recurrence.StepLoop, kernels.GRUSequence), numpy
+    loops driven from Python, run in compile mode `name`. Numba and JAX compile
+    pytensor.scan themselves (JAX to one lax.scan), so there every cell runs under scan."""
+    return name in ("CVM", "FAST_COMPILE")
+
+
+def function(inputs, outputs, mode, updates=(), pad=False):
+    """pytensor.function(inputs, outputs, updates=updates, mode=mode), except under JAX.
+
+    JAX compiles a graph for one set of input shapes, and PyTensor's JAX backend needs every
+    shape known when it compiles (a reshape's, a scan's length). Under JAX this returns a
+    StaticShapeFunction, which compiles the graph once per distinct input shapes, with those
+    shapes (and the values of integer scalars, such as a decoding length) fixed. With `pad`,
+    every input of two or more dimensions, time-major (T, B, ...), is first padded with
+    zeros (PAD_ID, or a mask's 0) to the bucket sizes of `bucket`, so that a run meets a few
+    shapes only: callers ask for it where padding changes no output (sums and means over
+    the real tokens)."""
+    if isinstance(mode.linker, JAXLinker):
+        return StaticShapeFunction(inputs, outputs, mode, list(updates), pad)
+    return pytensor.function(inputs, outputs, updates=updates, mode=mode)
+
+
+# Under JAX, sequence lengths and batch sizes are padded to the next of these: at most a
+# third of a batch is padding, and a run over a corpus compiles for a handful of shapes.
+BUCKETS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+
+
+def bucket(n):
+    """The smallest bucket size >= n (n itself beyond the largest)."""
+    return next((b for b in BUCKETS if b >= n), n)
+
+
+class StaticShapeFunction:
+    """A graph compiled by PyTensor's JAX backend once for each input shapes it is called
+    with; `compiles` lists (shapes, seconds) of each compilation, PyTensor's and XLA's."""
+
+    def __init__(self, inputs, outputs, mode, updates, pad):
+        self.inputs, self.outputs, self.mode, self.updates, self.pad = inputs, outputs, mode, updates, pad
+        self.functions, self.compiles = {}, []
+
+    def __call__(self, *args):
+        args = [np.asarray(a) for a in args]
+        args = self._padded(args) if self.pad else args
+        # An integer scalar (a decoding length) is a scan's number of steps: compiled in.
+        key = tuple(a.shape if a.ndim or a.dtype.kind == "f" else ("value", int(a)) for a in args)
+        constant = [k[:1] == ("value",) for k in key]
+        if key in self.functions:
+            f, used = self.functions[key]
+            return _numpy(f(*(a for a, u in zip(args, used) if u)))
+        start = time.perf_counter()
+        static = [pt.constant(a, name=v.name) if c else pt.tensor(v.name, dtype=v.dtype, shape=k)
+                  for v, a, k, c in zip(self.inputs, args, key, constant)]
+        used = [not c for c in constant]
+        f = pytensor.function([s for s, u in zip(static, used) if u], self.outputs, updates=self.updates,
+                              mode=self.mode, givens=list(zip(self.inputs, static)), on_unused_input="ignore")
+        self.functions[key] = f, used
+        out = f(*(a for a, u in zip(args, used) if u))  # XLA compiles at the first call
+        self.compiles.append((key, time.perf_counter() - start))
+        return _numpy(out)
+
+    def _padded(self, args):
+        seqs = [i for i, a in enumerate(args) if a.ndim >= 2]
+        if not seqs:
+            return args
+        T, B = (bucket(max(args[i].shape[k] for i in seqs)) for k in (0, 1))
+        args = list(args)
+        for i in seqs:
+            a = args[i]
+            args[i] = np.pad(a, [(0, T - a.shape[0]), (0, B - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
+        return args
+
+
+def compile_summary(functions):
+    """'N compilations (S s): ...' of the StaticShapeFunctions among a model's compiled
+    `functions` (values may be tuples of functions), or None when there are none (not JAX)."""
+    found = [(key, f) for key, value in functions.items()
+             for f in (value if isinstance(value, tuple) else (value,)) if isinstance(f, StaticShapeFunction)]
+    if not found:
+        return None
+    parts = [f"{key[0] if isinstance(key, tuple) else key} {len(f.compiles)}" for key, f in found if f.compiles]
+    seconds = sum(s for _, f in found for _, s in f.compiles)
+    return f"{sum(len(f.compiles) for _, f in found)} JAX compilations ({seconds:.0f} s): {', '.join(parts)}"
+
+
+def _numpy(out):
+    """JAX's output arrays as numpy arrays, which callers may write into."""
+    return [np.asarray(o) for o in out] if isinstance(out, (list, tuple)) else np.asarray(out)
 
 
 def cached(functions, key, build):
@@ -74,20 +168,36 @@ def compile_mode(name=DEFAULT_MODE):
     in the same process, are built as PyTensor builds them."""
     if name not in MODES:
         raise ValueError(f"unknown compile mode {name!r}; choose one of {', '.join(MODES)}")
+    if name == "JAX":
+        _import_jax()
     base = pytensor.compile.mode.get_mode(name)
-    if isinstance(base.linker, VMLinker):  # CVM and FAST_COMPILE; NUMBA has a linker of its own
+    python_thunks = isinstance(base.linker, VMLinker)  # CVM and FAST_COMPILE; not NUMBA's or JAX's
+    if python_thunks:
         old = base.linker
-        # Always collecting intermediates (PyTensor's default): the thunks below write into a
+        # Always collecting intermediates (PyTensor's default): thunks.py's write into a
         # buffer of the previous call only when it is still held, and the loop ops of
         # recurrence.py keep what their step functions return, which may view intermediates.
-        linker = ProjectLinker(allow_gc=True, use_cloop=old.use_cloop, lazy=old.lazy, c_thunks=old.c_thunks)
+        linker = VMLinker(allow_gc=True, use_cloop=old.use_cloop, lazy=old.lazy, c_thunks=old.c_thunks)
         base = pytensor.compile.mode.Mode(linker=linker, optimizer=base.provided_optimizer)
     # Also without the flattening of add/mul chains (which the split below undoes) and without
     # in-place elementwise rewrites: with a buffer reused per op (below) they saved no time,
     # and cost a third of a cached compile.
     mode = base.excluding("gemm_optimizer", "fusion", "add_mul_fusion", "inplace_elemwise")
     mode = mode.register((in2out(_outer_product_as_mul, name="outer_product_as_mul"), 1.6))
-    return mode.register((in2out(_binary_add_mul, name="binary_add_mul"), 49.1))
+    mode = mode.register((in2out(_binary_add_mul, name="binary_add_mul"), 49.1))
+    if name == "JAX":
+        mode = mode.register((in2out(_reshape_unknown_as_minus_one, name="reshape_unknown_as_minus_one"), 49.2))
+    if python_thunks:  # the last rewrite: cheap ops run from Python (thunks.py)
+        mode = mode.register((in2out(thunks.run_from_python, name="run_from_python"), 99))
+    return mode
+
+
+def _import_jax():
+    """The JAX versions of the project's ops (jax_kernels.py), or one line on how to install JAX."""
+    try:
+        import jax_kernels  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"--mode=JAX needs JAX ({e}): pip install -r requirements-jax.txt") from None
 
 
 @node_rewriter([Dot])
@@ -102,6 +212,25 @@ def _outer_product_as_mul(fgraph, node):
     return None
 
 
+@node_rewriter([Reshape])
+def _reshape_unknown_as_minus_one(fgraph, node):
+    """reshape(x, (a, b, k)) with one entry k not a constant -> reshape(x, (a, b, -1)).
+
+    JAX needs the shape of a reshape as concrete numbers when it compiles. Scan does not
+    infer the shapes of its per-step outputs, so flattening one (the gradient's (T, B, H)
+    to (T*B, H)) has an entry computed from the scan output's shape; with the others known,
+    -1 stands for it exactly."""
+    shape = node.inputs[1].owner
+    if shape is None or not isinstance(shape.op, MakeVector):
+        return None
+    unknown = [i for i, v in enumerate(shape.inputs) if not isinstance(v, Constant)]
+    if len(unknown) != 1:
+        return None
+    dims = [-1 if i == unknown[0] else int(v.data) for i, v in enumerate(shape.inputs)]
+    out = node.op(node.inputs[0], np.array(dims, dtype="int64"))
+    return [out] if out.type == node.outputs[0].type else None
+
+
 @node_rewriter([Elemwise])
 def _binary_add_mul(fgraph, node):
     """add(a, b, c, ...) -> add(add(a, b), c) ..., and the same for mul."""
@@ -110,151 +239,3 @@ def _binary_add_mul(fgraph, node):
         return None
     out = functools.reduce(pt.add if isinstance(scalar, scalar_ops.Add) else pt.mul, node.inputs)
     return [out] if out.type == node.outputs[0].type else None
-
-
-# ---- fewer C modules to compile -----------------------------------------------------------
-#
-# ProjectLinker, the linker of compile_mode's modes, decides per op whether it runs from
-# Python. The op classes' make_thunk below are wrapped once, at import, but the wrappers only
-# act while a ProjectLinker makes thunks: everywhere else they call PyTensor's own.
-#
-# On a cold cache every distinct C op costs one gcc run of about 0.7-1 s, whatever the -O
-# level (measured: -O0 saved 10%). Ops that only move views and shapes, and elementwise ops
-# that map to one numpy ufunc (all of them, with the mode above), run as fast from Python
-# (numpy's float32 tanh is faster than the generated C), so they skip compilation. A
-# ufunc writes into its previous output buffer, or in place into the input the graph lets
-# it destroy: a fresh 77 MB (T, B, V) array per call cost more than the addition itself.
-# Overflow in exp and the like gives inf or NaN silently, as the C code does: the non-finite
-# guards in training check for them.
-# Sums over the last (contiguous) axis run as one numpy reduction with the same float64
-# accumulator: PyTensor's C loop took 6.6 ms for a (30, 64, 1024) sum over axis 2 against
-# numpy's 1.0 ms, and 70 ms against 12 for (1920, 10000) over axis 1. Other reductions keep
-# their C code, which is faster over leading axes (0.3 against 0.7 ms).
-
-
-_IN_PROJECT_LINKER = contextvars.ContextVar("in_project_linker", default=False)
-
-
-class ProjectLinker(VMLinker):
-    """PyTensor's VM linker, choosing Python thunks for cheap ops (above) while it works."""
-
-    def make_all(self, *args, **kwargs):
-        token = _IN_PROJECT_LINKER.set(True)
-        try:
-            return super().make_all(*args, **kwargs)
-        finally:
-            _IN_PROJECT_LINKER.reset(token)
-
-
-def _python_when(cls, use_python):
-    """Make `cls` ops run from Python when `use_python(node)` holds, in a ProjectLinker."""
-    original = cls.make_thunk
-
-    def make_thunk(self, node, storage_map, compute_map, no_recycling, impl=None):
-        if impl is None and _IN_PROJECT_LINKER.get() and use_python(node):
-            if _single_ufunc(node):
-                return _ufunc_thunk(node, storage_map, compute_map)
-            if isinstance(node.op, CAReduce):
-                return _sum_thunk(node, storage_map, compute_map)
-            impl = "py"
-        return original(self, node, storage_map, compute_map, no_recycling, impl=impl)
-
-    cls.make_thunk = make_thunk
-
-
-def _sums_last_axis(node):
-    op = node.op
-    axes = range(node.inputs[0].type.ndim) if op.axis is None else op.axis
-    return (isinstance(op.scalar_op, scalar_ops.Add) and node.inputs[0].type.ndim > 0
-            and node.inputs[0].type.ndim - 1 in axes)
-
-
-def _one_numpy_ufunc(node):
-    spec = node.op.nfunc_spec
-    return spec is not None and len(node.inputs) == spec[1] and not isinstance(node.op.scalar_op, Composite)
-
-
-def _single_ufunc(node):
-    op = node.op
-    if not isinstance(op, Elemwise) or len(node.outputs) != 1:
-        return False
-    op.prepare_node(node, None, None, "py")
-    return isinstance(op.nfunc, np.ufunc)
-
-
-def _ufunc_thunk(node, storage_map, compute_map):
-    """One numpy ufunc call with `out=`: in place when the graph asks for it, else into the
-    buffer of the previous call when the input shapes are the same (as PyTensor's C ops
-    reuse theirs). Small tensors are most of a small model's ops, so this stays lean."""
-    ufunc, destroyed = node.op.nfunc, node.op.inplace_pattern.get(0)
-    dtype = np.dtype(node.outputs[0].dtype)
-    if isinstance(node.op.scalar_op, Sigmoid) and dtype == np.float32 and node.inputs[0].dtype == "float32":
-        ufunc = _sigmoid
-    inputs, output = [storage_map[v] for v in node.inputs], storage_map[node.outputs[0]]
-    done = compute_map[node.outputs[0]] if compute_map is not None else None
-    last_shapes = [None]
-
-    def thunk():
-        args = [i[0] for i in inputs]
-        if destroyed is not None:
-            target = args[destroyed]
-        else:
-            shapes = [a.shape for a in args]
-            target = output[0]
-            if target is None or shapes != last_shapes[0]:
-                target = np.empty(np.broadcast_shapes(*shapes), dtype)
-                last_shapes[0] = shapes
-        # As PyTensor's own Python implementation: numpy's result, cast to the output type.
-        ufunc(*args, out=target, casting="unsafe")
-        output[0] = target
-        if done is not None:
-            done[0] = True
-
-    thunk.inputs, thunk.outputs, thunk.lazy = inputs, [output], False
-    return thunk
-
-
-def _sigmoid(x, out, casting=None):
-    """The logistic function as 0.5 * tanh(0.5 x) + 0.5 (kernels.py's GRU does the same):
-    numpy's float32 tanh is vectorised, scipy's expit is not (0.06 against 0.39 ms for a
-    (64, 1536) gate block, every step of an LSTM)."""
-    np.multiply(x, np.float32(0.5), out=out)
-    np.tanh(out, out=out)
-    np.multiply(out, np.float32(0.5), out=out)
-    return np.add(out, np.float32(0.5), out=out)
-
-
-def _sum_thunk(node, storage_map, compute_map):
-    """numpy's sum of the input over the op's axes, accumulated in the op's dtype."""
-    op, (x,), (out,) = node.op, node.inputs, node.outputs
-    axis = None if op.axis is None else tuple(op.axis)
-    acc, dtype = op.acc_dtype or out.dtype, np.dtype(out.dtype)
-    inputs, output = [storage_map[x]], storage_map[out]
-    done = compute_map[out] if compute_map is not None else None
-
-    def thunk():
-        output[0] = np.asarray(np.add.reduce(inputs[0][0], axis=axis, dtype=acc), dtype=dtype)
-        if done is not None:
-            done[0] = True
-
-    thunk.inputs, thunk.outputs, thunk.lazy = inputs, [output], False
-    return thunk
-
-
-import numpy as np  # noqa: E402
-from pytensor.raise_op import Assert  # noqa: E402
-
-warnings.filterwarnings("ignore", category=RuntimeWarning, module=__name__)
-from pytensor.scalar.basic import Composite  # noqa: E402
-from pytensor.scalar.math import Sigmoid  # noqa: E402
-from pytensor.tensor.basic import Alloc, AllocEmpty, ARange, MakeVector, ScalarFromTensor  # noqa: E402
-from pytensor.tensor.shape import Reshape, Shape, Shape_i, SpecifyShape  # noqa: E402
-from pytensor.tensor.subtensor import AdvancedSubtensor1, IncSubtensor, Subtensor  # noqa: E402
-from pytensor.tensor.elemwise import DimShuffle  # noqa: E402
-
-_PYTHON_OPS = (Shape, Shape_i, Reshape, SpecifyShape, MakeVector, ScalarFromTensor, Alloc, AllocEmpty, ARange,
-               DimShuffle, Subtensor, IncSubtensor, AdvancedSubtensor1, Assert)
-for _cls in _PYTHON_OPS:
-    _python_when(_cls, lambda node: True)
-_python_when(Elemwise, _one_numpy_ufunc)
-_python_when(CAReduce, _sums_last_axis)

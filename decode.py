@@ -158,10 +158,15 @@ def beam_search(model, src, beam_size=5, max_len=60, length_norm=1.0, no_repeat_
     sentence_of_row = np.arange(B)
     y_prev = np.full(B, BOS_ID, dtype=np.int32)
     for t in range(max_len):
+        # Under JAX each row count is a compilation: every step gets B * beam_size rows, the
+        # extra ones copies of row 0, cut off again below.
+        R = len(y_prev)
+        rows_in = np.r_[np.arange(R), np.zeros(B * beam_size - R, int)] if model.mode_name == "JAX" else np.arange(R)
         # c is (B, C); the time-major entries (annotations, keys, src_mask) have B on axis 1.
-        mem = [m[sentence_of_row] if key == "c" else m[:, sentence_of_row] for key, m in zip(mem_keys, memory)]
-        out = f_next(y_prev, *states, *mem)
-        logp, new_states = out[0], out[1:]
+        in_rows = sentence_of_row[rows_in]
+        mem = [m[in_rows] if key == "c" else m[:, in_rows] for key, m in zip(mem_keys, memory)]
+        out = f_next(y_prev[rows_in], *(s[rows_in] for s in states), *mem)
+        logp, new_states = out[0][:R], [s[:R] for s in out[1:]]
         R, V = logp.shape
         rows = [(i, k, hyp) for i in range(B) for k, hyp in enumerate(live[i])]
         cand = candidate_scores(logp, unk_penalty)  # (R, V)
@@ -245,6 +250,8 @@ def decode_graph(model, src, noise, temperature=None):
         y_logp = pt.switch(done, np.float32(0.0), -kernels.softmax_cross_entropy(logits, y))  # (B,)
         y = pt.switch(done, PAD_ID, y).astype("int32")
         done_new = pt.or_(done, pt.eq(y, EOS_ID))
+        if model.mode_name == "JAX":  # lax.scan has no early exit: finished rows emit PAD
+            return [*new, y, done_new, y_logp]
         return [*new, y, done_new, y_logp], until(pt.all(done_new))
 
     y0 = pt.full((B,), BOS_ID, dtype="int32")
@@ -262,7 +269,7 @@ def compile_decode(model, greedy=True):
     def build():
         src, noise = pt.imatrix("src"), pt.matrix("noise", dtype=layers.FLOATX)
         inputs = [src, noise] if greedy else [src, noise, pt.scalar("temperature", dtype=layers.FLOATX)]
-        return pytensor.function(inputs, list(decode_graph(model, *inputs)), mode=model.mode)
+        return backend.function(inputs, list(decode_graph(model, *inputs)), model.mode, pad=True)
 
     return backend.cached(model.functions, ("decode", greedy), build)
 
@@ -278,6 +285,8 @@ def scan_decode(model, src, max_len=50, temperature=0.0, rng=None):
         ys, logps = compile_decode(model, greedy=True)(src, noise)
     else:
         ys, logps = compile_decode(model, greedy=False)(src, noise, np.float32(temperature))
+    # Under JAX the batch and the steps were padded to bucket sizes (backend.function).
+    ys, logps = ys[:max_len, : src.shape[1]], logps[:max_len, : src.shape[1]]
     return ys.T, logps.sum(axis=0)
 
 
@@ -295,13 +304,13 @@ def compile_step(model):
         memory = model.encode(src)
         keys = model.memory_keys()
         init = model.decoder_init(memory)
-        f_init = pytensor.function([src], [*(memory[k] for k in keys), *init], mode=model.mode)
+        f_init = backend.function([src], [*(memory[k] for k in keys), *init], model.mode)
         y_prev = pt.ivector("y_prev")
         states = [s.type(f"state{i}") for i, s in enumerate(init)]
         mem_in = {k: memory[k].type(k) for k in keys}
         new, logits, _ = model.decoder_step(y_prev, states, mem_in)
         logp = logits - pt.logsumexp(logits, axis=1, keepdims=True)  # (B, V)
-        f_next = pytensor.function([y_prev, *states, *(mem_in[k] for k in keys)], [logp, *new], mode=model.mode)
+        f_next = backend.function([y_prev, *states, *(mem_in[k] for k in keys)], [logp, *new], model.mode)
         return f_init, f_next
 
     return backend.cached(model.functions, "step", build)

@@ -75,7 +75,7 @@ def compile_grad(model):
         total = pt.sum(objective, dtype=layers.FLOATX)
         outputs = [pt.sum(nll, dtype=layers.FLOATX), pt.sum(mask, dtype=layers.FLOATX),
                    *pytensor.grad(total, model.trainable_params())]
-        return pytensor.function([src, tgt], outputs, updates=model.dropout.updates(), mode=model.mode)
+        return backend.function([src, tgt], outputs, model.mode, model.dropout.updates(), pad=True)
 
     return backend.cached(model.functions, "grad", build)
 
@@ -88,7 +88,7 @@ def compile_apply(model, optimizer="adam", grad_clip=1.0):
         scale = pt.scalar("scale", dtype=layers.FLOATX)
         grads = [p.type(f"grad.{p.name}") for p in model.trainable_params()]
         updates, norm = model.training_updates(None, [g * scale for g in grads], lr, optimizer, grad_clip)
-        return pytensor.function([lr, scale, *grads], norm, updates=updates, mode=model.mode)
+        return backend.function([lr, scale, *grads], norm, model.mode, updates)
 
     return backend.cached(model.functions, ("apply", optimizer, grad_clip), build)
 

@@ -158,6 +158,9 @@ class SoftmaxCrossEntropy(_Kernel):
     def connection_pattern(self, node):
         return [[True, True], [False, False]]
 
+    def infer_shape(self, fgraph, node, shapes):
+        return [shapes[1], shapes[1]]
+
     def pullback(self, inputs, outputs, output_grads):
         (x, y), (_, lse), (g_nll, g_lse) = inputs, outputs, output_grads
         zeros = pt.zeros_like(y, dtype="float32")
@@ -180,6 +183,9 @@ class SoftmaxCrossEntropyGrad(_Kernel):
         inputs = [_f32(x), pt.as_tensor_variable(y).astype("int32")]
         inputs += [_f32(v) for v in (lse, g_nll, g_lse)]
         return Apply(self, inputs, [pt.matrix(dtype="float32")])
+
+    def infer_shape(self, fgraph, node, shapes):
+        return [shapes[0]]
 
     def perform(self, node, inputs, outputs):
         x, y, lse, g_nll, g_lse = inputs

@@ -26,7 +26,8 @@ FLOATX = "float32"
 
 
 def _shared(name, value):
-    return pytensor.shared(np.asarray(value, dtype=FLOATX), name=name)
+    value = np.asarray(value, dtype=FLOATX)
+    return pytensor.shared(value, name=name, shape=value.shape)
 
 
 def _uniform(rng, shape, scale):
@@ -307,7 +308,7 @@ class GRU(Recurrent):
         """The stock GRU gets kernels.GRUSequence, a hand-written loop of these equations
         (about 2x faster than the generic op, README Performance). A subclass that overrides
         `recur` gets the generic op, built from its own `recur`."""
-        if type(self).recur is not GRU.recur or set(weights) - {self.U}:
+        if type(self).recur is not GRU.recur or set(weights) - {self.U} or not backend.host_loops(mode):
             return super()._fast_loop(x_proj, mask, init, mode, weights)
         return [kernels.gru_sequence(x_proj, mask, init[0], weights.get(self.U, self.U), self.reset_after)]
 

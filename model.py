@@ -309,8 +309,8 @@ class Model:
             mean = lambda v: pt.sum(v, dtype=layers.FLOATX) / pt.maximum(n_tokens, 1.0)  # noqa: E731
             grads = pytensor.grad(mean(objective), self.trainable_params())
             updates, norm = self.training_updates(mean(objective), grads, lr, optimizer, grad_clip)
-            return pytensor.function([src, tgt, lr], [mean(nll), n_tokens, norm],
-                                     updates=updates + self.dropout.updates(), mode=self.mode)
+            return backend.function([src, tgt, lr], [mean(nll), n_tokens, norm], self.mode,
+                                    updates + self.dropout.updates(), pad=True)
 
         return backend.cached(self.functions, ("train", optimizer, grad_clip), build)
 
@@ -320,7 +320,7 @@ class Model:
             src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
             nll, mask, _ = self.token_nll(src, tgt)
             outs = [pt.sum(nll, dtype=layers.FLOATX), pt.sum(mask, dtype=layers.FLOATX)]
-            return pytensor.function([src, tgt], outs, mode=self.mode)
+            return backend.function([src, tgt], outs, self.mode, pad=True)
 
         return backend.cached(self.functions, "eval", build)
 
@@ -335,7 +335,7 @@ class Model:
             memory = self.encode(src)
             tgt_mask = pt.neq(tgt[1:], PAD_ID).astype(layers.FLOATX)
             _, _, weights = self.decoder_states(self.modules["tgt_embed"](tgt[:-1]), tgt_mask, memory)
-            return pytensor.function([src, tgt], weights, mode=self.mode)
+            return backend.function([src, tgt], weights, self.mode)
 
         return backend.cached(self.functions, "attention", build)
 

@@ -202,7 +202,7 @@ def step_loop(owner, step, n_states, x_proj, mask, init, memory=(), n_extra=0, m
     step made anew at each call), compile mode (a name in backend.MODES) and memory types,
     and kept on the owner. `weights` maps some of the owner's params to what the step reads
     in their place for this loop (weight-drop's U * mask): they are inputs of the op."""
-    if mode == "NUMBA":  # Numba compiles scan itself, and has no type for the tape
+    if not backend.host_loops(mode):  # Numba and JAX compile scan themselves
         return None
     memory = [pt.as_tensor_variable(v) for v in memory]
     key = (mode, key or getattr(step, "__func__", step), tuple(v.type for v in memory))

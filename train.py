@@ -379,6 +379,8 @@ def main(argv):
               f"(patience={cfg.patience}); the best, step {state.best_step}, is {run.path('best')}")
     print(f"done: step {state.step}, best val loss {state.best_val_loss} at step {state.best_step}, "
           f"val unigram ppl {run.meta.get('val_unigram_ppl', 'n/a')}; checkpoints in {cfg.out_dir}")
+    if backend.compile_summary(model.functions):  # one per bucket of batch shapes (README, GPU)
+        print(backend.compile_summary(model.functions))
     print_val_samples(model, run.splits["val"], cfg.num_samples, cfg.max_decode_len, run.meta.get("reverse_source"),
                       np.random.default_rng(cfg.seed))
     return 0

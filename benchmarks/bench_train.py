@@ -30,6 +30,12 @@ same thread settings (OMP/OpenBLAS/MKL threads and torch.set_num_threads):
                      (nn.GRU, nn.LSTM; a loop for the MGU), then a Python loop of one cell
                      (nn.GRUCell, nn.LSTMCell, the MGU) with additive attention, keys
                      computed once per batch.
+- jax, jax_lstm, jax_mgu, jax_att, jax_att_lstm, jax_att_mgu: the pytensor rows' models
+                     under --mode=JAX (pip install -r requirements-jax.txt): every cell
+                     under pytensor.scan, lowered to jax.lax.scan and compiled by XLA; the
+                     table's last column compares each with the CVM row of the same model.
+                     Their compile time is PyTensor's and XLA's at the first call; beam
+                     search (stepped from Python) is measured for the CVM rows only.
 Each row's ratio divides by its reference (REFERENCES): nn.GRU for our GRUs, nn.LSTM for our
 LSTM, the hand-written loop of the same cell for the MGU, the PyTorch attention model of the
 same cell for ours.
@@ -68,6 +74,16 @@ GATES = {"pytensor": 3, "pytensor_ra": 3, "pytensor_lstm": 4, "pytensor_mgu": 2,
          "torch_loop": 3, "torch_mgu_loop": 2, "pytensor_att": 3, "pytensor_att_lstm": 4, "pytensor_att_mgu": 2,
          "torch_att_gru": 3, "torch_att_lstm": 4, "torch_att_mgu": 2}
 ATTENTIVE = {"pytensor_att", "pytensor_att_lstm", "pytensor_att_mgu", "torch_att_gru", "torch_att_lstm", "torch_att_mgu"}
+# The same models under --mode=JAX (every cell under pytensor.scan, lowered to one lax.scan),
+# each beside the CVM row of the same model: "x CVM" in the table.
+JAX_ROWS = {"jax": "pytensor", "jax_lstm": "pytensor_lstm", "jax_mgu": "pytensor_mgu", "jax_att": "pytensor_att",
+            "jax_att_lstm": "pytensor_att_lstm", "jax_att_mgu": "pytensor_att_mgu"}
+IMPLS += tuple(JAX_ROWS)
+for _jax, _cvm in JAX_ROWS.items():
+    OURS[_jax], GATES[_jax] = OURS[_cvm], GATES[_cvm]
+    REFERENCES[_jax] = REFERENCES[_cvm]
+    if _cvm in ATTENTIVE:
+        ATTENTIVE.add(_jax)
 
 
 def flops(E, H, V, B, T, G=3, attention=False):
@@ -120,12 +136,12 @@ def run_pytensor(args, settings):
     s = SIZES
     cfg = ModelConfig(embed_size=s["E"], hidden_size=s["H"], src_vocab_size=s["V"], tgt_vocab_size=s["V"],
                       **settings)
-    model = Model(cfg, mode=args.mode)
+    model = Model(cfg, mode="JAX" if args.worker in JAX_ROWS else args.mode)
     t0 = time.perf_counter()
     step = model.compile_train(optimizer="sgd", grad_clip=1.0)
     train_compile = time.perf_counter() - t0
     t0 = time.perf_counter()
-    decode.compile_decode(model)
+    decode_fn = decode.compile_decode(model)
     decode_compile = time.perf_counter() - t0
     src, tgt = batch(np.random.default_rng(0), s["V"], s["B"], s["T"])
     lr = np.float32(0.01)
@@ -137,9 +153,12 @@ def run_pytensor(args, settings):
         if i >= args.warmup:
             decode.append(seconds)
             decode_tokens = ys.size  # steps run x sentences (the scan stops when all ended)
+    if model.mode_name == "JAX":  # compiled at the first call of each shape, during warm-up
+        train_compile = sum(seconds for _, seconds in step.compiles)
+        decode_compile = sum(seconds for _, seconds in decode_fn.compiles)
     result = dict(train_s=train, decode_s=decode, decode_tokens=decode_tokens, loss=loss, import_s=import_s,
                   train_compile_s=train_compile, decode_compile_s=decode_compile)
-    if model.attentive:
+    if model.attentive and model.mode_name != "JAX":  # beam search steps from Python: CVM's case
         result["beam_rows_per_s"] = beam_rate(model, src, args)
     return result
 
@@ -159,7 +178,8 @@ def beam_rate(model, src, args):
         rows[0] += len(y_prev)
         return f_next(y_prev, *rest)
 
-    shim = types.SimpleNamespace(compile_step=lambda: (f_init, counted), memory_keys=model.memory_keys)
+    shim = types.SimpleNamespace(compile_step=lambda: (f_init, counted), memory_keys=model.memory_keys,
+                                 mode_name=getattr(model, "mode_name", "CVM"))
     rates = []
     for i in range(1 + args.decode_reps):
         rows[0] = 0
@@ -298,6 +318,9 @@ def summarise(runs, peak):
         row["train_ratio"] = row["train_tokens_per_s"] / ref["train_tokens_per_s"] if ref else None
         row["decode_ratio"] = row["decode_tokens_per_s"] / ref["decode_tokens_per_s"] if ref else None
         row["beam_ratio"] = row["beam_rows_per_s"] / ref["beam_rows_per_s"] if ref and row["beam_rows_per_s"] else None
+        cvm = out.get(JAX_ROWS.get(impl))
+        row["cvm_train_ratio"] = row["train_tokens_per_s"] / cvm["train_tokens_per_s"] if cvm else None
+        row["cvm_decode_ratio"] = row["decode_tokens_per_s"] / cvm["decode_tokens_per_s"] if cvm else None
     return out
 
 
@@ -305,15 +328,17 @@ def table(summary, peak):
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     lines = [f"matmul peak (numpy float32 2048^2): {peak:.0f} GFLOP/s",
              "| implementation | reference | train s/step | train tok/s | x reference | decode tok/s | x reference "
-             "| beam 5 rows/s | x reference | compile cold / cached s | peak RSS MB | GFLOP/s (of peak) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| beam 5 rows/s | x reference | compile cold / cached s | peak RSS MB | GFLOP/s (of peak) "
+             "| train, decode x CVM |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for impl, r in summary.items():
         lines.append(
             f"| {impl} | {r['reference'] or '-'} | {r['train_s_per_step']:.3f} | {r['train_tokens_per_s']:.0f} | {fmt(r['train_ratio'], '.2f')} "
             f"| {r['decode_tokens_per_s']:.0f} | {fmt(r['decode_ratio'], '.2f')} "
             f"| {fmt(r['beam_rows_per_s'], '.0f')} | {fmt(r['beam_ratio'], '.2f')} "
             f"| {fmt(r['compile_cold_s'], '.1f')} / {fmt(r['compile_cached_s'], '.1f')} | {r['peak_rss_mb']:.0f} "
-            f"| {r['train_gflops']:.0f} ({100 * r['train_fraction_of_peak']:.0f}%) |")
+            f"| {r['train_gflops']:.0f} ({100 * r['train_fraction_of_peak']:.0f}%) "
+            f"| {fmt(r['cvm_train_ratio'], '.2f')}, {fmt(r['cvm_decode_ratio'], '.2f')} |")
     return "\n".join(lines)
 
 
@@ -348,7 +373,9 @@ def main():
     out_path = args.out or os.path.join(ROOT, "benchmarks", f"bench_train{'_quick' if args.quick else ''}.json")
 
     threads = str(args.threads)
-    env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
+               XLA_FLAGS=f"--xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'} "
+                         f"intra_op_parallelism_threads={threads}")
     os.environ.update(OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)  # for the peak below
     # Each of our implementations gets its own empty compile cache: its first run is a cold
     # compile, later ones are cached.

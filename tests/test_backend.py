@@ -1,13 +1,18 @@
 """backend.compile_mode: which ops of a model's functions run from Python, and that functions
 compiled with any other mode are built as PyTensor builds them."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import backend
 import pytensor
+import thunks
 import pytensor.tensor as pt
 import decode
 from model import Model, ModelConfig
+from pytensor.tensor.elemwise import Elemwise
 
 
 def nodes_and_thunks(fn):
@@ -24,7 +29,8 @@ def thunk_kinds(fn):
     """{op name: {"C" and/or "Python"}} over every node of a compiled function."""
     kinds = {}
     for node, thunk in nodes_and_thunks(fn):
-        kinds.setdefault(type(node.op).__name__, set()).add("C" if hasattr(thunk, "cthunk") else "Python")
+        op = node.op.op if isinstance(node.op, thunks.FromPython) else node.op
+        kinds.setdefault(type(op).__name__, set()).add("C" if hasattr(thunk, "cthunk") else "Python")
     return kinds
 
 
@@ -45,7 +51,7 @@ def test_cheap_ops_run_from_python_and_the_rest_in_c(model):
         for name in ("Reshape", "DimShuffle", "Subtensor", "Dot22"):
             if name in kinds:
                 assert kinds[name] == {"Python"}, name
-        elemwise_c = {str(n.op) for n, t in nodes_and_thunks(fn) if type(n.op).__name__ == "Elemwise" and hasattr(t, "cthunk")}
+        elemwise_c = {str(n.op) for n, t in nodes_and_thunks(fn) if isinstance(n.op, Elemwise) and hasattr(t, "cthunk")}
         assert all(op.startswith(("Cast", "Or")) for op in elemwise_c), elemwise_c
         assert "Python" in kinds["Elemwise"]
 
@@ -71,3 +77,22 @@ def test_ufunc_buffers_are_not_shared_with_results():
     fn(np.full(3, 2.0, "float32"))
     for a, b in zip(first, kept):
         np.testing.assert_array_equal(a, b)
+
+
+def test_importing_the_project_changes_no_pytensor_class():
+    """The project's modes choose Python thunks by a rewrite of their own graphs
+    (thunks.FromPython): every PyTensor op class keeps its own make_thunk."""
+    script = """
+import sys; sys.path.insert(0, ".")
+import pytensor.tensor
+from pytensor.tensor.elemwise import CAReduce, Elemwise
+from thunks import _VIEW_AND_SHAPE_OPS
+classes = (*_VIEW_AND_SHAPE_OPS, Elemwise, CAReduce)
+before = {c: c.__dict__.get("make_thunk") for c in classes}
+import backend, model
+m = model.Model(model.ModelConfig(src_vocab_size=9, tgt_vocab_size=9, embed_size=4, hidden_size=4))
+m.compile_eval()
+print(sum(c.__dict__.get("make_thunk") is not before[c] for c in classes))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=backend._ROOT)
+    assert out.stdout.strip() == "0", out.stderr[-2000:]
