@@ -18,8 +18,8 @@ from kernels import SoftmaxCrossEntropy, SoftmaxCrossEntropyGrad
 
 # Expected under JAX, said once in the README instead of at every compilation: the dropout
 # generator is copied into JAX's own; shape assertions are checked when the graph is built;
-# float64 accumulators of sums are float32 (JAX's default).
-for message in ("The RandomType SharedVariables", "Skipping Assert", "Explicitly requested dtype float64"):
+# 64-bit accumulators and indices are 32-bit (JAX's default).
+for message in ("The RandomType SharedVariables", "Skipping Assert", "Explicitly requested dtype"):
     warnings.filterwarnings("ignore", message=message)
 
 

@@ -349,7 +349,11 @@ def main(argv):
     step_fn = compile_step(run, batcher)
     if run.is_root:
         model.compile_eval()
-    say(f"compiled in {time.time() - t0:.1f}s", flush=True)
+    if cfg.mode == "JAX":
+        say(f"graphs built in {time.time() - t0:.1f}s; JAX compiles each bucket of batch shapes at its first step",
+            flush=True)
+    else:
+        say(f"compiled in {time.time() - t0:.1f}s", flush=True)
     bar = Progress(cfg, state, state.train_seconds, run.is_root)
     start_step = state.step
     try:
