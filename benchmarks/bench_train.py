@@ -59,6 +59,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = dict(E=256, H=512, V=10000, B=64, T=30)
+SEED_SIZES = dict(H=1000, B=128)  # --size=seed: the seed's example had 1,000 hidden units
 IMPLS = ("pytensor", "pytensor_ra", "pytensor_lstm", "pytensor_mgu", "torch_gru", "torch_lstm", "torch_loop",
          "torch_mgu_loop", "pytensor_att", "pytensor_att_lstm", "pytensor_att_mgu", "torch_att_gru", "torch_att_lstm",
          "torch_att_mgu")
@@ -137,6 +138,11 @@ def run_pytensor(args, settings):
     cfg = ModelConfig(embed_size=s["E"], hidden_size=s["H"], src_vocab_size=s["V"], tgt_vocab_size=s["V"],
                       **settings)
     model = Model(cfg, mode="JAX" if args.worker in JAX_ROWS else args.mode)
+    if args.device == "gpu" and args.worker in JAX_ROWS:
+        import jax
+
+        if jax.default_backend() != "gpu":
+            sys.exit(f"--device=gpu: JAX runs on {jax.default_backend()} (pip install \"jax[cuda12]==0.10.2\")")
     t0 = time.perf_counter()
     step = model.compile_train(optimizer="sgd", grad_clip=1.0)
     train_compile = time.perf_counter() - t0
@@ -196,6 +202,11 @@ def run_torch(args, impl):
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     torch.manual_seed(0)
+    gpu = args.device == "gpu"
+    if gpu:
+        if not torch.cuda.is_available():
+            sys.exit("--device=gpu: PyTorch sees no CUDA device (a CUDA build of torch and a GPU are needed)")
+        torch.set_default_device("cuda")  # the models' parameters and every tensor they make
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from torch_reference import TorchAttentionModel, TorchGRUModel, TorchLSTMModel, mgu_step
 
@@ -208,7 +219,9 @@ def run_torch(args, impl):
              "torch_att_lstm": lambda: TorchAttentionModel(s["E"], s["H"], s["V"], cell="lstm"),
              "torch_att_mgu": lambda: TorchAttentionModel(s["E"], s["H"], s["V"], cell="mgu")}[impl]()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    src, tgt = (torch.from_numpy(a.astype("int64")) for a in batch(np.random.default_rng(0), s["V"], s["B"], s["T"]))
+    src, tgt = (torch.from_numpy(a.astype("int64")).to("cuda" if gpu else "cpu")
+                for a in batch(np.random.default_rng(0), s["V"], s["B"], s["T"]))
+    sync = torch.cuda.synchronize if gpu else (lambda: None)  # a GPU runs asynchronously
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
@@ -216,15 +229,21 @@ def run_torch(args, impl):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        sync()
         return loss
+
+    def greedy():
+        out = model.greedy(src, s["T"])
+        sync()
+        return out
 
     train = [timed(train_step)[0] for _ in range(args.warmup + args.steps)][args.warmup:]
     loss = float(train_step())
     with torch.no_grad():
-        decode = [timed(lambda: model.greedy(src, s["T"]))[0] for _ in range(args.warmup + args.decode_reps)]
+        decode = [timed(greedy)[0] for _ in range(args.warmup + args.decode_reps)]
     result = dict(train_s=train, decode_s=decode[args.warmup:], decode_tokens=s["T"] * s["B"], loss=loss,
                   train_compile_s=None, decode_compile_s=None)  # eager: nothing to compile
-    if impl in ATTENTIVE:  # the same beam search code, over PyTorch's steps
+    if impl in ATTENTIVE and not gpu:  # the same beam search code, over PyTorch's steps
         sys.path.insert(0, ROOT)
         result["beam_rows_per_s"] = beam_rate(model, src.numpy().astype("int32"), args)
     return result
@@ -278,7 +297,7 @@ def matmul_peak(n=2048, reps=10):
 def spawn(impl, args, env):
     cmd = [sys.executable, os.path.abspath(__file__), f"--worker={impl}", f"--threads={args.threads}",
            f"--steps={args.steps}", f"--warmup={args.warmup}", f"--decode_reps={args.decode_reps}",
-           f"--mode={args.mode}"]
+           f"--mode={args.mode}", f"--size={args.size}", f"--device={args.device}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -354,8 +373,15 @@ def main():
     ap.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated subset of {','.join(IMPLS)}")
     ap.add_argument("--mode", default="CVM", help="PyTensor compile mode for ours")
     ap.add_argument("--out", default=None, help="JSON output (default benchmarks/bench_train[_quick].json)")
+    ap.add_argument("--size", choices=("bench", "seed"), default="bench",
+                    help="bench: E 256, H 512, B 64; seed: H 1,000, B 128 (the seed's example)")
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                    help="gpu: PyTorch rows on CUDA (no beam search), jax rows on JAX's GPU (its CUDA build); "
+                         "CVM rows stay on the CPU")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.size == "seed":
+        SIZES.update(SEED_SIZES)
     if args.worker:
         return worker(args)
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
@@ -402,7 +428,7 @@ def main():
             shutil.rmtree(cache, ignore_errors=True)
     peak = matmul_peak()
     summary = summarise(runs, peak)
-    report = dict(sizes=SIZES, threads=args.threads, quick=args.quick, rounds=args.rounds, steps=args.steps,
+    report = dict(sizes=SIZES, device=args.device, threads=args.threads, quick=args.quick, rounds=args.rounds, steps=args.steps,
                   matmul_peak_gflops=peak, train_gflop_per_step={i: flops(**SIZES, G=GATES[i], attention=i in ATTENTIVE)[0] / 1e9 for i in impls},
                   machine=machine(), results=summary)
     with open(out_path, "w") as f:
