@@ -39,6 +39,7 @@ from pytensor.tensor.math import Dot  # noqa: E402
 from pytensor.tensor.shape import Reshape  # noqa: E402
 
 import thunks  # noqa: E402
+from configurator import ConfigError  # noqa: E402
 
 # A WARNING per compiled function ("Using NumPy C-API based implementation for BLAS
 # functions"): the expected set-up here, said once in the README instead.
@@ -110,10 +111,15 @@ class StaticShapeFunction:
         static = [pt.constant(a, name=v.name) if c else pt.tensor(v.name, dtype=v.dtype, shape=k)
                   for v, a, k, c in zip(self.inputs, args, key, constant)]
         used = [not c for c in constant]
-        f = pytensor.function([s for s, u in zip(static, used) if u], self.outputs, updates=self.updates,
-                              mode=self.mode, givens=list(zip(self.inputs, static)), on_unused_input="ignore")
+        try:
+            f = pytensor.function([s for s, u in zip(static, used) if u], self.outputs, updates=self.updates,
+                                  mode=self.mode, givens=list(zip(self.inputs, static)), on_unused_input="ignore")
+            out = f(*(a for a, u in zip(args, used) if u))  # XLA compiles at the first call
+        except NotImplementedError as err:
+            if "No JAX conversion" not in str(err):
+                raise
+            raise ConfigError(_no_jax_version(err, self.outputs)) from None
         self.functions[key] = f, used
-        out = f(*(a for a, u in zip(args, used) if u))  # XLA compiles at the first call
         self.compiles.append((key, time.perf_counter() - start))
         return _numpy(out)
 
@@ -139,6 +145,17 @@ def compile_summary(functions):
     parts = [f"{key[0] if isinstance(key, tuple) else key} {len(f.compiles)}" for key, f in found if f.compiles]
     seconds = sum(s for _, f in found for _, s in f.compiles)
     return f"{sum(len(f.compiles) for _, f in found)} JAX compilations ({seconds:.0f} s): {', '.join(parts)}"
+
+
+def _no_jax_version(err, outputs):
+    """One line naming the op that has no JAX version and the loops (cells) that use it."""
+    op = str(err).split("`Op`:", 1)[-1].strip()
+    loops = sorted({node.op.name for node in pytensor.graph.traversal.apply_ancestors(outputs)
+                    if hasattr(node.op, "fgraph") and op in {str(n.op) for n in node.op.fgraph.apply_nodes}
+                    and getattr(node.op, "name", None)})
+    where = f" in {', '.join(loops)}" if loops else ""
+    return (f"--mode=JAX: the op {op}{where} has no JAX version (register one with "
+            f"pytensor.link.jax.dispatch.jax_funcify, as jax_kernels.py does), or use --mode=CVM")
 
 
 def _numpy(out):

@@ -166,3 +166,37 @@ def test_autoencoder_under_jax_equals_cvm(tmp_path):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(jax.encode(test_in), cvm.encode(test_in), rtol=1e-4, atol=1e-5)
     jax.train(make_generator(40, 0), make_generator(20, 1), n_iterations=2, batch_size=20, display_step=2)
+
+
+class _Halve(pytensor.graph.op.Op):
+    """An op of a user's own with a Python implementation only (no JAX version)."""
+
+    __props__ = ()
+
+    def make_node(self, x):
+        x = pt.as_tensor_variable(x)
+        return pytensor.graph.basic.Apply(self, [x], [x.type()])
+
+    def perform(self, node, inputs, outputs):
+        outputs[0][0] = inputs[0] / 2
+
+    def infer_shape(self, fgraph, node, shapes):
+        return shapes
+
+
+def test_a_cell_with_an_op_jax_cannot_run_is_one_line():
+    import layers
+    from configurator import ConfigError
+
+    class HalvedGRU(layers.GRU):
+        def recur(self, x_t, h_prev):
+            return _Halve()(super().recur(x_t, h_prev))
+
+    model = Model(config(), mode="JAX")
+    model.modules["encoder"].__class__ = HalvedGRU
+    src, tgt = batch(0)
+    with pytest.raises(ConfigError) as err:
+        model.compile_eval()(src, tgt)
+    message = str(err.value)
+    assert "_Halve" in message and "encoder.scan" in message and "--mode=CVM" in message
+    assert len(message.splitlines()) == 1
