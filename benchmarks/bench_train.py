@@ -142,7 +142,7 @@ def run_pytensor(args, settings):
         import jax
 
         if jax.default_backend() != "gpu":
-            sys.exit(f"--device=gpu: JAX runs on {jax.default_backend()} (pip install \"jax[cuda12]==0.10.2\")")
+            sys.exit(f"--device=gpu: JAX runs on {jax.default_backend()} (pip install \"jax[cuda13]==0.10.2\")")
     t0 = time.perf_counter()
     step = model.compile_train(optimizer="sgd", grad_clip=1.0)
     train_compile = time.perf_counter() - t0
