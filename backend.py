@@ -104,22 +104,21 @@ class StaticShapeFunction:
         # An integer scalar (a decoding length) is a scan's number of steps: compiled in.
         key = tuple(a.shape if a.ndim or a.dtype.kind == "f" else ("value", int(a)) for a in args)
         constant = [k[:1] == ("value",) for k in key]
+        variable = [a for a, c in zip(args, constant) if not c]
         if key in self.functions:
-            f, used = self.functions[key]
-            return _numpy(f(*(a for a, u in zip(args, used) if u)))
+            return _numpy(self.functions[key](*variable))
         start = time.perf_counter()
         static = [pt.constant(a, name=v.name) if c else pt.tensor(v.name, dtype=v.dtype, shape=k)
                   for v, a, k, c in zip(self.inputs, args, key, constant)]
-        used = [not c for c in constant]
         try:
-            f = pytensor.function([s for s, u in zip(static, used) if u], self.outputs, updates=self.updates,
+            f = pytensor.function([s for s, c in zip(static, constant) if not c], self.outputs, updates=self.updates,
                                   mode=self.mode, givens=list(zip(self.inputs, static)), on_unused_input="ignore")
-            out = f(*(a for a, u in zip(args, used) if u))  # XLA compiles at the first call
+            out = f(*variable)  # XLA compiles at the first call
         except NotImplementedError as err:
             if "No JAX conversion" not in str(err):
                 raise
             raise ConfigError(_no_jax_version(err, self.outputs)) from None
-        self.functions[key] = f, used
+        self.functions[key] = f
         self.compiles.append((key, time.perf_counter() - start))
         return _numpy(out)
 

@@ -161,13 +161,13 @@ def beam_search(model, src, beam_size=5, max_len=60, length_norm=1.0, no_repeat_
         # Under JAX each row count is a compilation: every step gets B * beam_size rows, the
         # extra ones copies of row 0, cut off again below.
         R = len(y_prev)
-        rows_in = np.r_[np.arange(R), np.zeros(B * beam_size - R, int)] if model.mode_name == "JAX" else np.arange(R)
+        padded = np.r_[np.arange(R), np.zeros(B * beam_size - R, int)] if model.mode_name == "JAX" else np.arange(R)
         # c is (B, C); the time-major entries (annotations, keys, src_mask) have B on axis 1.
-        in_rows = sentence_of_row[rows_in]
-        mem = [m[in_rows] if key == "c" else m[:, in_rows] for key, m in zip(mem_keys, memory)]
-        out = f_next(y_prev[rows_in], *(s[rows_in] for s in states), *mem)
+        sentences = sentence_of_row[padded]
+        mem = [m[sentences] if key == "c" else m[:, sentences] for key, m in zip(mem_keys, memory)]
+        out = f_next(y_prev[padded], *(s[padded] for s in states), *mem)
         logp, new_states = out[0][:R], [s[:R] for s in out[1:]]
-        R, V = logp.shape
+        V = logp.shape[1]
         rows = [(i, k, hyp) for i in range(B) for k, hyp in enumerate(live[i])]
         cand = candidate_scores(logp, unk_penalty)  # (R, V)
         if no_repeat_ngram_size:
