@@ -1,15 +1,27 @@
-"""Attention: additive (Bahdanau) and multiplicative (Luong) scores, and the decoder wrapper
-that lets any cell of layers.py read an attention context. Registered by name in ATTENTIONS
-(ModelConfig.attention, --attention).
+"""Attention modules: additive (Bahdanau), multiplicative (Luong) and coverage (Tu), named
+in ATTENTIONS for ModelConfig.attention (--attention=coverage, or module:Class for one of
+your own). decoder.AttentionDecoder reads them.
+
+The contract every attention module meets (check_attention tests a class against it):
+
+    keys(annotations)                      -> keys: what the scores read, computed once per
+                                              batch outside the loop (or the annotations)
+    initial_state(annotations, src_mask)   -> a list of n_states tensors, each (B, ...)
+    __call__(query, keys, annotations, src_mask, *state)
+                                           -> (ctx (B, C), weights (Ts, B), *new_state)
+
+query (B, H) is the decoder's state before the step, annotations (Ts, B, C) and src_mask
+(Ts, B) the encoder's memory. `n_states` (0 unless set) is the length of the state list,
+which the decoder carries from step to step like its own state (padding carries it
+through); `has_keys = False` says the keys are the annotations themselves. All tensors
+are float32.
 """
 import numpy as np
 
 import backend
 import pytensor
 import pytensor.tensor as pt
-import recurrence
-from layers import Module, _glorot, _uniform
-from pytensor.graph.replace import graph_replace
+from layers import FLOATX, Module, _glorot, _uniform, named_class
 
 
 def masked_softmax(scores, mask):
@@ -39,10 +51,11 @@ class Attention(Module):
         ctx_t = sum_j a_tj h_j
 
     `keys(annotations)` computes h_j U_a + b_a once per batch, outside the decoder's scan.
-    Calling the module gives (ctx (B, C), weights (Ts, B)).
+    Calling the module gives (ctx (B, C), weights (Ts, B)). It has no state.
     """
 
     has_keys = True  # keys differ from the annotations, so the model keeps both
+    n_states = 0
 
     def __init__(self, querySize, contextSize, attentionSize, name="attention", rng=None):
         super().__init__(name)
@@ -55,14 +68,21 @@ class Attention(Module):
     def keys(self, annotations):
         return pt.dot(annotations, self.U) + self.b  # (Ts, B, A)
 
+    def initial_state(self, annotations, src_mask):
+        return []
+
     def scores(self, query, keys):
         return pt.dot(pt.tanh(keys + pt.dot(query, self.W)[None]), self.v)  # (Ts, B)
 
     def __call__(self, query, keys, annotations, src_mask):
         """query (B, Hq), keys (Ts, B, A), annotations (Ts, B, C), src_mask (Ts, B)."""
         weights = masked_softmax(self.scores(query, keys), src_mask)  # (Ts, B)
-        ctx = batched_vector_matrix(weights.T, annotations.dimshuffle(1, 0, 2))  # (B, Ts) @ (B, Ts, C)
-        return ctx, weights  # (B, C), (Ts, B)
+        return context(weights, annotations), weights  # (B, C), (Ts, B)
+
+
+def context(weights, annotations):
+    """The attention context sum_j a_j h_j: weights (Ts, B), annotations (Ts, B, C) -> (B, C)."""
+    return batched_vector_matrix(weights.T, annotations.dimshuffle(1, 0, 2))  # (B, Ts) @ (B, Ts, C)
 
 
 class LuongAttention(Attention):
@@ -83,93 +103,77 @@ class LuongAttention(Attention):
         return batched_vector_matrix(pt.dot(query, self.W), keys.dimshuffle(1, 2, 0)).T  # (B, C) @ (B, C, Ts) -> (Ts, B)
 
 
-ATTENTIONS = {"bahdanau": Attention, "luong": LuongAttention}
+class CoverageAttention(Attention):
+    """Additive attention with coverage (Tu et al. 2016, arXiv:1601.04811, the simple
+    linguistic coverage): the sum of the weights each source position got so far is a
+    feature of its score, so the decoder can tell what it has already translated.
 
-
-class AttentionDecoder(Module):
-    """Any cell made to read an attention context (Bahdanau et al. 2015, appendix A.2.2):
-
-        ctx_t   = attention(h_{t-1}, annotations)          h: the cell's first state
-        state_t = cell.recur(x_t W + ctx_t W_c + b, state_{t-1})
-
-    The cell keeps its own `recur` and state ([h, c] for the LSTM); the context enters its
-    input projection through W_c (C, n_gates * H). `project(x)` is the part computed for
-    every timestep outside the loop; `attend(x_proj_t, *state, keys, annotations, src_mask)`
-    is one step and returns (new state list, ctx_t, weights_t); `scan` runs the whole masked
-    loop, as one op derived from `attend` (recurrence.py) unless the cell has `fused=False`.
-    The cell and the attention module are children: their params are this module's, named
-    `<cell>.W`, `<cell>.Wc`, ...
+        e_tj    = v . tanh(s_{t-1} W_a + h_j U_a + b_a + cov_{t-1,j} w_c)
+        a_tj    = softmax_j(e_tj) over real source positions
+        cov_t,j = cov_{t-1,j} + a_tj                      cov_0 = 0; the state, (B, Ts)
     """
 
-    def __init__(self, cell, contextSize, attention, rng=None):
-        super().__init__(cell.name)
-        rng = rng or np.random.default_rng(0)
-        self.cell, self.attention = cell, attention
-        self.params = list(cell.params)
-        blocks = [_glorot(rng, contextSize, cell.hiddenSize) for _ in range(cell.n_gates)]
-        self.Wc = self.add_param("Wc", np.hstack(blocks))
-        self.params += attention.params
-        self.n_states, self.hiddenSize = cell.n_states, cell.hiddenSize
+    n_states = 1
 
-    def project(self, x):
-        return self.cell.project(x)
+    def __init__(self, querySize, contextSize, attentionSize, name="attention", rng=None):
+        super().__init__(querySize, contextSize, attentionSize, name, rng)
+        rng = rng or np.random.default_rng(1)
+        self.w_cov = self.add_param("w_cov", _uniform(rng, (attentionSize,), np.sqrt(3.0 / attentionSize)))
 
-    def initial_state(self, h0):
-        return self.cell.initial_state(h0)
+    def initial_state(self, annotations, src_mask):
+        return [pt.zeros_like(src_mask.T)]  # (B, Ts): nothing attended yet
 
-    # attend(x_proj_t, *state, keys, annotations, src_mask): the order scan passes them in
-    # when x_proj is a sequence, the state the previous outputs and the rest non-sequences.
-    def attend(self, x_t, *args):
-        state, (keys, annotations, src_mask) = list(args[: self.n_states]), args[self.n_states :]
-        ctx, weights = self.attention(state[0], keys, annotations, src_mask)
-        new = self.cell.recur(x_t + pt.dot(ctx, self.Wc), *state)
-        return (list(new) if isinstance(new, (list, tuple)) else [new]), ctx, weights
+    def __call__(self, query, keys, annotations, src_mask, coverage):
+        features = keys + pt.dot(query, self.W)[None] + coverage.T[:, :, None] * self.w_cov  # (Ts, B, A)
+        weights = masked_softmax(pt.dot(pt.tanh(features), self.v), src_mask)  # (Ts, B)
+        return context(weights, annotations), weights, coverage + weights.T
 
-    # attend_step(x_proj_t, *state, keys, annotations, src_mask): attend as one flat list,
-    # [*new state, ctx_t, weights_t], the form recurrence.step_loop and scan take.
-    def attend_step(self, x_t, *args):
-        new, ctx, weights = self.attend(x_t, *args)
-        return [*new, ctx, weights]
 
-    def scan(self, x_proj, mask, init, memory, mode=backend.DEFAULT_MODE, weights=None):
-        """Teacher-forced loop over x_proj (T, B, G*H) with `mask` (T, B), from the state list
-        `init`, reading `memory` = [keys, annotations, src_mask]. Returns (state sequences,
-        each (T, B, H_k); contexts (T, B, C); attention weights (T, Ts, B)). A padded step
-        carries the state through; its context and weights are computed all the same.
-        `weights` maps params to what the step reads in their place (weight-drop)."""
-        n = self.n_states
-        unique = list(dict.fromkeys(memory))  # Luong's keys are the annotations themselves
-        positions = [unique.index(v) for v in memory]
+ATTENTIONS = {"bahdanau": Attention, "luong": LuongAttention, "coverage": CoverageAttention}
 
-        def step(x_t, *args):  # one variable per distinct memory entry, as the loop passes them
-            prev, mem = args[:n], args[n:]
-            return self.attend_step(x_t, *prev, *(mem[i] for i in positions))
 
-        out = None
-        if self.cell.fused:
-            out = recurrence.step_loop(self, step, n, x_proj, mask, init, unique, n_extra=2, mode=mode,
-                                       key=("attend_step", tuple(positions)), weights=weights)
-        if out is None:
-            out = self._scan(step, x_proj, mask, init, unique, mode, weights or {})
-        return out[:n], out[n], out[n + 1]
+def attention_class(name):
+    """The attention class for `name`: a name in ATTENTIONS, or `module:Class` for one in a
+    file of your own (layers.named_class)."""
+    return named_class(name, ATTENTIONS, Attention, "attention")
 
-    def _scan(self, step, x_proj, mask, init, memory, mode, weights):
-        """The same loop under pytensor.scan: the reference the fused loop is tested against."""
-        n, replaced = self.n_states, list(weights)
 
-        # scan's order: sequences (x_proj_t, m_t), the previous state, non-sequences (memory,
-        # then what `weights` puts in place of some params, so that scan differentiates it).
-        def masked_step(x_t, m_t, *args):
-            stand_ins = args[len(args) - len(replaced):]
-            out = step(x_t, *args[: len(args) - len(replaced)])
-            out = graph_replace(out, dict(zip(replaced, stand_ins))) if replaced else out
-            m = m_t[:, None]  # (B, 1)
-            return [*(m * s + (1.0 - m) * p for s, p in zip(out[:n], args[:n])), *out[n:]]
-
-        out = pytensor.scan(masked_step, sequences=[x_proj, mask], outputs_info=[*init, None, None],
-                            non_sequences=[*memory, *(weights[p] for p in replaced)], name=f"{self.name}.scan",
-                            return_updates=False, mode=backend.compile_mode(mode), return_list=True)
-        # Scan does not infer the shapes of the per-step outputs; under JAX every shape must
-        # be known when the graph is compiled (backend.StaticShapeFunction).
-        T, B, (Ts, _, C) = x_proj.shape[0], x_proj.shape[1], memory[-2].shape
-        return [*out[:n], pt.specify_shape(out[n], (T, B, C)), pt.specify_shape(out[n + 1], (T, Ts, B))]
+def check_attention(cls, query_size=4, context_size=5, attention_size=3, batch_size=2, src_len=3):
+    """ValueError in one line, naming the class, unless a small `cls` builds and meets the
+    contract above on a batch of 2: ctx (B, C), weights (Ts, B) and n_states new states of
+    the initial states' shapes, all float32."""
+    name = cls.__name__
+    B, Ts, Hq, C = batch_size, src_len, query_size, context_size
+    try:
+        att = cls(Hq, C, attention_size, name="check", rng=np.random.default_rng(0))
+        query, annotations, src_mask = pt.matrix("query"), pt.tensor3("annotations"), pt.matrix("src_mask")
+        init = list(att.initial_state(annotations, src_mask))
+        out = att(query, att.keys(annotations), annotations, src_mask, *init)
+    except Exception as err:
+        raise ValueError(f"{name}: building it and calling it failed: {type(err).__name__}: {err}") from None
+    out = list(out) if isinstance(out, (list, tuple)) else [out]
+    n = getattr(att, "n_states", 0)
+    if len(init) != n or len(out) != 2 + n:
+        raise ValueError(f"{name}: n_states is {n}, but initial_state gave {len(init)} state(s) and __call__ "
+                         f"returned {len(out)} outputs; expected (ctx, weights, *new_state): {2 + n}")
+    rng = np.random.default_rng(0)
+    values = [rng.standard_normal((B, Hq)), rng.standard_normal((Ts, B, C)), np.ones((Ts, B))]
+    values = [v.astype(FLOATX) for v in values]
+    try:
+        f = pytensor.function([query, annotations, src_mask], [*init, *out], on_unused_input="ignore",
+                              mode=backend.compile_mode("FAST_COMPILE"))
+        got = f(*values)
+    except Exception as err:
+        raise ValueError(f"{name}: calling it on a batch of {B} (query ({B}, {Hq}), annotations ({Ts}, {B}, {C}), "
+                         f"src_mask ({Ts}, {B})) failed: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    init_values, (ctx, weights, *states) = got[:n], got[n:]
+    expected = [("ctx", ctx, (B, C)), ("weights", weights, (Ts, B))]
+    expected += [(f"state {k}", s, s0.shape) for k, (s, s0) in enumerate(zip(states, init_values))]
+    for what, value, shape in expected:
+        if value.shape != shape:
+            raise ValueError(f"{name} returned {what} of shape {value.shape}; expected {shape} for a batch of {B}, "
+                             f"{Ts} source positions, annotations {C} wide")
+    for what, var in zip(["ctx", "weights", *(f"state {k}" for k in range(n))], out):
+        if var.type.dtype != FLOATX:
+            raise ValueError(f"{name} returned a {var.type.dtype} {what}; expected {FLOATX} (a float64 constant or "
+                             "shared variable upcasts it: use np.float32)")

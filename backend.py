@@ -13,8 +13,10 @@ import warnings
 import numpy as np
 
 _ROOT = os.path.dirname(os.path.abspath(__file__))
-# A project-local cache means a second run (and the test suite) starts warm.
-_DEFAULT_FLAGS = f"floatX=float32,compiledir={os.path.join(_ROOT, '.pytensor_cache')}"
+# A project-local cache means a second run (and the test suite) starts warm. pytensor.function's
+# default mode is PyTensor's C backend, as every script's: PyTensor 3's own default, Numba,
+# cold-compiles a model in about 90 s, and the project's loop ops run in C backend modes.
+_DEFAULT_FLAGS = f"floatX=float32,mode=CVM,compiledir={os.path.join(_ROOT, '.pytensor_cache')}"
 os.environ["PYTENSOR_FLAGS"] = ",".join(
     f for f in (_DEFAULT_FLAGS, os.environ.get("PYTENSOR_FLAGS", "")) if f
 )
@@ -62,6 +64,16 @@ def host_loops(name):
     loops driven from Python, run in compile mode `name`. Numba and JAX compile
     pytensor.scan themselves (JAX to one lax.scan), so there every cell runs under scan."""
     return name in ("CVM", "FAST_COMPILE")
+
+
+def default_mode_name():
+    """The name in MODES of what `pytensor.function` compiles with when given no mode
+    (PYTENSOR_FLAGS' `mode`; NUMBA unless set): a module built with no mode builds its loops
+    for it."""
+    linker = pytensor.compile.mode.get_default_mode().linker
+    if isinstance(linker, JAXLinker):
+        return "JAX"
+    return "CVM" if isinstance(linker, VMLinker) else "NUMBA"
 
 
 def function(inputs, outputs, mode, updates=(), pad=False):

@@ -219,7 +219,11 @@ def module_kind(module):
     return type(module).__name__ + (f"({type(inner).__name__})" if inner is not None else "")
 
 
-_OLD_KINDS = {"AttentionGRU": "AttentionDecoder(GRU)"}  # names in checkpoints of earlier versions
+def _same_kind(saved, built):
+    """Whether a module recorded as `saved` is what initModules() now builds as `built`.
+    Checkpoints of earlier versions name Cho's decoder by its bare cell (`GRU`, now
+    `Decoder(GRU)`: the same params) and the GRU attention decoder `AttentionGRU`."""
+    return {"AttentionGRU": "AttentionDecoder(GRU)"}.get(saved, saved) == built or built == f"Decoder({saved})"
 
 
 def save_model(model, path, state=None):
@@ -278,8 +282,8 @@ def load_model(cls, config_cls, path, mode):
         raise CheckpointError(f"{path}: {err}") from None
     saved_modules = meta.get("modules", {})
     for name, module in model.modules.items():
-        saved = _OLD_KINDS.get(saved_modules.get(name), saved_modules.get(name))
-        if saved is not None and saved != module_kind(module):
+        saved = saved_modules.get(name)
+        if saved is not None and not _same_kind(saved, module_kind(module)):
             raise CheckpointError(f"{path}: module {name!r} is a {saved} in the checkpoint but initModules() "
                                   f"builds a {module_kind(module)}")
     restore(model.params, arrays, path, prefix="param/")

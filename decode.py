@@ -104,7 +104,7 @@ def step_decode(model, src, max_len=60, temperature=0.0, rng=None, no_repeat_ngr
     rng = rng if rng is not None else np.random.default_rng(0)
     noise = rng.random((max_len, src.shape[1]), dtype=np.float32)  # drawn as Model.decode does
     f_init, f_next = model.compile_step()
-    n_mem = len(model.memory_keys())
+    n_mem = len(model.memory_names())
     init = f_init(src)
     memory, states = init[:n_mem], init[n_mem:]
     B = src.shape[1]
@@ -147,7 +147,7 @@ def beam_search(model, src, beam_size=5, max_len=60, length_norm=1.0, no_repeat_
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"nbest must be between 1 and beam_size ({beam_size}), got {nbest}")
     f_init, f_next = model.compile_step()
-    mem_keys = model.memory_keys()
+    mem_keys = model.memory_names()
     init = f_init(src)
     memory, states = init[: len(mem_keys)], init[len(mem_keys) :]
     B = src.shape[1]
@@ -227,7 +227,7 @@ def decode_graph(model, src, noise, temperature=None):
     sentence has produced EOS. PAD, <unk> and BOS are never emitted.
     """
     memory = model.encode(src)
-    keys = model.memory_keys()
+    keys = model.memory_names()
     B = src.shape[1]
     init = model.decoder_init(memory)
     n_states = len(init)
@@ -293,7 +293,7 @@ def scan_decode(model, src, max_len=50, temperature=0.0, rng=None):
 def compile_step(model):
     """Two functions for searches run step by step from Python (beam search, the guard):
 
-        f_init(src) -> [*memory (memory_keys() order), *initial decoder states]
+        f_init(src) -> [*memory (memory_names() order), *initial decoder states]
         f_next(y_prev, *states, *memory) -> [log-probabilities (B, V), *new states]
 
     Rows of y_prev, states and memory (batch axis 0 for c and states, 1 for the time-major
@@ -302,7 +302,7 @@ def compile_step(model):
     def build():
         src = pt.imatrix("src")
         memory = model.encode(src)
-        keys = model.memory_keys()
+        keys = model.memory_names()
         init = model.decoder_init(memory)
         f_init = backend.function([src], [*(memory[k] for k in keys), *init], model.mode)
         y_prev = pt.ivector("y_prev")

@@ -20,7 +20,6 @@ import optim
 import pytensor
 import pytensor.tensor as pt
 import recurrence
-from pytensor.graph.replace import graph_replace
 
 FLOATX = "float32"
 
@@ -199,7 +198,7 @@ class Recurrent(Module):
     Subclasses set `n_gates` (the projection is (T, B, n_gates * H)) and `n_states`, and
     define `recur(x_proj_t, *state)`, which returns the new state: one tensor for the GRU, a
     list [h, c] for the LSTM. The first state is h, the one the rest of the model reads.
-    `fused=False` runs the loop under pytensor.scan instead of recurrence.StepLoop.
+    `fused=False` runs the loop under pytensor.scan (recurrence.loop's reference).
     """
 
     n_gates = 1
@@ -238,51 +237,41 @@ class Recurrent(Module):
     def zeros(self, batch_size):
         return self.initial_state(pt.zeros((batch_size, self.hiddenSize), dtype=FLOATX))
 
-    def scan(self, x_proj, mask, init=None, go_backwards=False, mode=backend.DEFAULT_MODE, weights=None):
+    def scan(self, x_proj, mask, init=None, go_backwards=False, mode=None, weights=None, zoneout=None):
         """Run over a padded batch: the list of state sequences, each (T, B, H).
 
         x_proj: (T, B, G*H) from `project`; mask: (T, B) float, 1 for real steps, 0 for
         padding. A padded step carries the state through unchanged, so the state at T-1 is
         the state after each sequence's last real token. Backwards, states come out in the
-        order computed, as scan's go_backwards gives them. `mode` is in backend.MODES.
-        `weights` maps some of this cell's params to what `recur` reads in their place for
-        this loop (weight-drop: {U: U * mask})."""
+        order computed, as scan's go_backwards gives them. `mode` is a name in
+        backend.MODES (None: pytensor.function's default). `weights` maps some of this
+        cell's params to what `recur` reads in their place for this loop (weight-drop:
+        {U: U * mask}). `zoneout` (T, B, H) is zoneout's update mask (Krueger et al. 2017):
+        each state unit takes its new value where it is 1, keeps its previous one where 0,
+        and mixes them in between; it is drawn outside the loop and read as input columns,
+        so the loop stays fast. The loop itself is recurrence.loop's choice."""
         init = list(init) if init is not None else self.zeros(x_proj.shape[1])
-        weights = weights or {}
         if go_backwards:
             x_proj, mask = x_proj[::-1], mask[::-1]
-        states = self._fast_loop(x_proj, mask, init, mode, weights) if self.fused else None
-        return states if states is not None else self._scan(x_proj, mask, init, mode, weights)
+            zoneout = None if zoneout is None else zoneout[::-1]
+        if zoneout is None:
+            return recurrence.loop(self, self.recur, self.n_states, x_proj, mask, init, mode=mode, weights=weights)
+        x_proj = pt.concatenate([x_proj, pt.as_tensor_variable(zoneout).astype(FLOATX)], axis=2)
+        return recurrence.loop(self, self.zoneout_recur, self.n_states, x_proj, mask, init, mode=mode,
+                               weights=weights)
 
-    def _fast_loop(self, x_proj, mask, init, mode, weights):
-        """The whole loop as one op derived from `recur`; None if the step can't run alone."""
-        return recurrence.cell_loop(self, x_proj, mask, init, mode, weights)
+    # zoneout_recur([x_proj_t, u_t], *state): recur on x_proj_t, then each state moves only
+    # by u_t (B, H) of the way to its new value.
+    def zoneout_recur(self, x_t, *state):
+        H = self.hiddenSize
+        new = self.recur(x_t[:, :-H], *state)
+        new = list(new) if isinstance(new, (list, tuple)) else [new]
+        u = x_t[:, -H:]
+        return [p + u * (s - p) for s, p in zip(new, state)]
 
-    def _scan(self, x_proj, mask, init, mode, weights):
-        """The same loop under pytensor.scan: the reference the fast paths are tested against."""
-        n, replaced = len(init), list(weights)
-
-        # scan's argument order: sequences (x_proj_t, m_t), previous states, non-sequences
-        # (what `weights` puts in place of some params: scan passes those very variables, and
-        # graph_replace keeps them, so that scan takes them as inputs it differentiates).
-        def masked_step(x_t, m_t, *args):
-            prev, stand_ins = args[:n], args[n:]
-            new = self.recur(x_t, *prev)
-            new = new if isinstance(new, (list, tuple)) else [new]
-            new = graph_replace(new, dict(zip(replaced, stand_ins))) if replaced else new
-            m = m_t[:, None]  # (B, 1)
-            return [m * n_ + (1.0 - m) * p for n_, p in zip(new, prev)]
-
-        return pytensor.scan(
-            masked_step,
-            sequences=[x_proj, mask],
-            outputs_info=init,
-            non_sequences=[weights[p] for p in replaced],
-            name=f"{self.name}.scan",
-            return_updates=False,
-            mode=backend.compile_mode(mode),  # the project's rewrites, not scan's own default
-            return_list=True,
-        )
+    def kernel(self, step, x_proj, mask, init, weights):
+        """A hand-written loop for `step`, or None (recurrence.loop then derives one)."""
+        return None
 
 
 class GRU(Recurrent):
@@ -304,12 +293,12 @@ class GRU(Recurrent):
         super().__init__(inputSize, hiddenSize, name, rng, fused)
         self.reset_after = reset_after
 
-    def _fast_loop(self, x_proj, mask, init, mode, weights):
-        """The stock GRU gets kernels.GRUSequence, a hand-written loop of these equations
-        (about 2x faster than the generic op, README Performance). A subclass that overrides
-        `recur` gets the generic op, built from its own `recur`."""
-        if type(self).recur is not GRU.recur or set(weights) - {self.U} or not backend.host_loops(mode):
-            return super()._fast_loop(x_proj, mask, init, mode, weights)
+    def kernel(self, step, x_proj, mask, init, weights):
+        """kernels.GRUSequence, a hand-written loop of these equations (about 2x faster than
+        the generic op, docs/performance.md), for the stock GRU's own `recur`. A subclass
+        that overrides `recur` gets the generic op, built from its own `recur`."""
+        if getattr(step, "__func__", None) is not GRU.recur or set(weights) - {self.U}:
+            return None
         return [kernels.gru_sequence(x_proj, mask, init[0], weights.get(self.U, self.U), self.reset_after)]
 
     # recur(x_proj_t, h_prev): x_proj_t (B, 3H) is this step's input projection.
@@ -382,11 +371,13 @@ def register_cell(name):
     return register
 
 
-def cell_class(name):
-    """The cell class for `name`: a name in CELLS, or `module:Class` for a cell in a file of
-    your own (`--cell=mycells:MGU` imports mycells.py). A ValueError names the choices."""
-    if name in CELLS:
-        return CELLS[name]
+def named_class(name, registry, base, what):
+    """The class `name` names: a key of `registry`, or `module:Class` for a class in a file
+    of your own (`mycells:MGU` imports mycells.py), which must subclass `base`. A ValueError
+    in one line names the choices, or what went wrong with the import. `what` is "cell",
+    "attention", ... as the error says it."""
+    if name in registry:
+        return registry[name]
     if ":" in name:
         module_name, _, class_name = name.partition(":")
         try:
@@ -398,10 +389,15 @@ def cell_class(name):
         cls = getattr(module, class_name, None)
         if cls is None:
             raise ValueError(f"{module_name} has no {class_name}")
-        if isinstance(cls, type) and issubclass(cls, Recurrent):
+        if isinstance(cls, type) and issubclass(cls, base):
             return cls
-        raise ValueError(f"cell {name!r} is not a layers.Recurrent subclass")
-    raise ValueError(f"unknown cell {name!r}; choose one of {', '.join(sorted(CELLS))}, or module:Class")
+        raise ValueError(f"{what} {name!r} is not a {base.__module__}.{base.__name__} subclass")
+    raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(sorted(registry))}, or module:Class")
+
+
+def cell_class(name):
+    """The cell class for `name`: a name in CELLS, or `module:Class` (see named_class)."""
+    return named_class(name, CELLS, Recurrent, "cell")
 
 
 def check_cell(cls, input_size=3, hidden_size=5, batch_size=2):

@@ -7,15 +7,17 @@
     p(y_t) = softmax(o_t W_out + b_out)
 
 With `attention` set (Bahdanau et al. 2015), c in the decoder and the output is replaced by a
-context ctx_t that the decoder computes at each step from all encoder annotations. The
-encoder can be bidirectional (annotations [forward; backward], c = [last fwd; first bwd])
-and stacked.
+context ctx_t that the decoder computes at each step from all encoder annotations; the
+attention may keep a state (coverage) and the decoder may feed its attentional vector back
+(input_feeding). Both decoders are modules of decoder.py with one interface, so the Model
+asks its "decoder" module, never the config. The encoder can be bidirectional (annotations
+[forward; backward], c = [last fwd; first bwd]) and stacked.
 
 Regularisers, each a setting that is 0 (off) by default and acts in training only: dropout
 on the word vectors, between stacked encoder layers and on the deep output layer; locked
 dropout (one mask per sequence) on every recurrent layer's input and output; weight-drop
-(DropConnect on every recurrent matrix U, AWD-LSTM); word dropout (input words replaced by
-<unk>); the softmax weights tied to the target word vectors, and one table for source and
+(DropConnect on every recurrent matrix U, AWD-LSTM); zoneout on every recurrent state
+(Krueger et al. 2017); word dropout (input words replaced by <unk>); the softmax weights tied to the target word vectors, and one table for source and
 target; label smoothing in the loss (perplexity stays the plain cross-entropy's).
 
 Batches are (T, B) int32 id matrices, time first, padded with PAD_ID; masks are derived
@@ -34,7 +36,8 @@ import layers
 import optim
 import pytensor
 import pytensor.tensor as pt
-from attention import ATTENTIONS, AttentionDecoder
+from attention import ATTENTIONS, attention_class
+from decoder import AttentionDecoder, Decoder
 from configurator import setting
 from configurator import ConfigError
 from vocab import EOS_ID, PAD_ID, UNK_ID
@@ -54,12 +57,14 @@ class ModelConfig:
     reset_after: bool = setting(False, "GRU only: reset gate after the recurrent matmul (nn.GRU's form), not before (Cho's)")
     encoder_layers: int = setting(1, "stacked encoder layers")
     bidirectional: bool = setting(False, "add a backward scan to every encoder layer")
-    attention: str = setting("none", f"none (Cho 2014's fixed c), {' or '.join(ATTENTIONS)}")
+    attention: str = setting("none", f"none (Cho 2014's fixed c), {', '.join(ATTENTIONS)}, or module:Class")
+    input_feeding: bool = setting(False, "attention only: feed each step's attentional vector to the next (Luong 2015)")
     attention_size: int = setting(0, "additive attention's hidden width; 0 = hidden_size")
     dropout: float = setting(0.0, "dropout between stacked encoder layers, training only")
     embed_dropout: float = setting(0.0, "dropout on the source and target word vectors, training only")
     rnn_dropout: float = setting(0.0, "locked dropout (one mask per sequence) on every recurrent layer's input and output")
     weight_drop: float = setting(0.0, "DropConnect on every recurrent matrix U, one mask per batch (AWD-LSTM)")
+    zoneout: float = setting(0.0, "zoneout: each recurrent state unit keeps its previous value with this probability")
     word_dropout: float = setting(0.0, "replace source and target input words by <unk> with this probability")
     readout_dropout: float = setting(0.0, "dropout on the deep output layer, before the softmax")
     tie_embeddings: bool = setting(False, "the softmax weights are the target word vectors (Press & Wolf 2017)")
@@ -70,14 +75,15 @@ class ModelConfig:
 
 
 def approx_param_count(cfg):
-    """About how many parameters initModules() builds for `cfg` (gated cells counted as
-    LSTMs, the largest stock cell), known before any memory is allocated."""
+    """About how many parameters initModules() builds for `cfg` at most (gated cells counted
+    as LSTMs, the largest stock cell, with attention and input feeding), known before any
+    memory is allocated."""
     E, H, dirs = cfg.embed_size, cfg.hidden_size, 2 if cfg.bidirectional else 1
     C, A = H * dirs, cfg.attention_size or H
     cell = lambda n_in: 4 * H * (n_in + H + 1)  # noqa: E731
     encoder = dirs * (cell(E) + (cfg.encoder_layers - 1) * cell(C))
     decoder = cell(E + C) + C * H + (H + E + C) * E + E * cfg.tgt_vocab_size
-    attention = A * (H + C + 1) if cfg.attention != "none" else 0
+    attention = A * (H + C + 2) + 4 * H * H + (H + C + 1) * H  # + input feeding's W_f and feed layer
     return (cfg.src_vocab_size + cfg.tgt_vocab_size) * E + encoder + decoder + attention
 
 
@@ -87,8 +93,9 @@ class Model:
         self.mode_name, self.mode = mode, backend.compile_mode(mode)
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         self.rng = np.random.default_rng(config.init_seed)
-        self.attentive = config.attention != "none"
         self.modules = self.initModules()
+        if isinstance(self.modules["decoder"], layers.Recurrent):  # a bare cell: Cho's decoder around it
+            self.modules["decoder"] = Decoder(self.modules["decoder"])
         self.params = [p for module in self.modules.values() for p in module.params]
         names = [p.name for p in self.params]
         if len(set(names)) != len(names):
@@ -109,8 +116,10 @@ class Model:
         """The model's modules, one line each: the place to edit. Every recurrent slot is a
         `Cell`, the class registered as `cell` (--cell=lstm); write `Cell = MyCell` below to
         try your own everywhere, or replace one line to change one slot, e.g.
-        `modules["decoder"] = layers.LSTM([E, C], H, name="decoder", rng=rng)`. A module with
-        `.frozen = True` is not trained; `.lr_scale = 0.1` slows its learning rate."""
+        `modules["decoder"] = layers.LSTM([E, C], H, name="decoder", rng=rng)` (a bare cell in
+        the decoder slot is Cho's decoder around it) or any module with decoder.py's
+        interface. A module with `.frozen = True` is not trained; `.lr_scale = 0.1` slows its
+        learning rate."""
         cfg, rng = self.config, self.rng
         E, H = cfg.embed_size, cfg.hidden_size
         C = H * (2 if cfg.bidirectional else 1)  # annotation width: [forward; backward]
@@ -135,11 +144,11 @@ class Model:
             if cfg.bidirectional:
                 modules[f"{name}_bwd"] = cell(width, f"{name}_bwd")
         modules["init"] = layers.FF(C, H, "tanh", name="init", rng=rng)
-        if self.attentive:
-            attention = ATTENTIONS[cfg.attention](H, C, cfg.attention_size or H, "decoder.attention", rng)
-            modules["decoder"] = AttentionDecoder(cell(E, "decoder"), C, attention, rng)
+        if cfg.attention == "none":
+            modules["decoder"] = Decoder(cell([E, C], "decoder"))
         else:
-            modules["decoder"] = cell([E, C], "decoder")
+            attention = attention_class(cfg.attention)(H, C, cfg.attention_size or H, "decoder.attention", rng)
+            modules["decoder"] = AttentionDecoder(cell(E, "decoder"), C, attention, rng, cfg.input_feeding)
         modules["readout"] = layers.FF([H, E, C], E, "tanh", name="readout", rng=rng)
         modules["ffout"] = layers.TiedOutput(tgt_embed, name="ffout") if cfg.tie_embeddings else \
             layers.FF(E, cfg.tgt_vocab_size, "linear", name="ffout", rng=rng)
@@ -160,22 +169,21 @@ class Model:
             x = self._drop(x, cfg.dropout if layer > 0 else 0.0, train)
             x = self._drop(x, cfg.rnn_dropout, train, locked=True)
             cell = m[name]
-            fwd = cell.scan(cell.project(x), src_mask, mode=self.mode_name, weights=self._dropped_U(cell, train))[0]
+            fwd = cell.scan(cell.project(x), src_mask, mode=self.mode_name, weights=self._dropped_U(cell, train),
+                            zoneout=self._zoneout(src_mask, cell, train))[0]
             # Masking carried each state past its padding, so fwd[-1] is after the last token.
             annotations, c = fwd, fwd[-1]  # (Ts, B, H), (B, H)
             if cfg.bidirectional:
                 cell = m[f"{name}_bwd"]
                 # Scanning backwards, padding comes first and leaves the zero state as it is.
                 bwd = cell.scan(cell.project(x), src_mask, go_backwards=True, mode=self.mode_name,
-                                weights=self._dropped_U(cell, train))[0]
+                                weights=self._dropped_U(cell, train), zoneout=self._zoneout(src_mask, cell, train))[0]
                 bwd = bwd[::-1]  # (Ts, B, H), back in source order
                 annotations = pt.concatenate([fwd, bwd], axis=2)  # (Ts, B, 2H)
                 c = pt.concatenate([c, bwd[0]], axis=1)  # (B, 2H)
             x = self._drop(annotations, cfg.rnn_dropout, train, locked=True)
-        memory = {"c": c, "annotations": x, "src_mask": src_mask}
-        if self.attentive and m["decoder"].attention.has_keys:
-            memory["keys"] = m["decoder"].attention.keys(x)  # (Ts, B, A), once per batch
-        return memory
+        # The decoder adds what it computes once per batch (attention keys (Ts, B, A)).
+        return m["decoder"].prepare({"c": c, "annotations": x, "src_mask": src_mask})
 
     # ---- regularisers: identities unless training with a non-zero rate ----------------------
 
@@ -199,46 +207,53 @@ class Model:
             return {}
         return {cell.U: self.dropout(cell.U, rate)}
 
-    def memory_keys(self):
-        """The memory entries the decoder reads, in the order compiled functions pass them."""
-        if not self.attentive:
-            return ("c",)
-        return ("annotations", "src_mask") + (("keys",) if self.modules["decoder"].attention.has_keys else ())
+    def _zoneout(self, mask, cell, train):
+        """Zoneout's update mask (T, B, H) for `cell` over steps `mask` (T, B): 1 where a
+        state unit takes its new value, 0 where it keeps its previous one, drawn in training;
+        1 - zoneout everywhere (its expectation) otherwise. None when zoneout is off."""
+        rate = self.config.zoneout
+        if rate <= 0:
+            return None
+        shape = (mask.shape[0], mask.shape[1], cell.hiddenSize)
+        if not train:
+            return pt.alloc(np.float32(1.0 - rate), *shape)
+        return pt.ge(self.dropout.uniform(shape), np.float32(rate)).astype(layers.FLOATX)
 
-    def _attended(self, memory):
-        """The memory entries in the order AttentionDecoder.attend reads them (Luong's keys
-        are the annotations themselves)."""
-        return [memory.get("keys", memory["annotations"]), memory["annotations"], memory["src_mask"]]
+    @property
+    def has_attention(self):
+        return getattr(self.modules["decoder"], "attention", None) is not None
+
+    def memory_names(self):
+        """The memory entries the decoder reads, in the order compiled functions pass them."""
+        return self.modules["decoder"].memory_names
 
     def decoder_init(self, memory):
         """The decoder's full initial state (a list, one entry per state tensor) from c."""
-        return self.modules["decoder"].initial_state(self.modules["init"](memory["c"]))
+        return self.modules["decoder"].initial_state(self.modules["init"](memory["c"]), self._read(memory))
+
+    def _read(self, memory):
+        return [memory[name] for name in self.modules["decoder"].memory_names]
 
     def decoder_step(self, y_prev, states, memory):
         """One decoding step: y_prev (B,) ids and the state list -> (new state list,
         logits (B, V), attention weights (Ts, B) or None)."""
         dec = self.modules["decoder"]
         emb = self.modules["tgt_embed"](y_prev)  # (B, E)
-        if self.attentive:
-            new, ctx, weights = dec.attend(dec.project(emb), *states, *self._attended(memory))
-        else:
-            new = dec.recur(dec.project(emb, memory["c"]), *states)
-            new, ctx, weights = (list(new) if isinstance(new, (list, tuple)) else [new]), memory["c"], None
+        new, ctx, weights = dec.step(emb, list(states), self._read(memory))
+        if self.config.zoneout > 0:  # its expectation: each unit moves 1 - zoneout of the way
+            keep = np.float32(self.config.zoneout)
+            new = [s + keep * (p - s) if k < dec.cell.n_states else s for k, (s, p) in enumerate(zip(new, states))]
         return new, self.logits(new[0], emb, ctx), weights
 
     def decoder_states(self, emb, tgt_mask, memory, train=False):
         """Teacher-forced decoder over embedded inputs emb (T, B, E) -> h (T, B, H), the
-        context the output reads ((T, B, C), or c (B, C) without attention), and the
+        context the output reads ((T, B, C), or c (B, C) fed to every step), and the
         attention weights (T, Ts, B) or None."""
         dec = self.modules["decoder"]
-        init = self.decoder_init(memory)
-        weights = self._dropped_U(getattr(dec, "cell", dec), train)
-        if not self.attentive:
-            x_proj = dec.project(emb, memory["c"])  # (T, B, G*H); c broadcast over T
-            return dec.scan(x_proj, tgt_mask, init=init, mode=self.mode_name, weights=weights)[0], memory["c"], None
-        states, ctx, attention = dec.scan(dec.project(emb), tgt_mask, init, self._attended(memory), self.mode_name,
-                                          weights)
-        return states[0], ctx, attention
+        cell = getattr(dec, "cell", dec)
+        states, ctx, weights = dec.scan(emb, tgt_mask, self.decoder_init(memory), self._read(memory), self.mode_name,
+                                        self._dropped_U(cell, train), self._zoneout(tgt_mask, cell, train))
+        return states[0], ctx, weights
 
     def logits(self, h, y_prev_emb, c):
         """Unnormalised next-token scores from decoder states: (..., H) -> (..., V)."""
@@ -327,8 +342,8 @@ class Model:
     def compile_attention(self):
         """`f(src, tgt) -> weights (Tt-1, Ts, B)`: the teacher-forced attention weights of
         each target position over the source (attention models only)."""
-        if not self.attentive:
-            raise ValueError("this model has no attention (attention = none)")
+        if not self.has_attention:
+            raise ValueError("this model's decoder has no attention (attention = none)")
 
         def build():
             src, tgt = pt.imatrix("src"), pt.imatrix("tgt")

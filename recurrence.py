@@ -1,34 +1,41 @@
-"""Any step's masked time loop as one op, forward and backward derived from its own graph.
-
-Under `pytensor.scan` a timestep of this model costs about 4.7 ms where its maths takes 1.5
-(shared/PERF-NOTES.md). `step_loop(owner, step, ...)` instead takes the graph of one step,
+"""Every masked time loop, for cells and decoders alike, through one entry point, `loop`.
 
     step(x_t, *state, *memory) -> [*new_state, *extra]
 
-(a cell's `recur`, or the attention decoder's `attend`), split by stepgraph.py into a forward
-and a backward function, and runs it as one op (StepLoop, and StepLoopGrad for its gradient):
-a numpy loop calls the forward function once per timestep, keeping what the backward one
-reads on a tape. `memory` (an attention decoder's annotations, keys and source mask) and the
-weights are the same at every step; the gradient of `memory` is summed over the steps (or,
-where it is a matmul's operand, computed in one batched matmul after the loop). `extra` are
-per-step outputs that are not fed back (the attention context and weights), returned as
-sequences.
+is one timestep: a cell's `recur`, or a decoder's step (decoder.py). `loop` runs it over a
+padded batch as the fastest path that computes exactly the same values: the owner's own
+kernel (the stock GRU's, kernels.py), else StepLoop, else `scan_loop`, the pytensor.scan
+reference the others are tested against. A padded step carries the state through; extras
+are per-step outputs that are not fed back (an attention's context and weights).
 
-What the op computes is exactly what `step` computes, for any cell and any subclass that
-overrides `recur` or `attend`: there is no second copy of the equations, and the mask is
-applied outside the step as in `layers.Recurrent.scan` (a padded step carries the state
-through; extras are not masked). A step that reads anything but its input, its state, its
-memory, shared variables and constants (a random draw, a variable from an outer graph)
-cannot be compiled on its own: `step_loop` then returns None and the owner runs under scan,
-as it does in the NUMBA compile mode.
+StepLoop takes the graph of one step, split by stepgraph.py into a forward and a backward
+function, and runs it as one op (with StepLoopGrad for its gradient): a numpy loop calls the
+forward function once per timestep, keeping what the backward one reads on a tape. Under
+pytensor.scan a timestep of the benchmark model costs about 4.7 ms where its maths takes
+1.5 (docs/performance.md). `memory` (an attention decoder's annotations, keys and source
+mask) and the weights are the same at every step; the gradient of `memory` is summed over
+the steps (or, where it is a matmul's operand, computed in one batched matmul after the
+loop). There is no second copy of any equation: what the op computes is what `step`
+computes, for any cell and any subclass that overrides `recur`.
+
+A step that reads anything but its input, its state, its memory, shared variables and
+constants (a random draw made inside it, a variable of an outer graph) cannot be compiled
+on its own: `loop` then runs it under scan and says so once (SlowLoopWarning). Random
+draws belong outside the loop, as inputs: zoneout's masks are drawn for the whole sequence
+and read by the step as part of its input (layers.Recurrent.scan). In the NUMBA and JAX
+modes every loop is a scan, which those backends compile themselves.
 """
+import warnings
+
 import numpy as np
 
 import backend
+import pytensor
 import pytensor.tensor as pt
 from pytensor.gradient import DisconnectedType
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
+from pytensor.graph.replace import graph_replace
 from pytensor.link.c.type import Generic, generic
 
 from stepgraph import FLOATX, StepGraph, UnsupportedStep, as_list, differentiable, stack_rows
@@ -195,33 +202,93 @@ class StepLoopGrad(Op):
 def step_loop(owner, step, n_states, x_proj, mask, init, memory=(), n_extra=0, mode=backend.DEFAULT_MODE,
               key=None, weights=None):
     """The masked loop of `step(x_t, *state, *memory) -> [*new_state, *extra]` over x_proj
-    (T, B, P) with `mask` (T, B), from the initial state list `init`: a list of n_states
-    state sequences (T, B, H_k) and n_extra extra sequences; or None when the step cannot be
-    compiled on its own (see the module docstring). `owner` is the module whose `params` the
-    step reads; the op and its compiled step are built once per owner, step (or `key`, for a
-    step made anew at each call), compile mode (a name in backend.MODES) and memory types,
-    and kept on the owner. `weights` maps some of the owner's params to what the step reads
-    in their place for this loop (weight-drop's U * mask): they are inputs of the op."""
-    if not backend.host_loops(mode):  # Numba and JAX compile scan themselves
-        return None
+    (T, B, P) with `mask` (T, B), from the initial state list `init`, as one StepLoop: a list
+    of n_states state sequences (T, B, ...) and n_extra extra sequences. Raises
+    UnsupportedStep (saying why) when the step cannot be compiled on its own (see the module
+    docstring). `owner` is the module whose `params` the step reads; the op and its compiled
+    step are built once per owner, step (or `key`, for a step made anew at each call),
+    compile mode and memory types, and kept on the owner. `weights` maps some of the owner's
+    params to what the step reads in their place for this loop (weight-drop's U * mask):
+    they are inputs of the op."""
     memory = [pt.as_tensor_variable(v) for v in memory]
     key = (mode, key or getattr(step, "__func__", step), tuple(v.type for v in memory))
     ops = owner.__dict__.setdefault("_step_loops", {})
     if key not in ops:
         try:
             ops[key] = StepLoop(owner, step, n_states, [v.type for v in memory], backend.compile_mode(mode), n_extra)
-        except UnsupportedStep:
-            ops[key] = None
+        except UnsupportedStep as err:
+            ops[key] = err
     op = ops[key]
-    if op is None:
-        return None
+    if isinstance(op, UnsupportedStep):
+        raise op
     weights = weights or {}
     shared = [weights.get(w, w) for w in op.graph.shared]
     return as_list(op(x_proj, mask, *init, *memory, *shared))[: n_states + n_extra]
 
 
-def cell_loop(cell, x_proj, mask, init, mode=backend.DEFAULT_MODE, weights=None):
-    """The state sequences of `cell` over x_proj (T, B, P) with `mask` (T, B), from the
-    initial state list `init`: a list of (T, B, H_k), as `Recurrent.scan` returns; or None
-    when the cell's step cannot be compiled on its own."""
-    return step_loop(cell, cell.recur, cell.n_states, x_proj, mask, init, mode=mode, weights=weights)
+class SlowLoopWarning(UserWarning):
+    """A module's loop runs under pytensor.scan, not on the fast loop (said once per module
+    and reason)."""
+
+
+def loop(owner, step, n_states, x_proj, mask, init, memory=(), n_extra=0, mode=None, weights=None, key=None,
+         extra_shapes=None):
+    """The one entry point of every masked time loop, for cells and decoders alike:
+
+        step(x_t, *state, *memory) -> [*new_state, *extra]
+
+    run over x_proj (T, B, P) with `mask` (T, B) from the state list `init`; returns the
+    n_states state sequences (T, B, ...) and the n_extra extra sequences (T, ...). It runs
+
+    1. `owner.kernel(x_proj, mask, init, weights)` when the owner has a hand-written loop for
+       this step (the stock GRU: kernels.GRUSequence) and it accepts the call;
+    2. else StepLoop, derived from `step`'s own graph;
+    3. else `scan_loop`, the reference: always under `owner.fused = False` and in the
+       NUMBA and JAX modes (which compile scan themselves); otherwise it warns once
+       (SlowLoopWarning), naming the module and why its step cannot run alone.
+
+    `mode` is a name in backend.MODES; None is what `pytensor.function` would use by
+    default. `weights` maps params to what the step reads in their place (weight-drop);
+    `key` names a step made anew at each call; `extra_shapes` gives each extra sequence's
+    shape for scan, where it is not inferred (JAX needs it)."""
+    mode = mode or backend.default_mode_name()
+    weights = weights or {}
+    if getattr(owner, "fused", True) and backend.host_loops(mode):
+        kernel = getattr(owner, "kernel", None)
+        out = kernel(step, x_proj, mask, init, weights) if kernel is not None and not memory else None
+        if out is not None:
+            return out
+        try:
+            return step_loop(owner, step, n_states, x_proj, mask, init, memory, n_extra, mode, key, weights)
+        except UnsupportedStep as err:
+            warnings.warn(f"{owner.name} runs under pytensor.scan, at about half the speed of the fast loop: {err}",
+                          SlowLoopWarning, stacklevel=3)
+    return scan_loop(owner, step, n_states, x_proj, mask, init, memory, n_extra, mode, weights, extra_shapes)
+
+
+def scan_loop(owner, step, n_states, x_proj, mask, init, memory=(), n_extra=0, mode=None, weights=None,
+              extra_shapes=None):
+    """The same loop under pytensor.scan: the reference every fast path is tested against.
+    A padded step carries the state through; extras are not masked."""
+    mode = mode or backend.default_mode_name()
+    n, weights = n_states, weights or {}
+    replaced = list(weights)
+
+    # scan's order: sequences (x_t, m_t), the previous state, non-sequences (the memory, then
+    # what `weights` puts in place of some params: scan passes those very variables, and
+    # graph_replace keeps them, so that scan takes them as inputs it differentiates).
+    def masked_step(x_t, m_t, *args):
+        prev, mem, stand_ins = args[:n], args[n : len(args) - len(replaced)], args[len(args) - len(replaced) :]
+        out = as_list(step(x_t, *prev, *mem))
+        out = graph_replace(out, dict(zip(replaced, stand_ins))) if replaced else out
+        m = m_t[:, None]  # (B, 1)
+        return [*(m * s + (1.0 - m) * p for s, p in zip(out[:n], prev)), *out[n:]]
+
+    out = pytensor.scan(masked_step, sequences=[x_proj, mask], outputs_info=[*init, *([None] * n_extra)],
+                        non_sequences=[*memory, *(weights[p] for p in replaced)], name=f"{owner.name}.scan",
+                        return_updates=False, mode=backend.compile_mode(mode), return_list=True)
+    # Scan does not infer the shapes of per-step outputs; under JAX every shape must be known
+    # when the graph is compiled (backend.StaticShapeFunction).
+    if extra_shapes:
+        out = [*out[:n], *(pt.specify_shape(o, s) for o, s in zip(out[n:], extra_shapes))]
+    return out

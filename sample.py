@@ -132,7 +132,7 @@ def main(argv):
     model = Model.load(path, mode=cfg.mode)
     if model.src_vocab is None or model.tgt_vocab is None:
         raise CheckpointError(f"{path}: holds no vocabulary, so text cannot be encoded")
-    require(not cfg.plot_attention or model.attentive,
+    require(not cfg.plot_attention or model.has_attention,
             f"plot_attention: {path} is a model without attention (attention = none)")
     reverse = model.checkpoint_state.get("data", {}).get("reverse_source", False)
     rng = np.random.default_rng(cfg.seed)

@@ -96,8 +96,13 @@ class StepGraph:
                 shared.append(var)
             elif var is not x and var not in states and var not in memory and not isinstance(var, Constant):
                 foreign.append(var)
-        if foreign or any(getattr(v.type, "dtype", None) != FLOATX for v in shared):
-            raise UnsupportedStep(f"{self.name}: the step reads {foreign or 'shared variables that are not float32'}")
+        if foreign:
+            raise UnsupportedStep(f"{self.name}: the step reads {', '.join(map(repr, foreign))}, which is not its "
+                                  "input, state, memory, a shared variable or a constant (a random draw?)")
+        not_float32 = [f"{v.name or v} ({v.type.dtype})" for v in shared if getattr(v.type, "dtype", None) != FLOATX]
+        if not_float32:
+            raise UnsupportedStep(f"{self.name}: the step reads shared variables that are not {FLOATX}: "
+                                  f"{', '.join(not_float32)}")
         if any(v.type.dtype != FLOATX for v in out[n_states:]):
             raise UnsupportedStep(f"{self.name}: extra outputs must be float32")
         order = {id(p): i for i, p in enumerate(owner.params)}

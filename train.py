@@ -29,7 +29,7 @@ import backend
 import distributed
 import layers
 import optim
-from attention import ATTENTIONS
+from attention import ATTENTIONS, attention_class, check_attention
 from checkpoint import CheckpointError, checkpoint_path
 from configurator import ConfigError, configure, require, setting
 from dataset import Batcher, DataError, check_prepared_as, dataset_dir, load_dataset, prepared_facts
@@ -100,8 +100,14 @@ def check(cfg, mcfg):
     for name in ("embed_size", "hidden_size", "embed_init_std"):
         require(getattr(mcfg, name) > 0, f"{name}={getattr(mcfg, name)}: must be positive")
     require(mcfg.encoder_layers > 0, f"encoder_layers={mcfg.encoder_layers}: must be positive")
-    require(mcfg.attention in ("none", *ATTENTIONS),
-            f"attention={mcfg.attention!r}: use one of none, {', '.join(ATTENTIONS)}")
+    if mcfg.attention != "none":
+        try:
+            attention = attention_class(mcfg.attention)
+            if attention not in ATTENTIONS.values():  # a user's attention: checked before anything is built
+                check_attention(attention)
+        except ValueError as err:
+            raise ConfigError(f"attention={mcfg.attention!r}: {err}; or none") from None
+    require(not mcfg.input_feeding or mcfg.attention != "none", "input_feeding=true needs an attention (attention=none)")
     try:
         cell = layers.cell_class(mcfg.cell)
         if cell not in (layers.GRU, layers.LSTM):  # a user's cell: checked before anything is built
@@ -110,8 +116,8 @@ def check(cfg, mcfg):
         raise ConfigError(f"cell={mcfg.cell!r}: {err}") from None
     require(not mcfg.reset_after or issubclass(cell, layers.GRU), f"reset_after=true is a GRU setting, not {mcfg.cell}'s")
     require(mcfg.attention_size >= 0, f"attention_size={mcfg.attention_size}: must not be negative")
-    for name in ("dropout", "embed_dropout", "rnn_dropout", "weight_drop", "word_dropout", "readout_dropout",
-                 "label_smoothing"):
+    for name in ("dropout", "embed_dropout", "rnn_dropout", "weight_drop", "zoneout", "word_dropout",
+                 "readout_dropout", "label_smoothing"):
         require(0 <= getattr(mcfg, name) < 1, f"{name}={getattr(mcfg, name)}: must be in [0, 1)")
     require(cfg.learning_rate > 0, f"learning_rate={cfg.learning_rate}: must be positive")
     require(0 <= cfg.min_lr <= cfg.learning_rate, f"min_lr={cfg.min_lr}: must be in [0, learning_rate]")
@@ -179,7 +185,8 @@ def init_or_resume(cfg, mcfg, explicit, comm):
         for key in explicit & {f.name for f in dataclasses.fields(cfg)}:
             setattr(resumed, key, getattr(cfg, key))  # flags given now win over the saved run
         resumed.init_from, resumed.out_dir = "resume", cfg.out_dir
-        changed = [k for k in explicit if hasattr(mcfg, k) and getattr(mcfg, k) != getattr(model.config, k)]
+        changed = [f"{k}={getattr(mcfg, k)} (the checkpoint's: {getattr(model.config, k)})" for k in sorted(explicit)
+                   if hasattr(mcfg, k) and getattr(mcfg, k) != getattr(model.config, k)]
         require(not changed, f"cannot change architecture settings on resume: {', '.join(changed)}")
         cfg = resumed
         check(cfg, model.config)

@@ -164,7 +164,7 @@ def run_pytensor(args, settings):
         decode_compile = sum(seconds for _, seconds in decode_fn.compiles)
     result = dict(train_s=train, decode_s=decode, decode_tokens=decode_tokens, loss=loss, import_s=import_s,
                   train_compile_s=train_compile, decode_compile_s=decode_compile)
-    if model.attentive and model.mode_name != "JAX":  # beam search steps from Python: CVM's case
+    if model.has_attention and model.mode_name != "JAX":  # beam search steps from Python: CVM's case
         result["beam_rows_per_s"] = beam_rate(model, src, args)
     return result
 
@@ -184,7 +184,7 @@ def beam_rate(model, src, args):
         rows[0] += len(y_prev)
         return f_next(y_prev, *rest)
 
-    shim = types.SimpleNamespace(compile_step=lambda: (f_init, counted), memory_keys=model.memory_keys,
+    shim = types.SimpleNamespace(compile_step=lambda: (f_init, counted), memory_names=model.memory_names,
                                  mode_name=getattr(model, "mode_name", "CVM"))
     rates = []
     for i in range(1 + args.decode_reps):

@@ -279,7 +279,7 @@ class TorchAttentionModel(torch.nn.Module):
 
     # The interface decode.beam_search asks of a model, so that the benchmark runs the same
     # search, step by step, over this model's steps.
-    def memory_keys(self):
+    def memory_names(self):
         return ("annotations", "src_mask", "keys")
 
     def compile_step(self):

@@ -234,9 +234,8 @@ def test_lstm_attention_query_is_h_not_c():
     model = Model(tiny_config(cell="lstm", attention="luong"))
     dec = model.modules["decoder"]
     h, c = pt.matrix("h"), pt.matrix("c")
-    keys = annotations = pt.tensor3("a")
-    mask = pt.matrix("m")
-    _, _, weights = dec.attend(pt.matrix("x"), h, c, keys, annotations, mask)
+    annotations, mask = pt.tensor3("a"), pt.matrix("m")
+    _, _, weights = dec.step(pt.matrix("emb"), [h, c], [annotations, mask])
     assert c not in pytensor.graph.traversal.ancestors([weights])
     assert h in pytensor.graph.traversal.ancestors([weights])
 

@@ -1,7 +1,11 @@
-"""The attention decoder's fused time loop (recurrence.step_loop over AttentionDecoder.attend)
-against pytensor.scan over the same step: values and every gradient, for every cell, both
-attention kinds and a user's own attention module; which path each configuration takes; and
-a step that cannot be fused still training under scan."""
+"""decoder.py: the attention decoder's loop (recurrence.loop over AttentionDecoder.attend)
+against pytensor.scan over the same step: values and every gradient, for every cell, every
+attention kind (coverage's state included), input feeding and a user's own attention
+module; input feeding against a numpy reference of its equations; which path each
+configuration takes; a step that cannot be fused training under scan, said once; and Cho's
+decoder and a decoder of the user's own in initModules()."""
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -11,7 +15,9 @@ import backend
 import layers
 import pytensor
 import pytensor.tensor as pt
-from attention import ATTENTIONS, Attention, AttentionDecoder, masked_softmax
+import recurrence
+from attention import ATTENTIONS, Attention, masked_softmax
+from decoder import AttentionDecoder, Decoder
 from model import Model, ModelConfig
 from test_cells import HalfGRU, LeakyLSTM, UserMGU, batch, tiny_config
 
@@ -34,7 +40,7 @@ class ScaledDotAttention(Attention):
     def keys(self, annotations):
         return annotations
 
-    def __call__(self, query, keys, annotations, src_mask):
+    def __call__(self, query, keys, annotations, src_mask):  # stateless: (ctx, weights)
         q = pt.dot(query, self.W) * self.scale  # (B, C)
         weights = masked_softmax(pt.sum(keys * q[None], axis=2), src_mask)  # (Ts, B)
         ctx = pt.sum(weights[:, :, None] * annotations, axis=0) * pt.sigmoid(q)  # (B, C)
@@ -43,34 +49,40 @@ class ScaledDotAttention(Attention):
 
 CELLS = {"gru": layers.GRU, "gru_reset_after": lambda *a, **k: layers.GRU(*a, reset_after=True, **k),
          "lstm": layers.LSTM, "mgu": UserMGU, "half_gru": HalfGRU, "leaky_lstm": LeakyLSTM}
-KINDS = {"bahdanau": ATTENTIONS["bahdanau"], "luong": ATTENTIONS["luong"], "scaled_dot": ScaledDotAttention}
+KINDS = {**ATTENTIONS, "scaled_dot": ScaledDotAttention}
 _FUNCTIONS = {}
 
 
-def decoder(cell, kind, fused):
+def decoder(cell, kind, fused, feeding=False):
     rng = np.random.default_rng(3)
     dec = AttentionDecoder(CELLS[cell](E, H, name="decoder", rng=rng, fused=fused), C,
-                           KINDS[kind](H, C, A, "decoder.attention", rng), rng)
+                           KINDS[kind](H, C, A, "decoder.attention", rng), rng, input_feeding=feeding)
     for p in dec.params:  # biases and v too, so every term counts
         p.set_value(np.random.default_rng(1).normal(0, 0.5, p.get_value().shape).astype("float32"))
     return dec
 
 
-def loop_functions(cell, kind):
+def read(dec, annotations, src_mask):
+    """The memory list dec.scan and dec.step read."""
+    memory = dec.prepare({"annotations": annotations, "src_mask": src_mask})
+    return [memory[name] for name in dec.memory_names]
+
+
+def loop_functions(cell, kind, feeding=False):
     """(fused, scan) versions of f(x, mask, h0, annotations, src_mask, w_h, w_ctx, w_att) ->
     [every state sequence, contexts, weights, then d/d(x, h0, annotations, every param)] of a
-    cost that reads all three outputs, from the same weights."""
-    key = (cell, kind)
+    cost that reads all three outputs and the last state (coverage, the fed vector), from
+    the same weights."""
+    key = (cell, kind, feeding)
     if key not in _FUNCTIONS:
         fns = []
         for fused in (True, False):
-            dec = decoder(cell, kind, fused)
+            dec = decoder(cell, kind, fused, feeding)
             x, mask, h0 = pt.tensor3("x"), pt.matrix("mask"), pt.matrix("h0")
             annotations, src_mask = pt.tensor3("annotations"), pt.matrix("src_mask")
             w_h, w_ctx, w_att = pt.tensor3("w_h"), pt.tensor3("w_ctx"), pt.tensor3("w_att")
-            keys = dec.attention.keys(annotations)
-            memory = [keys, annotations, src_mask]
-            states, ctx, weights = dec.scan(dec.project(x), mask, dec.initial_state(h0), memory)
+            memory = read(dec, annotations, src_mask)
+            states, ctx, weights = dec.scan(x, mask, dec.initial_state(h0, memory), memory)
             cost = (states[0] * w_h).sum() + (ctx * w_ctx).sum() + (weights * w_att).sum() + states[-1][-1].sum()
             grads = pytensor.grad(cost, [x, h0, annotations, *dec.params])
             fns.append(pytensor.function([x, mask, h0, annotations, src_mask, w_h, w_ctx, w_att],
@@ -80,10 +92,12 @@ def loop_functions(cell, kind):
 
 
 COMBOS = [(cell, "bahdanau") for cell in CELLS] + [("gru", "luong"), ("lstm", "luong"), ("mgu", "scaled_dot"),
-                                                   ("gru", "scaled_dot")]
+                                                   ("gru", "scaled_dot"), ("gru", "coverage"), ("lstm", "coverage")]
+COMBOS = [(*combo, False) for combo in COMBOS] + [("gru", "bahdanau", True), ("lstm", "coverage", True),
+                                                  ("mgu", "luong", True)]
 
 
-@settings(max_examples=14, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
     combo=st.sampled_from(COMBOS),
     tgt_lengths=st.lists(st.integers(1, 4), min_size=1, max_size=3),
@@ -92,8 +106,9 @@ COMBOS = [(cell, "bahdanau") for cell in CELLS] + [("gru", "luong"), ("lstm", "l
 )
 def test_fused_attention_loop_equals_scan(combo, tgt_lengths, src_lengths, seed):
     """Every cell (both GRU conventions, the LSTM, a user's cell, subclasses that override
-    recur), Bahdanau, Luong and a user's attention module; target and source lengths from 1,
-    padded: the fused loop gives scan's states, contexts, weights and gradients (inputs,
+    recur), Bahdanau, Luong, coverage and a user's attention module, with and without input
+    feeding; target and source lengths from 1, padded: the fused loop gives scan's states
+    (coverage and the fed vector included), contexts, weights and gradients (inputs,
     initial state, annotations through the keys and directly, every parameter)."""
     B = len(tgt_lengths)
     sources = src_lengths.draw(st.lists(st.integers(1, 4), min_size=B, max_size=B))
@@ -113,19 +128,26 @@ def ops_of(var):
 
 
 def test_which_path_each_configuration_takes():
-    """The attention decoder of every fused cell runs as one StepLoop; fused=False and a
-    step that reads a shared variable the loop does not take run under scan."""
+    """The attention decoder of every fused cell runs as one StepLoop; fused=False runs
+    scan without a word; a step that reads a shared variable the loop does not take runs
+    under scan and says so, once, naming the module and the variable."""
     x, mask, annotations, src_mask = pt.tensor3("x"), pt.matrix("m"), pt.tensor3("a"), pt.matrix("sm")
-    for cell, kind in COMBOS:
-        dec = decoder(cell, kind, fused=True)
-        states, _, _ = dec.scan(dec.project(x), mask, dec.cell.zeros(x.shape[1]), [dec.attention.keys(annotations),
-                                                                              annotations, src_mask])
-        assert "StepLoop" in ops_of(states[0]) and "Scan" not in ops_of(states[0]), (cell, kind)
-    dec = decoder("lstm", "bahdanau", fused=False)
-    states, _, _ = dec.scan(dec.project(x), mask, dec.cell.zeros(x.shape[1]), [annotations, annotations, src_mask])
-    assert "Scan" in ops_of(states[0]) and "StepLoop" not in ops_of(states[0])
+    h0 = pt.matrix("h0")
+
+    def states_of(dec):
+        memory = read(dec, annotations, src_mask)
+        return dec.scan(x, mask, dec.initial_state(h0, memory), memory)[0]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", recurrence.SlowLoopWarning)
+        for cell, kind, feeding in COMBOS:
+            states = states_of(decoder(cell, kind, True, feeding))
+            assert "StepLoop" in ops_of(states[0]) and "Scan" not in ops_of(states[0]), (cell, kind, feeding)
+        states = states_of(decoder("lstm", "bahdanau", fused=False))
+        assert "Scan" in ops_of(states[0]) and "StepLoop" not in ops_of(states[0])
     dec = TemperedModel(tiny_config(attention="bahdanau")).modules["decoder"]
-    states, _, _ = dec.scan(dec.project(x), mask, dec.cell.zeros(x.shape[1]), [annotations, annotations, src_mask])
+    with pytest.warns(recurrence.SlowLoopWarning, match=r"decoder runs under pytensor.scan.*temperature"):
+        states = states_of(dec)
     assert "Scan" in ops_of(states[0]) and "StepLoop" not in ops_of(states[0])
 
 
@@ -147,6 +169,7 @@ class TemperedModel(Model):
         return modules
 
 
+@pytest.mark.filterwarnings("ignore::recurrence.SlowLoopWarning")
 def test_a_step_that_cannot_be_fused_trains_under_scan():
     model = TemperedModel(tiny_config(attention="bahdanau", bidirectional=True))
     src, tgt = batch(4)
