@@ -391,7 +391,7 @@ def named_class(name, registry, base, what):
             raise ValueError(f"{module_name} has no {class_name}")
         if isinstance(cls, type) and issubclass(cls, base):
             return cls
-        raise ValueError(f"{what} {name!r} is not a {base.__module__}.{base.__name__} subclass")
+        raise ValueError(f"{what} {name!r} is not a subclass of {base.__module__}.{base.__name__}")
     raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(sorted(registry))}, or module:Class")
 
 

@@ -5,7 +5,7 @@ import pytest
 import backend  # noqa: F401  (float32, before pytensor)
 import pytensor
 import pytensor.tensor as pt
-from attention import ATTENTIONS
+from attention import ATTENTIONS, attention_class
 from checkpoint import generator_state
 from dataset import make_batch
 from decode import beam_search
@@ -32,22 +32,29 @@ def random_pairs(n, seed, max_len=6):
             for _ in range(n)]
 
 
-@pytest.mark.parametrize("kind", ["bahdanau", "luong"])
+@pytest.mark.parametrize("kind", ["bahdanau", "luong", "coverage"])
 def test_attention_matches_numpy_and_masks_padding(kind):
+    """Each kind's scores, weights and context, and coverage's next state, against numpy."""
     rng = np.random.default_rng(0)
     Ts, B, Hq, C = 5, 3, 4, 6
     att = ATTENTIONS[kind](Hq, C, 7, name="att", rng=rng)
-    q, ann, mask = pt.matrix("q"), pt.tensor3("ann"), pt.matrix("mask")
-    f = pytensor.function([q, ann, mask], att(q, att.keys(ann), ann, mask))
+    q, ann, mask, cov = pt.matrix("q"), pt.tensor3("ann"), pt.matrix("mask"), pt.matrix("cov")
+    state = [cov] if kind == "coverage" else []
+    f = pytensor.function([q, ann, mask, *state], att(q, att.keys(ann), ann, mask, *state))
     query = rng.standard_normal((B, Hq)).astype("float32")
     annotations = rng.standard_normal((Ts, B, C)).astype("float32")
+    coverage = rng.uniform(0, 2, (B, Ts)).astype("float32")
     lengths = [5, 2, 1]
     src_mask = (np.arange(Ts)[:, None] < np.array(lengths)[None]).astype("float32")
-    ctx, weights = f(query, annotations, src_mask)
+    ctx, weights, *new_state = f(query, annotations, src_mask, *([coverage] if state else []))
 
     p = {x.name.split(".")[-1]: x.get_value() for x in att.params}
     if kind == "bahdanau":
         scores = np.tanh(query @ p["W"] + annotations @ p["U"] + p["b"]) @ p["v"]  # (Ts, B)
+    elif kind == "coverage":
+        features = query @ p["W"] + annotations @ p["U"] + p["b"] + coverage.T[:, :, None] * p["w_cov"]
+        scores = np.tanh(features) @ p["v"]
+        np.testing.assert_allclose(new_state[0], coverage + weights.T, rtol=1e-6)
     else:
         scores = np.einsum("tbc,bc->tb", annotations, query @ p["W"])
     for b, n in enumerate(lengths):
@@ -154,3 +161,95 @@ def test_dropout_is_training_only_and_saved(model, tmp_path):
     dropped.save(tmp_path / "d.npz")
     loaded = Model.load(tmp_path / "d.npz")
     assert generator_state(loaded.dropout.rng) == generator_state(dropped.dropout.rng)
+
+
+USER_ATTENTION = '''
+import numpy as np
+import pytensor.tensor as pt
+import attention
+
+
+class Recency(attention.Attention):
+    """Bahdanau attention with a state: a decaying trace of past weights, subtracted from the
+    scores, so that recently attended words are attended less."""
+    n_states = 1
+
+    def initial_state(self, annotations, src_mask):
+        return [pt.zeros_like(src_mask.T)]
+
+    def __call__(self, query, keys, annotations, src_mask, trace):
+        weights = attention.masked_softmax(self.scores(query, keys) - trace.T, src_mask)
+        return attention.context(weights, annotations), weights, np.float32(0.5) * trace + weights.T
+
+
+class TwoOutputs(attention.Attention):
+    n_states = 1
+
+    def initial_state(self, annotations, src_mask):
+        return [pt.zeros_like(src_mask.T)]
+
+    def __call__(self, query, keys, annotations, src_mask, trace):
+        return super().__call__(query, keys, annotations, src_mask)
+
+
+class WrongShape(attention.Attention):
+    def __call__(self, query, keys, annotations, src_mask):
+        ctx, weights = super().__call__(query, keys, annotations, src_mask)
+        return ctx, weights.T
+
+
+class NotAnAttention:
+    pass
+'''
+
+
+@pytest.fixture(scope="module")
+def user_attention(tmp_path_factory):
+    import sys
+    folder = tmp_path_factory.mktemp("user_attention")
+    (folder / "myattention.py").write_text(USER_ATTENTION)
+    sys.path.insert(0, str(folder))
+    yield "myattention"
+    sys.path.remove(str(folder))
+
+
+def test_a_users_stateful_attention_by_module_and_class_trains_and_decodes(user_attention):
+    """--attention=myattention:Recency: a stateful attention in the user's own file, on the
+    fast loop, training and decoding (greedy and beam), with no file of the project changed."""
+    import warnings
+
+    import recurrence
+    from attention import check_attention
+    from test_cells import batch, tiny_config
+
+    check_attention(attention_class(f"{user_attention}:Recency"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", recurrence.SlowLoopWarning)
+        model = Model(tiny_config(attention=f"{user_attention}:Recency"))
+        step = model.compile_train("adam", 1.0)
+    assert "StepLoop" in {type(n.op).__name__ for n in step.maker.fgraph.apply_nodes}
+    src, tgt = batch(3)
+    losses = [float(step(src, tgt, np.float32(0.05))[0]) for _ in range(12)]
+    assert losses[-1] < losses[0] - 0.3
+    ys, _ = model.decode(src, max_len=5)
+    outputs, _ = beam_search(model, src, beam_size=1, max_len=5)
+    assert outputs == [[int(w) for w in row if w not in (PAD_ID, EOS_ID)] for row in ys]
+
+
+def test_a_users_broken_attention_is_one_line(user_attention):
+    from attention import check_attention
+
+    m = user_attention
+    with pytest.raises(ValueError, match=r"^TwoOutputs: n_states is 1, but initial_state gave 1 state\(s\) and "
+                                         r"__call__ returned 2 outputs; expected \(ctx, weights, \*new_state\): 3$"):
+        check_attention(attention_class(f"{m}:TwoOutputs"))
+    with pytest.raises(ValueError, match=r"^WrongShape returned weights of shape \(2, 3\); expected \(3, 2\)"):
+        check_attention(attention_class(f"{m}:WrongShape"))
+    with pytest.raises(ValueError, match=r"^attention '.*:NotAnAttention' is not a subclass of attention.Attention$"):
+        attention_class(f"{m}:NotAnAttention")
+    with pytest.raises(ValueError, match=r"^myattention has no Missing$"):
+        attention_class(f"{m}:Missing")
+    with pytest.raises(ValueError, match=r"^importing no_such_module failed: ModuleNotFoundError"):
+        attention_class("no_such_module:Attention")
+    with pytest.raises(ValueError, match=r"^unknown attention 'cover'; choose one of bahdanau, coverage, luong"):
+        attention_class("cover")

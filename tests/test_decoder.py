@@ -235,3 +235,140 @@ def test_training_decoding_and_beam_unchanged_by_the_fused_loop(cell, kind):
     assert ys.tolist() == greedy_ids and outputs == beam_ids
     np.testing.assert_allclose(logps, greedy_logps, atol=2e-3)
     np.testing.assert_allclose(scores, beam_scores, atol=2e-3)
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def test_coverage_and_input_feeding_step_match_numpy():
+    """One step of a GRU decoder with coverage attention and input feeding against a numpy
+    reference of the equations in decoder.py and attention.py: the new h, coverage and fed
+    vector, the context and the weights, with a padded source position."""
+    dec = decoder("gru", "coverage", fused=True, feeding=True)
+    att, cell, feed = dec.attention, dec.cell, dec.feed
+    rng = np.random.default_rng(0)
+    B, Ts = 3, 4
+    emb, h, f = (rng.standard_normal((B, n)).astype("float32") for n in (E, H, H))
+    cov = rng.uniform(0, 2, (B, Ts)).astype("float32")
+    ann = rng.standard_normal((Ts, B, C)).astype("float32")
+    src_mask = np.ones((Ts, B), "float32")
+    src_mask[3:, 1] = 0
+    e, hs, cs, fs, a, m = pt.matrix("e"), pt.matrix("h"), pt.matrix("cov"), pt.matrix("f"), pt.tensor3("a"), pt.matrix("m")
+    memory = read(dec, a, m)
+    new, ctx, weights = dec.step(e, [hs, cs, fs], memory)
+    got = pytensor.function([e, hs, cs, fs, a, m], [*new, ctx, weights], mode=MODE)(emb, h, cov, f, ann, src_mask)
+
+    v = lambda var: var.get_value()  # noqa: E731
+    scores = np.tanh(ann @ v(att.U) + v(att.b) + (h @ v(att.W))[None] + cov.T[:, :, None] * v(att.w_cov)) @ v(att.v)
+    scores = np.where(src_mask > 0, scores, -np.inf)
+    w = np.exp(scores - scores.max(0)) / np.exp(scores - scores.max(0)).sum(0)  # (Ts, B)
+    c = np.einsum("tb,tbc->bc", w, ann)
+    x = emb @ v(cell.W) + v(cell.b) + c @ v(dec.Wc) + f @ v(dec.Wf)
+    U = v(cell.U)
+    zr = sigmoid(x[:, : 2 * H] + h @ U[:, : 2 * H])
+    z, r = zr[:, :H], zr[:, H:]
+    h_new = z * h + (1 - z) * np.tanh(x[:, 2 * H :] + (r * h) @ U[:, 2 * H :])
+    f_new = np.tanh(np.concatenate([h_new, c], axis=1) @ v(feed.W) + v(feed.b))
+    want = [h_new, cov + w.T, f_new, c, w]
+    for k, (g, x_) in enumerate(zip(got, want)):
+        np.testing.assert_allclose(g, x_, rtol=2e-5, atol=2e-6, err_msg=f"output {k}")
+    assert got[-1][3, 1] == 0.0 and got[1][1, 3] == cov[1, 3]  # padding is never attended
+
+
+@pytest.fixture(scope="module")
+def coverage_model():
+    """A bidirectional LSTM model with coverage and input feeding, trained a few steps."""
+    model = Model(tiny_config(cell="lstm", attention="coverage", input_feeding=True, bidirectional=True))
+    step = model.compile_train("adam", 1.0)
+    src, tgt = batch(6)
+    for _ in range(5):
+        step(src, tgt, np.float32(0.05))
+    return model
+
+
+def test_coverage_and_input_feeding_decode_as_they_train(coverage_model):
+    """Greedy decoding in one scan, step by step (with the state carried from Python) and
+    as a beam of 1 give the same outputs, and each output's log-probability is its
+    teacher-forced score: the states (coverage, the fed vector) carry through decoding as
+    through training."""
+    from decode import beam_search, step_decode
+    from vocab import BOS_ID, EOS_ID, PAD_ID
+
+    model = coverage_model
+    src, _ = batch(7)
+    ys, logps = model.decode(src, max_len=6)
+    outputs = [[int(w) for w in row if w not in (PAD_ID, EOS_ID)] for row in ys]
+    stepped, step_logps = step_decode(model, src, max_len=6, unk_penalty=1e9)
+    beam, beam_logps = beam_search(model, src, beam_size=1, max_len=6)
+    assert stepped == outputs and beam == outputs
+    np.testing.assert_allclose(step_logps, logps, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(beam_logps, logps, rtol=1e-4, atol=1e-4)
+    nll = model.compile_eval()
+    for b, row in enumerate(ys):
+        ids = [int(w) for w in row if w != PAD_ID]
+        tgt = np.array([BOS_ID, *ids], dtype="int32")[:, None]
+        score, _ = nll(src[:, b : b + 1][: int((src[:, b] != PAD_ID).sum())], tgt)
+        assert -float(score) == pytest.approx(float(logps[b]), abs=1e-3)
+
+
+class MeanContextDecoder(Decoder):
+    """A user's decoder: Cho's decoder fed the mean of the annotations (over real source
+    positions) instead of the encoder's last state. It reads other memory entries than c,
+    so the model's encoding, teacher forcing and every decoder must ask it which."""
+
+    memory_names = ("annotations", "src_mask")
+
+    def _mean(self, memory):
+        annotations, src_mask = memory
+        return (annotations * src_mask[:, :, None]).sum(0) / pt.maximum(src_mask.sum(0), 1.0)[:, None]
+
+    def step(self, emb_t, state, memory):
+        return super().step(emb_t, state, [self._mean(memory)])
+
+    def scan(self, emb, mask, init, memory, mode=None, weights=None, zoneout=None):
+        return super().scan(emb, mask, init, [self._mean(memory)], mode, weights, zoneout)
+
+
+class MeanContextModel(Model):
+    def initModules(self):
+        modules = super().initModules()
+        E, H = self.config.embed_size, self.config.hidden_size
+        modules["decoder"] = MeanContextDecoder(layers.GRU([E, H], H, name="decoder", rng=self.rng))
+        return modules
+
+
+def test_a_users_decoder_in_init_modules_alone_trains_decodes_and_round_trips(tmp_path):
+    from decode import beam_search
+
+    model = MeanContextModel(tiny_config())
+    assert model.memory_names() == ("annotations", "src_mask") and not model.has_attention
+    src, tgt = batch(8)
+    step = model.compile_train("adam", 1.0)
+    losses = [float(step(src, tgt, np.float32(0.05))[0]) for _ in range(15)]
+    assert losses[-1] < losses[0] - 0.3
+    ys, _ = model.decode(src, max_len=6)
+    outputs, _ = beam_search(model, src, beam_size=1, max_len=6)
+    from vocab import EOS_ID, PAD_ID
+    assert outputs == [[int(w) for w in row if w not in (PAD_ID, EOS_ID)] for row in ys]
+    assert "StepLoop" in {type(n.op).__name__ for n in step.maker.fgraph.apply_nodes} or \
+        "GRUSequence" in {type(n.op).__name__ for n in step.maker.fgraph.apply_nodes}
+    model.save(tmp_path / "m.npz")
+    loaded = MeanContextModel.load(tmp_path / "m.npz")
+    assert (loaded.decode(src, max_len=6)[0] == ys).all()
+
+
+def test_a_bare_cell_in_the_decoder_slot_is_chos_decoder():
+    class LSTMDecoderModel(Model):
+        def initModules(self):
+            modules = super().initModules()
+            E, H = self.config.embed_size, self.config.hidden_size
+            modules["decoder"] = layers.LSTM([E, H], H, name="decoder", rng=self.rng)
+            return modules
+
+    model = LSTMDecoderModel(tiny_config())
+    dec = model.modules["decoder"]
+    assert isinstance(dec, Decoder) and isinstance(dec.cell, layers.LSTM) and dec.params == dec.cell.params
+    src, tgt = batch(9)
+    loss, n = model.compile_eval()(src, tgt)
+    assert np.isfinite(loss) and n > 0

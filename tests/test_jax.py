@@ -1,7 +1,8 @@
 """--mode=JAX: the same graphs lowered to JAX compute what CVM computes.
 
 Every cell (Cho's GRU, reset_after, the LSTM, a user's MGU written only as `recur`) in every
-slot, attention of both kinds over a bidirectional stacked encoder, weight-drop: the loss and
+slot, every attention kind (coverage's state) with and without input feeding over a
+bidirectional stacked encoder, weight-drop, zoneout: the loss and
 every parameter's gradient under JAX equal CVM's to float32 tolerance, on a batch with
 padding (which JAX pads further to bucket sizes). Greedy, sampled and beam outputs are the
 same; checkpoints move between the modes both ways; recompilation is bounded by the buckets.
@@ -56,6 +57,8 @@ SETTINGS = {
                                            "encoder_layers": 2},
     "lstm_luong": {"cell": "lstm", "attention": "luong"},
     "gru_bahdanau_tied": {"attention": "bahdanau", "tie_embeddings": True, "embed_init_std": 0.2},
+    "gru_coverage_input_feeding": {"attention": "coverage", "input_feeding": True},
+    "lstm_zoneout": {"cell": "lstm", "zoneout": 0.3},
 }
 
 
@@ -73,8 +76,9 @@ def test_loss_and_every_gradient_equal_cvm(name):
 
 @pytest.fixture(scope="module")
 def pair():
-    """The same attention model under CVM and JAX, trained a few steps under CVM."""
-    cfg = config(cell="lstm", attention="bahdanau", bidirectional=True)
+    """The same attention model (coverage, input feeding) under CVM and JAX, trained a few
+    steps under CVM."""
+    cfg = config(cell="lstm", attention="coverage", input_feeding=True, bidirectional=True)
     cvm, jax = Model(cfg, mode="CVM"), Model(cfg, mode="JAX")
     step = cvm.compile_train("adam", 1.0)
     src, tgt = batch(1)

@@ -1,7 +1,7 @@
 """The regularisers: each acts in training only (evaluation, decoding and beam search are
 deterministic and equal a model without it), locked dropout keeps one mask per sequence,
-weight-drop reaches the fused loops, tying shares the table, label smoothing is the
-cross-entropy against the smoothed target, and bad settings are one-line errors."""
+weight-drop and zoneout run on the fast loops, tying shares the table, label smoothing is
+the cross-entropy against the smoothed target, and bad settings are one-line errors."""
 import numpy as np
 import pytest
 
@@ -113,7 +113,7 @@ class WideReadout(Model):
 
 @pytest.mark.parametrize("setting, value", [("embed_dropout", 1.0), ("rnn_dropout", -0.1), ("weight_drop", 1.5),
                                             ("word_dropout", 1.0), ("readout_dropout", 2.0),
-                                            ("label_smoothing", -0.2)])
+                                            ("label_smoothing", -0.2), ("zoneout", 1.0)])
 def test_out_of_range_rates_are_one_line_errors(setting, value):
     with pytest.raises(ConfigError, match=rf"^{setting}={value}: must be in \[0, 1\)$"):
         check(TrainConfig(), tiny_config(**{setting: value}))
@@ -125,3 +125,91 @@ def test_untieable_shapes_name_both():
     with pytest.raises(ConfigError, match="patience=-1: must not be negative"):
         check(TrainConfig(patience=-1), tiny_config())
     assert isinstance(ModelConfig().label_smoothing, float)
+
+
+def zoneout_functions(make, n_in):
+    """(fast, scan) versions of f(x, mask, u, h0) -> [state sequences, d/d(x, h0, params)]
+    for the loop `make(fused)` builds, run with zoneout's update mask u."""
+    fns = []
+    for fused in (True, False):
+        owner, run = make(fused)
+        x, mask, u, h0 = pt.tensor3("x"), pt.matrix("mask"), pt.tensor3("u"), pt.matrix("h0")
+        states = run(x, mask, u, h0)
+        cost = sum((s * np.float32(k + 1)).sum() for k, s in enumerate(states))
+        grads = pytensor.grad(cost, [x, h0, *owner.params])
+        fns.append(pytensor.function([x, mask, u, h0], [*states, *grads], mode=backend.compile_mode("CVM")))
+    return fns
+
+
+def test_zoneout_on_the_fast_loop_equals_scan_and_its_equations():
+    """Zoneout's update mask, drawn outside the loop, gives the same states and gradients
+    on the fast loop as under scan, for a cell and for an attention decoder with coverage
+    and input feeding; a mask of ones is no zoneout and a mask of zeros keeps the state."""
+    import warnings
+
+    import recurrence
+    from attention import CoverageAttention
+    from decoder import AttentionDecoder
+
+    E, H, Ts, B, T = 3, 4, 3, 2, 5
+    rng = np.random.default_rng(0)
+    annotations = rng.standard_normal((Ts, B, 5)).astype("float32")
+
+    def lstm(fused):
+        cell = layers.LSTM(E, H, name="zlstm", rng=np.random.default_rng(1), fused=fused)
+        return cell, lambda x, mask, u, h0: cell.scan(cell.project(x), mask, init=cell.initial_state(h0), zoneout=u)
+
+    def attention_decoder(fused):
+        r = np.random.default_rng(2)
+        dec = AttentionDecoder(layers.GRU(E, H, name="zdec", rng=r, fused=fused), 5,
+                               CoverageAttention(H, 5, 6, "zdec.attention", r), r, input_feeding=True)
+
+        def run(x, mask, u, h0):
+            memory = dec.prepare({"annotations": pt.constant(annotations), "src_mask": pt.ones((Ts, B))})
+            memory = [memory[k] for k in dec.memory_names]
+            return dec.scan(x, mask, dec.initial_state(h0, memory), memory, zoneout=u)[0]
+        return dec, run
+
+    mask = np.ones((T, B), "float32")
+    mask[3:, 1] = 0
+    x, h0 = rng.standard_normal((T, B, E)).astype("float32"), rng.standard_normal((B, H)).astype("float32")
+    for make in (lstm, attention_decoder):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", recurrence.SlowLoopWarning)
+            fast, scanned = zoneout_functions(make, E)
+        ops = {type(node.op).__name__ for node in fast.maker.fgraph.apply_nodes}
+        assert "StepLoop" in ops and "Scan" not in ops
+        u = (rng.random((T, B, H)) < 0.7).astype("float32")
+        for got, want in zip(fast(x, mask, u, h0), scanned(x, mask, u, h0)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
+        kept = fast(x, mask, np.zeros((T, B, H), "float32"), h0)[0]
+        np.testing.assert_array_equal(kept, np.broadcast_to(h0, kept.shape))
+    cell, run = lstm(True)
+    xs, ms, us, hs = pt.tensor3(), pt.matrix(), pt.tensor3(), pt.matrix()
+    with_ones = pytensor.function([xs, ms, us, hs], run(xs, ms, us, hs)[0])(x, mask, np.ones((T, B, H), "float32"), h0)
+    without = pytensor.function([xs, ms, hs], cell.scan(cell.project(xs), ms, init=cell.initial_state(hs))[0])
+    np.testing.assert_allclose(with_ones, without(x, mask, h0), rtol=1e-5, atol=1e-6)
+
+
+def test_zoneout_in_a_model_draws_new_masks_and_decodes_with_its_expectation():
+    """A model with zoneout trains on the fast loop with a new update mask every step;
+    evaluation and decoding use its expectation, so greedy decoding's log-probabilities are
+    the teacher-forced scores of its outputs."""
+    from vocab import BOS_ID, PAD_ID
+
+    model = Model(tiny_config(cell="lstm", attention="bahdanau", zoneout=0.4))
+    train = model.compile_train("sgd", 0.0)
+    names = {type(node.op).__name__ for node in train.maker.fgraph.apply_nodes}
+    assert "StepLoop" in names and "Scan" not in names
+    src, tgt = batch(3)
+    rng_before = model.dropout.rng.get_value().bit_generator.state
+    losses = [float(train(src, tgt, np.float32(0.0))[0]) for _ in range(2)]  # lr 0: the same weights
+    assert model.dropout.rng.get_value().bit_generator.state != rng_before and losses[0] != losses[1]
+    ev = model.compile_eval()
+    assert float(ev(src, tgt)[0]) == float(ev(src, tgt)[0])
+    ys, logps = model.decode(src, max_len=5)
+    for b, row in enumerate(ys):
+        ids = [int(w) for w in row if w != PAD_ID]
+        tgt_b = np.array([BOS_ID, *ids], dtype="int32")[:, None]
+        score, _ = ev(src[:, b : b + 1][: int((src[:, b] != PAD_ID).sum())], tgt_b)
+        assert -float(score) == pytest.approx(float(logps[b]), abs=1e-3)
