@@ -38,9 +38,9 @@ import pytensor
 import pytensor.tensor as pt
 from attention import ATTENTIONS, attention_class
 from decoder import AttentionDecoder, Decoder
-from configurator import setting
-from configurator import ConfigError
-from vocab import EOS_ID, PAD_ID, UNK_ID
+from configurator import ConfigError, setting
+from regularisers import Regularisers
+from vocab import PAD_ID
 
 @dataclass
 class ModelConfig:
@@ -73,18 +73,17 @@ class ModelConfig:
     src_vocab_size: int = setting(0, "from the prepared data's vocabulary", derived=True)
     tgt_vocab_size: int = setting(0, "from the prepared data's vocabulary", derived=True)
 
-
-def approx_param_count(cfg):
-    """About how many parameters initModules() builds for `cfg` at most (gated cells counted
-    as LSTMs, the largest stock cell, with attention and input feeding), known before any
-    memory is allocated."""
-    E, H, dirs = cfg.embed_size, cfg.hidden_size, 2 if cfg.bidirectional else 1
-    C, A = H * dirs, cfg.attention_size or H
-    cell = lambda n_in: 4 * H * (n_in + H + 1)  # noqa: E731
-    encoder = dirs * (cell(E) + (cfg.encoder_layers - 1) * cell(C))
-    decoder = cell(E + C) + C * H + (H + E + C) * E + E * cfg.tgt_vocab_size
-    attention = A * (H + C + 2) + 4 * H * H + (H + C + 1) * H  # + input feeding's W_f and feed layer
-    return (cfg.src_vocab_size + cfg.tgt_vocab_size) * E + encoder + decoder + attention
+    def approx_param_count(self):
+        """About how many parameters initModules() builds for these settings at most (gated cells counted
+        as LSTMs, the largest stock cell, with attention and input feeding), known before any
+        memory is allocated."""
+        E, H, dirs = self.embed_size, self.hidden_size, 2 if self.bidirectional else 1
+        C, A = H * dirs, self.attention_size or H
+        cell = lambda n_in: 4 * H * (n_in + H + 1)  # noqa: E731
+        encoder = dirs * (cell(E) + (self.encoder_layers - 1) * cell(C))
+        decoder = cell(E + C) + C * H + (H + E + C) * E + E * self.tgt_vocab_size
+        attention = A * (H + C + 2) + 4 * H * H + (H + C + 1) * H  # + input feeding's W_f and feed layer
+        return (self.src_vocab_size + self.tgt_vocab_size) * E + encoder + decoder + attention
 
 
 class Model:
@@ -111,6 +110,7 @@ class Model:
         self.checkpoint_file = None
         self.functions = {}  # compiled functions by key, built on first use (backend.cached)
         self.dropout = layers.Dropout(config.init_seed + 1)  # training advances it, checkpoints save it
+        self.reg = Regularisers(config, self.dropout)
 
     def initModules(self):
         """The model's modules, one line each: the place to edit. Every recurrent slot is a
@@ -163,61 +163,27 @@ class Model:
         src_mask (Ts, B); and, for attention, keys (Ts, B, A)."""
         m, cfg = self.modules, self.config
         src_mask = pt.neq(src, PAD_ID).astype(layers.FLOATX)  # (Ts, B)
-        x = self._drop(m["src_embed"](self._word_dropout(src, train)), cfg.embed_dropout, train)  # (Ts, B, E)
+        x = self.reg.drop(m["src_embed"](self.reg.word_dropout(src, train)), cfg.embed_dropout, train)  # (Ts, B, E)
         for layer in range(cfg.encoder_layers):
             name = "encoder" if layer == 0 else f"encoder{layer}"
-            x = self._drop(x, cfg.dropout if layer > 0 else 0.0, train)
-            x = self._drop(x, cfg.rnn_dropout, train, locked=True)
+            x = self.reg.drop(x, cfg.dropout if layer > 0 else 0.0, train)
+            x = self.reg.drop(x, cfg.rnn_dropout, train, locked=True)
             cell = m[name]
-            fwd = cell.scan(cell.project(x), src_mask, mode=self.mode_name, weights=self._dropped_U(cell, train),
-                            zoneout=self._zoneout(src_mask, cell, train))[0]
+            fwd = cell.scan(cell.project(x), src_mask, mode=self.mode_name, weights=self.reg.dropped_U(cell, train),
+                            zoneout=self.reg.zoneout(src_mask, cell, train))[0]
             # Masking carried each state past its padding, so fwd[-1] is after the last token.
             annotations, c = fwd, fwd[-1]  # (Ts, B, H), (B, H)
             if cfg.bidirectional:
                 cell = m[f"{name}_bwd"]
                 # Scanning backwards, padding comes first and leaves the zero state as it is.
                 bwd = cell.scan(cell.project(x), src_mask, go_backwards=True, mode=self.mode_name,
-                                weights=self._dropped_U(cell, train), zoneout=self._zoneout(src_mask, cell, train))[0]
+                                weights=self.reg.dropped_U(cell, train), zoneout=self.reg.zoneout(src_mask, cell, train))[0]
                 bwd = bwd[::-1]  # (Ts, B, H), back in source order
                 annotations = pt.concatenate([fwd, bwd], axis=2)  # (Ts, B, 2H)
                 c = pt.concatenate([c, bwd[0]], axis=1)  # (B, 2H)
-            x = self._drop(annotations, cfg.rnn_dropout, train, locked=True)
+            x = self.reg.drop(annotations, cfg.rnn_dropout, train, locked=True)
         # The decoder adds what it computes once per batch (attention keys (Ts, B, A)).
         return m["decoder"].prepare({"c": c, "annotations": x, "src_mask": src_mask})
-
-    # ---- regularisers: identities unless training with a non-zero rate ----------------------
-
-    def _drop(self, x, rate, train, locked=False):
-        """x with dropout at `rate` in training; `locked`: one mask per sequence of x (T, B, D)."""
-        if not train or rate <= 0:
-            return x
-        return self.dropout.locked(x, rate) if locked else self.dropout(x, rate)
-
-    def _word_dropout(self, ids, train):
-        """ids (T, B) with each word (not PAD, BOS or EOS) replaced by <unk> at word_dropout."""
-        if not train or self.config.word_dropout <= 0:
-            return ids
-        drop = pt.and_(pt.lt(self.dropout.uniform(ids.shape), np.float32(self.config.word_dropout)), pt.gt(ids, EOS_ID))
-        return pt.switch(drop, UNK_ID, ids).astype(ids.dtype)
-
-    def _dropped_U(self, cell, train):
-        """{cell.U: U * mask} for weight-drop in training (one mask per batch), else {}."""
-        rate = self.config.weight_drop
-        if not train or rate <= 0 or not isinstance(getattr(cell, "U", None), pytensor.compile.SharedVariable):
-            return {}
-        return {cell.U: self.dropout(cell.U, rate)}
-
-    def _zoneout(self, mask, cell, train):
-        """Zoneout's update mask (T, B, H) for `cell` over steps `mask` (T, B): 1 where a
-        state unit takes its new value, 0 where it keeps its previous one, drawn in training;
-        1 - zoneout everywhere (its expectation) otherwise. None when zoneout is off."""
-        rate = self.config.zoneout
-        if rate <= 0:
-            return None
-        shape = (mask.shape[0], mask.shape[1], cell.hiddenSize)
-        if not train:
-            return pt.alloc(np.float32(1.0 - rate), *shape)
-        return pt.ge(self.dropout.uniform(shape), np.float32(rate)).astype(layers.FLOATX)
 
     @property
     def has_attention(self):
@@ -252,7 +218,7 @@ class Model:
         dec = self.modules["decoder"]
         cell = getattr(dec, "cell", dec)
         states, ctx, weights = dec.scan(emb, tgt_mask, self.decoder_init(memory), self._read(memory), self.mode_name,
-                                        self._dropped_U(cell, train), self._zoneout(tgt_mask, cell, train))
+                                        self.reg.dropped_U(cell, train), self.reg.zoneout(tgt_mask, cell, train))
         return states[0], ctx, weights
 
     def logits(self, h, y_prev_emb, c):
@@ -270,10 +236,10 @@ class Model:
         memory = self.encode(src, train)
         tgt_in, tgt_out = tgt[:-1], tgt[1:]  # (T, B) each
         tgt_mask = pt.neq(tgt_out, PAD_ID).astype(layers.FLOATX)  # (T, B)
-        emb = self._drop(self.modules["tgt_embed"](self._word_dropout(tgt_in, train)), cfg.embed_dropout, train)
-        h, ctx, _ = self.decoder_states(self._drop(emb, cfg.rnn_dropout, train, locked=True), tgt_mask, memory, train)
-        readout = self.modules["readout"](self._drop(h, cfg.rnn_dropout, train, locked=True), emb, ctx)  # (T, B, E)
-        logits = self.modules["ffout"](self._drop(readout, cfg.readout_dropout, train))  # (T, B, V)
+        emb = self.reg.drop(self.modules["tgt_embed"](self.reg.word_dropout(tgt_in, train)), cfg.embed_dropout, train)
+        h, ctx, _ = self.decoder_states(self.reg.drop(emb, cfg.rnn_dropout, train, locked=True), tgt_mask, memory, train)
+        readout = self.modules["readout"](self.reg.drop(h, cfg.rnn_dropout, train, locked=True), emb, ctx)  # (T, B, E)
+        logits = self.modules["ffout"](self.reg.drop(readout, cfg.readout_dropout, train))  # (T, B, V)
         flat = logits.reshape((-1, logits.shape[-1]))  # (T*B, V)
         # One fused C pass per row, forward and backward (kernels.py, README Performance).
         nll, objective = kernels.smoothed_cross_entropy(flat, tgt_out.flatten(), cfg.label_smoothing if train else 0)

@@ -33,7 +33,7 @@ from attention import ATTENTIONS, attention_class, check_attention
 from checkpoint import CheckpointError, checkpoint_path
 from configurator import ConfigError, configure, require, setting
 from dataset import Batcher, DataError, check_prepared_as, dataset_dir, load_dataset, prepared_facts
-from model import Model, ModelConfig, approx_param_count
+from model import Model, ModelConfig
 from progress import Progress, notices
 from runs import RunError, RunFolder, append_log, keep_snapshots, plot_log, read_log, run_dir, write_log
 from scoring import print_val_samples, read_references, validation_metrics
@@ -130,7 +130,7 @@ def check(cfg, mcfg):
 def check_memory(mcfg):
     """Refuse a model whose parameters, gradients and Adam moments alone exceed the memory
     this machine has free, before allocating any of it."""
-    need = approx_param_count(mcfg) * 4 * 5  # float32: params, gradients, 2 moments, a temporary
+    need = mcfg.approx_param_count() * 4 * 5  # float32: params, gradients, 2 moments, a temporary
     try:
         with open("/proc/meminfo") as f:
             free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))

@@ -25,11 +25,17 @@ same thread settings (OMP/OpenBLAS/MKL threads and torch.set_num_threads):
 - pytensor_att, pytensor_att_lstm, pytensor_att_mgu: model.Model with bidirectional=true
                      and attention=bahdanau (GRU, LSTM, MGU in every slot); the attention
                      decoder runs on recurrence.py's loop, derived from its `attend`;
+- pytensor_att_if, pytensor_att_cov: the GRU attention model with input_feeding=true, and
+                     with attention=coverage: stateful decoders on the same loop;
+- pytensor_att_if_scan, pytensor_att_cov_scan: the same two with every loop under
+                     pytensor.scan (fused=False), the path a step that cannot run alone takes;
 - torch_att_gru, torch_att_lstm, torch_att_mgu: the same model as a PyTorch user writes it
                      (torch_reference.TorchAttentionModel): a fused bidirectional encoder
                      (nn.GRU, nn.LSTM; a loop for the MGU), then a Python loop of one cell
                      (nn.GRUCell, nn.LSTMCell, the MGU) with additive attention, keys
-                     computed once per batch.
+                     computed once per batch; torch_att_if and torch_att_cov add input
+                     feeding and coverage to the nn.GRUCell loop (the same equations,
+                     tests/test_torch_reference.py).
 - jax, jax_lstm, jax_mgu, jax_att, jax_att_lstm, jax_att_mgu: the pytensor rows' models
                      under --mode=JAX (pip install -r requirements-jax.txt): every cell
                      under pytensor.scan, lowered to jax.lax.scan and compiled by XLA; the
@@ -62,19 +68,29 @@ SIZES = dict(E=256, H=512, V=10000, B=64, T=30)
 SEED_SIZES = dict(H=1000, B=128)  # --size=seed: the seed's example had 1,000 hidden units
 IMPLS = ("pytensor", "pytensor_ra", "pytensor_lstm", "pytensor_mgu", "torch_gru", "torch_lstm", "torch_loop",
          "torch_mgu_loop", "pytensor_att", "pytensor_att_lstm", "pytensor_att_mgu", "torch_att_gru", "torch_att_lstm",
-         "torch_att_mgu")
-REFERENCES = {"pytensor": "torch_gru", "pytensor_ra": "torch_gru", "pytensor_lstm": "torch_lstm",
+         "torch_att_mgu", "pytensor_att_if", "pytensor_att_cov", "pytensor_att_if_scan", "pytensor_att_cov_scan",
+         "torch_att_if", "torch_att_cov")
+REFERENCES = {"pytensor_att_if": "torch_att_if", "pytensor_att_cov": "torch_att_cov",
+              "pytensor_att_if_scan": "pytensor_att_if", "pytensor_att_cov_scan": "pytensor_att_cov",
+              "pytensor": "torch_gru", "pytensor_ra": "torch_gru", "pytensor_lstm": "torch_lstm",
               "pytensor_mgu": "torch_mgu_loop", "torch_loop": "torch_gru", "pytensor_att": "torch_att_gru",
               "pytensor_att_lstm": "torch_att_lstm", "pytensor_att_mgu": "torch_att_mgu"}
 # Model settings of our implementations; gates per cell, for the FLOP count.
 ATTENTION = {"bidirectional": True, "attention": "bahdanau"}
 OURS = {"pytensor": {}, "pytensor_ra": {"reset_after": True}, "pytensor_lstm": {"cell": "lstm"},
         "pytensor_mgu": {"cell": "benchmarks.mgu:MGU"}, "pytensor_att": ATTENTION,
-        "pytensor_att_lstm": {**ATTENTION, "cell": "lstm"}, "pytensor_att_mgu": {**ATTENTION, "cell": "benchmarks.mgu:MGU"}}
+        "pytensor_att_lstm": {**ATTENTION, "cell": "lstm"}, "pytensor_att_mgu": {**ATTENTION, "cell": "benchmarks.mgu:MGU"},
+        "pytensor_att_if": {**ATTENTION, "input_feeding": True}, "pytensor_att_cov": {**ATTENTION, "attention": "coverage"}}
+OURS.update(pytensor_att_if_scan=OURS["pytensor_att_if"], pytensor_att_cov_scan=OURS["pytensor_att_cov"])
+SCAN = {"pytensor_att_if_scan", "pytensor_att_cov_scan"}  # every module's loop under pytensor.scan
+FEEDING = {"pytensor_att_if", "pytensor_att_if_scan", "torch_att_if"}  # input feeding's matmuls in the FLOPs
 GATES = {"pytensor": 3, "pytensor_ra": 3, "pytensor_lstm": 4, "pytensor_mgu": 2, "torch_gru": 3, "torch_lstm": 4,
          "torch_loop": 3, "torch_mgu_loop": 2, "pytensor_att": 3, "pytensor_att_lstm": 4, "pytensor_att_mgu": 2,
-         "torch_att_gru": 3, "torch_att_lstm": 4, "torch_att_mgu": 2}
-ATTENTIVE = {"pytensor_att", "pytensor_att_lstm", "pytensor_att_mgu", "torch_att_gru", "torch_att_lstm", "torch_att_mgu"}
+         "torch_att_gru": 3, "torch_att_lstm": 4, "torch_att_mgu": 2, "pytensor_att_if": 3, "pytensor_att_cov": 3,
+         "pytensor_att_if_scan": 3, "pytensor_att_cov_scan": 3, "torch_att_if": 3, "torch_att_cov": 3}
+ATTENTIVE = {"pytensor_att", "pytensor_att_lstm", "pytensor_att_mgu", "torch_att_gru", "torch_att_lstm", "torch_att_mgu",
+             "pytensor_att_if", "pytensor_att_cov", "pytensor_att_if_scan", "pytensor_att_cov_scan", "torch_att_if",
+             "torch_att_cov"}
 # The same models under --mode=JAX (every cell under pytensor.scan, lowered to one lax.scan),
 # each beside the CVM row of the same model: "x CVM" in the table.
 JAX_ROWS = {"jax": "pytensor", "jax_lstm": "pytensor_lstm", "jax_mgu": "pytensor_mgu", "jax_att": "pytensor_att",
@@ -87,14 +103,15 @@ for _jax, _cvm in JAX_ROWS.items():
         ATTENTIVE.add(_jax)
 
 
-def flops(E, H, V, B, T, G=3, attention=False):
+def flops(E, H, V, B, T, G=3, attention=False, feeding=False):
     """Matmul FLOPs of one training step and of one greedy decoding step (2 per multiply-add),
     for a cell with G gates (GRU 3, LSTM 4, MGU 2).
 
     Without attention the decoder's per-step input width is counted as E: c's projection
     (B, H) x (H, GH) is computed once per sequence, as model.Model does. With attention
     (bidirectional encoder, C = 2H, attention width H) each decoder step also projects the
-    query, scores T source positions and reads the context, whose projection it adds."""
+    query, scores T source positions and reads the context, whose projection it adds; with
+    input feeding also the attentional vector's layer and its projection."""
     mm = lambda m, k, n: 2 * m * k * n  # noqa: E731
     N = B * T
     if not attention:
@@ -108,6 +125,8 @@ def flops(E, H, V, B, T, G=3, attention=False):
     C = 2 * H
     attend = mm(B, H, H) + mm(N, H, 1) + mm(N, 1, C)  # query, scores (with v), context: per step
     decode_step = attend + mm(B, E + C, G * H) + mm(B, H, G * H) + mm(B, H + E + C, E) + mm(B, E, V)
+    if feeding:
+        decode_step += mm(B, H + C, H) + mm(B, H, G * H)
     forward = (2 * (mm(N, E, G * H) + mm(N, H, G * H))  # both encoder directions
                + mm(B, C, H) + mm(N, C, H)  # init, the keys
                + T * decode_step)  # the decoder, teacher-forced
@@ -138,6 +157,8 @@ def run_pytensor(args, settings):
     cfg = ModelConfig(embed_size=s["E"], hidden_size=s["H"], src_vocab_size=s["V"], tgt_vocab_size=s["V"],
                       **settings)
     model = Model(cfg, mode="JAX" if args.worker in JAX_ROWS else args.mode)
+    for module in model.modules.values() if args.worker in SCAN else ():
+        getattr(module, "cell", module).fused = False
     if args.device == "gpu" and args.worker in JAX_ROWS:
         import jax
 
@@ -217,7 +238,9 @@ def run_torch(args, impl):
              "torch_mgu_loop": lambda: torch_loop_model(s["E"], s["H"], s["V"], 2, mgu_step),
              "torch_att_gru": lambda: TorchAttentionModel(s["E"], s["H"], s["V"], cell="gru"),
              "torch_att_lstm": lambda: TorchAttentionModel(s["E"], s["H"], s["V"], cell="lstm"),
-             "torch_att_mgu": lambda: TorchAttentionModel(s["E"], s["H"], s["V"], cell="mgu")}[impl]()
+             "torch_att_mgu": lambda: TorchAttentionModel(s["E"], s["H"], s["V"], cell="mgu"),
+             "torch_att_if": lambda: TorchAttentionModel(s["E"], s["H"], s["V"], input_feeding=True),
+             "torch_att_cov": lambda: TorchAttentionModel(s["E"], s["H"], s["V"], coverage=True)}[impl]()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     src, tgt = (torch.from_numpy(a.astype("int64")).to("cuda" if gpu else "cpu")
                 for a in batch(np.random.default_rng(0), s["V"], s["B"], s["T"]))
@@ -309,7 +332,8 @@ def summarise(runs, peak):
     s = SIZES
     out = {}
     for impl, results in runs.items():
-        train_flops, decode_step_flops = flops(**SIZES, G=GATES[impl], attention=impl in ATTENTIVE)
+        train_flops, decode_step_flops = flops(**SIZES, G=GATES[impl], attention=impl in ATTENTIVE,
+                                               feeding=impl in FEEDING)
         train = statistics.median(t for r in results for t in r["train_s"])
         decode = statistics.median(t for r in results for t in r["decode_s"])
         decode_tokens = results[0]["decode_tokens"]

@@ -208,21 +208,32 @@ class TorchAttentionModel(torch.nn.Module):
     are computed once per batch, and the deep output [h; embedding; context].
 
     nn.GRUCell applies the reset gate after its recurrent matmul: Model(reset_after=True)
-    computes the same function (`from_model`, tests/test_torch_reference.py)."""
+    computes the same function (`from_model`, tests/test_torch_reference.py).
 
-    def __init__(self, E, H, V, A=None, cell="gru"):
+    `coverage` adds the running sum of past weights to the scores through a vector w_cov
+    (attention=coverage); `input_feeding` feeds f_{t-1} = tanh(feed([h_{t-1}; ctx_{t-1}]))
+    into the cell's input (input_feeding=true). The state is a tuple: the cell's (h, or h
+    and c), then the coverage (B, Ts), then f."""
+
+    def __init__(self, E, H, V, A=None, cell="gru", coverage=False, input_feeding=False):
         super().__init__()
         nn, C, A = torch.nn, 2 * H, A or H
-        self.H, self.cell = H, cell
+        self.H, self.cell, self.coverage, self.input_feeding = H, cell, coverage, input_feeding
+        self.n_cell = 2 if cell == "lstm" else 1
+        n_in = E + C + (H if input_feeding else 0)
         self.src_embed, self.tgt_embed = nn.Embedding(V, E), nn.Embedding(V, E)
         if cell == "mgu":
             self.encoder, self.encoder_bwd = MGULayer(E, H), MGULayer(E, H)
-            self.decoder = MGUCell(E + C, H)
+            self.decoder = MGUCell(n_in, H)
         else:
             self.encoder = {"gru": nn.GRU, "lstm": nn.LSTM}[cell](E, H, bidirectional=True)
-            self.decoder = {"gru": nn.GRUCell, "lstm": nn.LSTMCell}[cell](E + C, H)
+            self.decoder = {"gru": nn.GRUCell, "lstm": nn.LSTMCell}[cell](n_in, H)
         self.init = nn.Linear(C, H)
         self.att_query, self.att_keys, self.att_v = nn.Linear(H, A, bias=False), nn.Linear(C, A), nn.Linear(A, 1, bias=False)
+        if coverage:
+            self.att_cov = nn.Parameter(torch.empty(A).uniform_(-0.05, 0.05))
+        if input_feeding:
+            self.feed = nn.Linear(H + C, H)
         self.readout = nn.Linear(H + E + C, E)
         self.out = nn.Linear(E, V)
 
@@ -236,20 +247,34 @@ class TorchAttentionModel(torch.nn.Module):
             annotations, _ = self.encoder(x)  # no padding in the benchmark: no packing needed
             fwd, bwd = annotations[..., : self.H], annotations[..., self.H :]
         h = torch.tanh(self.init(torch.cat([fwd[-1], bwd[0]], 1)))
-        state = (h, torch.zeros_like(h)) if self.cell == "lstm" else h
-        return annotations, self.att_keys(annotations), src != PAD_ID, state
+        state = [h, torch.zeros_like(h)] if self.cell == "lstm" else [h]
+        if self.coverage:
+            state.append(torch.zeros(src.shape[1], src.shape[0]))  # (B, Ts): nothing attended yet
+        if self.input_feeding:
+            state.append(torch.zeros_like(h))
+        return annotations, self.att_keys(annotations), src != PAD_ID, tuple(state)
 
-    def attend(self, h, keys, annotations, src_mask):
-        scores = self.att_v(torch.tanh(keys + self.att_query(h)[None]))[..., 0]  # (Ts, B)
+    def attend(self, h, keys, annotations, src_mask, coverage=None):
+        features = keys + self.att_query(h)[None]  # (Ts, B, A)
+        if coverage is not None:
+            features = features + coverage.T[..., None] * self.att_cov
+        scores = self.att_v(torch.tanh(features))[..., 0]  # (Ts, B)
         weights = torch.softmax(scores.masked_fill(~src_mask, float("-inf")), dim=0)
-        return (weights[..., None] * annotations).sum(0)  # (B, C)
+        return (weights[..., None] * annotations).sum(0), weights  # (B, C), (Ts, B)
 
     def step(self, emb, state, memory):
-        """One decoder step: (new state, its h, the context it read)."""
-        h = state[0] if self.cell == "lstm" else state
-        ctx = self.attend(h, *memory)
-        state = self.decoder(torch.cat([emb, ctx], 1), state)
-        return state, (state[0] if self.cell == "lstm" else state), ctx
+        """One decoder step: (new state tuple, its h, the context it read)."""
+        cell_state, rest = state[: self.n_cell], list(state[self.n_cell :])
+        coverage = rest.pop(0) if self.coverage else None
+        ctx, weights = self.attend(cell_state[0], *memory, coverage)
+        x = torch.cat([emb, ctx, *rest], 1)  # rest: f_{t-1} with input feeding
+        new = self.decoder(x, cell_state if self.cell == "lstm" else cell_state[0])
+        new = tuple(new) if self.cell == "lstm" else (new,)
+        if self.coverage:
+            new += (coverage + weights.T,)
+        if self.input_feeding:
+            new += (torch.tanh(self.feed(torch.cat([new[0], ctx], 1))),)
+        return new, new[0], ctx
 
     def logits(self, h, emb, ctx):
         return self.out(torch.tanh(self.readout(torch.cat([h, emb, ctx], -1))))
@@ -289,26 +314,27 @@ class TorchAttentionModel(torch.nn.Module):
         @torch.no_grad()
         def f_init(src):
             annotations, keys, src_mask, state = self.encode(torch.from_numpy(src).long())
-            return numpy([annotations, src_mask, keys, *(state if self.cell == "lstm" else [state])])
+            return numpy([annotations, src_mask, keys, *state])
 
         @torch.no_grad()
         def f_next(y_prev, *args):
             states, (annotations, src_mask, keys) = args[:-3], args[-3:]
-            state = tuple(map(torch.from_numpy, states)) if self.cell == "lstm" else torch.from_numpy(states[0])
+            state = tuple(map(torch.from_numpy, states))
             emb = self.tgt_embed(torch.from_numpy(y_prev).long())
             memory = (torch.from_numpy(keys), torch.from_numpy(annotations), torch.from_numpy(src_mask))
             state, h, ctx = self.step(emb, state, memory)
             logp = torch.log_softmax(self.logits(h, emb, ctx), dim=1)
-            return numpy([logp, *(state if self.cell == "lstm" else [state])])
+            return numpy([logp, *state])
 
         return f_init, f_next
 
     @classmethod
     def from_model(cls, model):
-        """Copy a PyTensor Model (reset_after GRU, bidirectional, one layer, Bahdanau)."""
+        """Copy a PyTensor Model (reset_after GRU, bidirectional, one layer, Bahdanau or
+        coverage attention, with or without input feeding)."""
         cfg = model.config
         E, H, V = cfg.embed_size, cfg.hidden_size, cfg.tgt_vocab_size
-        new = cls(E, H, V, cfg.attention_size or H)
+        new = cls(E, H, V, cfg.attention_size or H, coverage=cfg.attention == "coverage", input_feeding=cfg.input_feeding)
         p = {q.name: torch.tensor(q.get_value()) for q in model.params}
         gates = lambda w: torch.cat([w[..., H : 2 * H], w[..., :H], w[..., 2 * H :]], -1)  # noqa: E731  [z,r,h] -> [r,z,n]
         with torch.no_grad():
@@ -319,7 +345,13 @@ class TorchAttentionModel(torch.nn.Module):
                 getattr(new.encoder, f"weight_hh_l0{suffix}").copy_(gates(p[f"{name}.U"]).T)
                 getattr(new.encoder, f"bias_ih_l0{suffix}").copy_(gates(p[f"{name}.b"]))
                 getattr(new.encoder, f"bias_hh_l0{suffix}").zero_()
-            new.decoder.weight_ih.copy_(gates(torch.cat([p["decoder.W"], p["decoder.Wc"]], 0)).T)
+            feeding = [p["decoder.Wf"]] if cfg.input_feeding else []
+            new.decoder.weight_ih.copy_(gates(torch.cat([p["decoder.W"], p["decoder.Wc"], *feeding], 0)).T)
+            if cfg.input_feeding:
+                new.feed.weight.copy_(p["decoder.feed.W"].T)
+                new.feed.bias.copy_(p["decoder.feed.b"])
+            if cfg.attention == "coverage":
+                new.att_cov.copy_(p["decoder.attention.w_cov"])
             new.decoder.weight_hh.copy_(gates(p["decoder.U"]).T)
             new.decoder.bias_ih.copy_(gates(p["decoder.b"]))
             new.decoder.bias_hh.zero_()

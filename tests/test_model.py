@@ -274,3 +274,42 @@ def test_trained_checkpoint_resumes_only_with_its_whole_optimizer_state(tmp_path
     with pytest.raises(CheckpointError, match=f"{key} has shape \\(2,\\), the model needs"):
         Model.load(damaged(arrays, tmp_path, "shape.npz", **{key: np.zeros(2, "float32")})).compile_train("adam", 1.0)
     Model.load(path).compile_train("adam", 1.0)  # the whole state: resumes
+
+
+def test_checkpoints_of_the_earlier_decoder_layout_still_load(model, tmp_path):
+    """Checkpoints written before decoders were modules of their own record Cho's decoder by
+    its bare cell (`GRU`) and have no input_feeding or zoneout setting: they load, with the
+    same weights, as Decoder(GRU) with both off."""
+    model.save(tmp_path / "new.npz")
+    arrays = read_arrays(tmp_path / "new.npz")
+    meta = json.loads(str(arrays["meta"]))
+    assert meta["modules"]["decoder"] == "Decoder(GRU)"
+    meta["modules"]["decoder"] = "GRU"
+    for key in ("input_feeding", "zoneout"):
+        del meta["model_config"][key]
+    arrays["meta"] = np.array(json.dumps(meta))
+    save_arrays(tmp_path / "old.npz", arrays)
+    loaded = Model.load(tmp_path / "old.npz")
+    assert not loaded.config.input_feeding and loaded.config.zoneout == 0.0
+    for p, q in zip(model.params, loaded.params):
+        np.testing.assert_array_equal(p.get_value(), q.get_value())
+    meta["modules"]["decoder"] = "LSTM"
+    arrays["meta"] = np.array(json.dumps(meta))
+    save_arrays(tmp_path / "lstm.npz", arrays)
+    with pytest.raises(CheckpointError, match=r"'decoder' is a LSTM in the checkpoint but initModules\(\) builds a "
+                                              r"Decoder\(GRU\)"):
+        Model.load(tmp_path / "lstm.npz")
+
+
+def test_resuming_with_input_feeding_or_coverage_names_both_configurations(model, tmp_path):
+    import dataclasses
+
+    from configurator import ConfigError
+    from train import TrainConfig, init_or_resume
+
+    model.save(tmp_path / "ckpt_latest.npz", {"step": 3})
+    cfg = TrainConfig(init_from="resume", out_dir=str(tmp_path))
+    wanted = dataclasses.replace(CFG, input_feeding=True, attention="coverage")
+    with pytest.raises(ConfigError, match=r"^cannot change architecture settings on resume: attention=coverage \(the "
+                                          r"checkpoint's: none\), input_feeding=True \(the checkpoint's: False\)$"):
+        init_or_resume(cfg, wanted, {"input_feeding", "attention"}, None)

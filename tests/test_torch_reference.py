@@ -67,15 +67,18 @@ def test_reset_after_model_matches_fused_nn_gru():
         np.testing.assert_allclose(grad, torch_grads[p.name].numpy(), atol=1e-5, err_msg=p.name)
 
 
-def test_attention_model_matches_the_pytorch_loop_of_cells():
+@pytest.mark.parametrize("attention, feeding", [("bahdanau", False), ("coverage", True)])
+def test_attention_model_matches_the_pytorch_loop_of_cells(attention, feeding):
     """The benchmark's attention model (bidirectional nn.GRU, a loop of nn.GRUCell with
-    additive attention) computes the same loss and gradients as Model(reset_after=True,
-    bidirectional=True, attention="bahdanau"): the two benchmark rows do the same work."""
+    additive attention, and with coverage and input feeding) computes the same loss and
+    gradients as Model(reset_after=True, bidirectional=True, attention=..., input_feeding=...):
+    the benchmark rows do the same work, and coverage and input feeding are the same
+    equations written twice."""
     from torch_reference import TorchAttentionModel
 
     V, E, H, T, B = 30, 6, 9, 5, 4
     model = Model(ModelConfig(src_vocab_size=V, tgt_vocab_size=V, embed_size=E, hidden_size=H, reset_after=True,
-                              bidirectional=True, attention="bahdanau", attention_size=7))
+                              bidirectional=True, attention=attention, attention_size=7, input_feeding=feeding))
     rng = np.random.default_rng(2)
     src = rng.integers(4, V, size=(T, B)).astype("int32")
     tgt = rng.integers(4, V, size=(T + 1, B)).astype("int32")
@@ -84,6 +87,7 @@ def test_attention_model_matches_the_pytorch_loop_of_cells():
     loss, _ = model.loss(s, t)
     params = {p.name: p for p in model.params}
     names = ["encoder_bwd.U", "decoder.Wc", "decoder.attention.v", "decoder.attention.U", "readout.W"]
+    names += ["decoder.attention.w_cov", "decoder.Wf", "decoder.feed.W"] if feeding else []
     ours = pytensor.function([s, t], [loss] + pytensor.grad(loss, [params[n] for n in names]), mode=model.mode)(src, tgt)
 
     reference = TorchAttentionModel.from_model(model)
@@ -93,10 +97,14 @@ def test_attention_model_matches_the_pytorch_loop_of_cells():
     perm = lambda g: torch.cat([g[..., H : 2 * H], g[..., :H], g[..., 2 * H :]], -1)  # noqa: E731  [r,z,n] -> [z,r,h]
     torch_grads = {
         "encoder_bwd.U": perm(reference.encoder.weight_hh_l0_reverse.grad.T),
-        "decoder.Wc": perm(reference.decoder.weight_ih.grad.T)[E:],
+        "decoder.Wc": perm(reference.decoder.weight_ih.grad.T)[E : E + 2 * H],
         "decoder.attention.v": reference.att_v.weight.grad[0],
         "decoder.attention.U": reference.att_keys.weight.grad.T,
         "readout.W": reference.readout.weight.grad.T,
     }
+    if feeding:
+        torch_grads.update({"decoder.attention.w_cov": reference.att_cov.grad,
+                            "decoder.Wf": perm(reference.decoder.weight_ih.grad.T)[E + 2 * H :],
+                            "decoder.feed.W": reference.feed.weight.grad.T})
     for name, grad in zip(names, ours[1:]):
         np.testing.assert_allclose(grad, torch_grads[name].numpy(), atol=2e-5, err_msg=name)
