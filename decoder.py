@@ -23,8 +23,10 @@ reads in their place (weight-drop); the attention weights come out as (T, Ts, B)
 """
 import numpy as np
 
+import layers
 import pytensor.tensor as pt
 import recurrence
+from attention import ATTENTIONS
 from layers import FF, Module, _glorot
 
 
@@ -162,3 +164,69 @@ class AttentionDecoder(Module):
                               key=(attend.__func__, positions),
                               extra_shapes=[(T, B, annotations.shape[2]), (T, src_mask.shape[0], B)])
         return out[:n], out[n], out[n + 1]
+
+
+def check_decoder(dec, embed_size, context_size, batch_size=2, src_len=3):
+    """ValueError in one line, naming the decoder's class (and its cell's and attention's),
+    unless one step from its initial state, over a batch of 2 with 3 source positions, gives
+    as many float32 states of the same shapes, a context (B, C) and attention weights
+    (Ts, B) or None: what the model's decoding and training need of a decoder."""
+    parts = [type(p).__name__ for p in (getattr(dec, "cell", None), getattr(dec, "attention", None)) if p is not None]
+    name = type(dec).__name__ + (f"({', '.join(parts)})" if parts else "")
+    B, Ts, E, C, H = batch_size, src_len, embed_size, context_size, dec.hiddenSize
+    emb, c, h0, src_mask = pt.matrix("emb"), pt.matrix("c"), pt.matrix("h0"), pt.matrix("src_mask")
+    annotations = pt.tensor3("annotations")
+    try:
+        memory = dec.prepare({"c": c, "annotations": annotations, "src_mask": src_mask})
+        memory = [memory[k] for k in dec.memory_names]
+        init = list(dec.initial_state(h0, memory))
+        new, ctx, weights = dec.step(emb, list(init), memory)
+        new = as_list(new)
+    except Exception as err:
+        raise ValueError(f"{name}: one decoding step failed: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    if len(new) != len(init):
+        raise ValueError(f"{name}: a step returned {len(new)} state(s) from an initial state of {len(init)}")
+    outputs = [*init, *new, ctx] + ([] if weights is None else [weights])
+    for var in outputs:
+        if getattr(getattr(var, "type", None), "dtype", None) != "float32":
+            raise ValueError(f"{name}: a step returned a {getattr(getattr(var, 'type', None), 'dtype', var)!s} "
+                             "tensor; expected float32 (a float64 constant or shared variable upcasts it)")
+    rng = np.random.default_rng(0)
+    values = [rng.standard_normal(s).astype("float32") for s in [(B, E), (B, C), (B, H), (Ts, B, C)]]
+    values.append(np.ones((Ts, B), "float32"))
+    try:
+        import backend
+        import pytensor
+
+        got = pytensor.function([emb, c, h0, annotations, src_mask], outputs, on_unused_input="ignore",
+                                mode=backend.compile_mode("FAST_COMPILE"))(*values)
+    except Exception as err:
+        raise ValueError(f"{name}: one decoding step failed on a batch of {B}: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0]}") from None
+    n = len(init)
+    for k, (before, after) in enumerate(zip(got[:n], got[n : 2 * n])):
+        if before.shape != after.shape:
+            raise ValueError(f"{name}: state {k} is {before.shape} at the start but {after.shape} after a step")
+    if got[2 * n].shape != (B, C):
+        raise ValueError(f"{name}: its context is {got[2 * n].shape}; expected {(B, C)} (batch, annotation width)")
+    if weights is not None and got[-1].shape != (Ts, B):
+        raise ValueError(f"{name}: its attention weights are {got[-1].shape}; expected {(Ts, B)} (source, batch)")
+
+
+def check_modules(modules):
+    """ValueError in one line, naming the slot, unless every cell, attention and decoder of
+    the user's own in `modules` (from --cell, --attention or an edit of initModules()) passes
+    layers.check_recur or check_decoder. Stock modules are not checked."""
+    stock = (layers.GRU, layers.LSTM, Decoder, AttentionDecoder, *ATTENTIONS.values())
+    for name, module in modules.items():
+        parts = [module, getattr(module, "cell", None), getattr(module, "attention", None)]
+        if all(p is None or type(p) in stock for p in parts):
+            continue
+        try:
+            if isinstance(module, layers.Recurrent):
+                layers.check_recur(module)
+            elif name == "decoder":
+                E = modules["tgt_embed"].W.get_value(borrow=True).shape[1]
+                check_decoder(module, E, modules["init"].inputSize)
+        except ValueError as err:
+            raise ValueError(f"modules[{name!r}]: {err}") from None

@@ -402,16 +402,24 @@ def cell_class(name):
 
 def check_cell(cls, input_size=3, hidden_size=5, batch_size=2):
     """ValueError in one line, naming the class and `recur`, unless a small `cls` builds and
-    its `recur` returns n_states float32 states of shape (B, hiddenSize), computed for a
-    batch of 2: what every slot of a model needs from a user's cell."""
-    name = cls.__name__
+    passes check_recur: what every slot of a model needs from a user's cell."""
     try:
         cell = cls(input_size, hidden_size, name="check", rng=np.random.default_rng(0))
+    except Exception as err:
+        raise ValueError(f"{cls.__name__}: building it failed: {type(err).__name__}: {err}") from None
+    check_recur(cell, batch_size)
+
+
+def check_recur(cell, batch_size=2):
+    """ValueError in one line, naming the cell's class and `recur`, unless its `recur`
+    returns n_states float32 states of shape (B, hiddenSize), computed for a batch of 2."""
+    name, H, P = type(cell).__name__, cell.hiddenSize, cell.n_gates * cell.hiddenSize
+    try:
         x = pt.matrix("x_proj_t", dtype=FLOATX)
         states = [pt.matrix(f"state{k}", dtype=FLOATX) for k in range(cell.n_states)]
         new = cell.recur(x, *states)
     except Exception as err:
-        raise ValueError(f"{name}: building it and calling recur failed: {type(err).__name__}: {err}") from None
+        raise ValueError(f"{name}: calling recur failed: {type(err).__name__}: {err}") from None
     new = list(new) if isinstance(new, (list, tuple)) else [new]
     if len(new) != cell.n_states:
         raise ValueError(f"{name}.recur returned {len(new)} state(s); n_states is {cell.n_states}")
@@ -421,16 +429,15 @@ def check_cell(cls, input_size=3, hidden_size=5, batch_size=2):
             raise ValueError(f"{name}.recur returned a {got} state {k}; expected {FLOATX} (a float64 constant or "
                              "shared variable upcasts it: use np.float32)")
     rng = np.random.default_rng(0)
-    values = [rng.standard_normal((batch_size, cell.n_gates * hidden_size)).astype(FLOATX)]
-    values += [rng.standard_normal((batch_size, hidden_size)).astype(FLOATX) for _ in states]
+    values = [rng.standard_normal((batch_size, P)).astype(FLOATX)]
+    values += [rng.standard_normal((batch_size, H)).astype(FLOATX) for _ in states]
     try:
         shapes = [v.shape for v in pytensor.function([x, *states], new, mode=backend.compile_mode("FAST_COMPILE"),
                                                      on_unused_input="ignore")(*values)]
     except Exception as err:
-        raise ValueError(f"{name}.recur failed on a batch of {batch_size} (input ({batch_size}, "
-                         f"{cell.n_gates * hidden_size}), states ({batch_size}, {hidden_size})): "
-                         f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
-    expected = [(batch_size, hidden_size)] * cell.n_states
+        raise ValueError(f"{name}.recur failed on a batch of {batch_size} (input ({batch_size}, {P}), states "
+                         f"({batch_size}, {H})): {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    expected = [(batch_size, H)] * cell.n_states
     if shapes != expected:
         raise ValueError(f"{name}.recur returned states of shapes {shapes}; expected {expected} "
-                         f"(batch, hiddenSize) for n_gates={cell.n_gates}, hiddenSize={hidden_size}")
+                         f"(batch, hiddenSize) for n_gates={cell.n_gates}, hiddenSize={H}")

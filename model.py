@@ -37,7 +37,7 @@ import optim
 import pytensor
 import pytensor.tensor as pt
 from attention import ATTENTIONS, attention_class
-from decoder import AttentionDecoder, Decoder
+from decoder import AttentionDecoder, Decoder, check_modules
 from configurator import ConfigError, setting
 from regularisers import Regularisers
 from vocab import PAD_ID
@@ -95,6 +95,10 @@ class Model:
         self.modules = self.initModules()
         if isinstance(self.modules["decoder"], layers.Recurrent):  # a bare cell: Cho's decoder around it
             self.modules["decoder"] = Decoder(self.modules["decoder"])
+        try:  # a cell, attention or decoder of the user's own, before anything is compiled
+            check_modules(self.modules)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         self.params = [p for module in self.modules.values() for p in module.params]
         names = [p.name for p in self.params]
         if len(set(names)) != len(names):

@@ -372,3 +372,57 @@ def test_a_bare_cell_in_the_decoder_slot_is_chos_decoder():
     src, tgt = batch(9)
     loss, n = model.compile_eval()(src, tgt)
     assert np.isfinite(loss) and n > 0
+
+
+class WideGRU(layers.GRU):
+    """A broken cell: its new state is twice as wide as its state."""
+
+    def recur(self, x_t, h_prev):
+        return pt.concatenate([super().recur(x_t, h_prev), h_prev], axis=1)
+
+
+class ForgetfulDecoder(AttentionDecoder):
+    """A broken decoder: its step drops the attention's state."""
+
+    def step(self, emb_t, state, memory):
+        new, ctx, weights = super().step(emb_t, state, memory)
+        return new[:-1], ctx, weights
+
+
+class TransposedAttention(Attention):
+    """A broken attention: weights (B, Ts) instead of (Ts, B)."""
+
+    def __call__(self, query, keys, annotations, src_mask):
+        ctx, weights = super().__call__(query, keys, annotations, src_mask)
+        return ctx, weights.T
+
+
+def test_a_users_broken_module_in_init_modules_is_one_line_at_construction():
+    """Put in initModules() rather than named by a setting, a user's cell, decoder or
+    attention is checked when the model is built: one line naming the slot, the class and
+    what was expected, before anything is compiled."""
+    from attention import CoverageAttention
+    from configurator import ConfigError
+
+    def model_with(slot, build):
+        class Edited(Model):
+            def initModules(self):
+                modules = super().initModules()
+                modules[slot] = build(self.config, self.rng)
+                return modules
+        return Edited
+
+    wide = model_with("encoder", lambda cfg, rng: WideGRU(6, 8, name="encoder", rng=rng))
+    with pytest.raises(ConfigError, match=r"^modules\['encoder'\]: WideGRU.recur returned states of shapes "
+                                          r"\[\(2, 16\)\]; expected \[\(2, 8\)\]"):
+        wide(tiny_config())
+    forgetful = model_with("decoder", lambda cfg, rng: ForgetfulDecoder(
+        layers.GRU(6, 8, name="decoder", rng=rng), 8, CoverageAttention(8, 8, 8, "decoder.attention", rng), rng))
+    with pytest.raises(ConfigError, match=r"^modules\['decoder'\]: ForgetfulDecoder\(GRU, CoverageAttention\): a step "
+                                          r"returned 1 state\(s\) from an initial state of 2$"):
+        forgetful(tiny_config())
+    transposed = model_with("decoder", lambda cfg, rng: AttentionDecoder(
+        layers.GRU(6, 8, name="decoder", rng=rng), 8, TransposedAttention(8, 8, 8, "decoder.attention", rng), rng))
+    with pytest.raises(ConfigError, match=r"^modules\['decoder'\]: AttentionDecoder\(GRU, TransposedAttention\): its "
+                                          r"attention weights are \(2, 3\); expected \(3, 2\)"):
+        transposed(tiny_config())
