@@ -209,6 +209,7 @@ class AutoencoderModel:
             x, x_mask, _, _ = self._inputs()
             max_len = pt.iscalar("max_len")
             code, pred, stop_logit = self._graph(x, x_mask, max_len)
-            return backend.function([x, x_mask, max_len], [code, pred, pt.sigmoid(stop_logit)], self.mode)
+            return backend.function([x, x_mask, max_len], [code, pred, pt.sigmoid(stop_logit)], self.mode,
+                                    batch_axes=([1, 1, None], [0, 1, 1]))
 
         return backend.cached(self.functions, "predict", build)

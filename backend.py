@@ -76,7 +76,7 @@ def default_mode_name():
     return "CVM" if isinstance(linker, VMLinker) else "NUMBA"
 
 
-def function(inputs, outputs, mode, updates=(), pad=False):
+def function(inputs, outputs, mode, updates=(), pad=False, batch_axes=None):
     """pytensor.function(inputs, outputs, updates=updates, mode=mode), except under JAX.
 
     JAX compiles a graph for one set of input shapes, and PyTensor's JAX backend needs every
@@ -86,9 +86,12 @@ def function(inputs, outputs, mode, updates=(), pad=False):
     every input of two or more dimensions, time-major (T, B, ...), is first padded with
     zeros (PAD_ID, or a mask's 0) to the bucket sizes of `bucket`, so that a run meets a few
     shapes only: callers ask for it where padding changes no output (sums and means over
-    the real tokens)."""
+    the real tokens). `batch_axes` = (each input's batch axis, each output's), None where
+    it has none: a batch of one then runs as two copies of its row and the outputs are cut
+    back to one, since a static axis of length 1 is broadcastable and scan refuses an initial
+    state whose pattern differs from its step's."""
     if isinstance(mode.linker, JAXLinker):
-        return StaticShapeFunction(inputs, outputs, mode, list(updates), pad)
+        return StaticShapeFunction(inputs, outputs, mode, list(updates), pad, batch_axes)
     return pytensor.function(inputs, outputs, updates=updates, mode=mode)
 
 
@@ -106,13 +109,24 @@ class StaticShapeFunction:
     """A graph compiled by PyTensor's JAX backend once for each input shapes it is called
     with; `compiles` lists (shapes, seconds) of each compilation, PyTensor's and XLA's."""
 
-    def __init__(self, inputs, outputs, mode, updates, pad):
+    def __init__(self, inputs, outputs, mode, updates, pad, batch_axes=None):
         self.inputs, self.outputs, self.mode, self.updates, self.pad = inputs, outputs, mode, updates, pad
+        self.batch_axes = batch_axes
         self.functions, self.compiles = {}, []
 
     def __call__(self, *args):
         args = [np.asarray(a) for a in args]
         args = self._padded(args) if self.pad else args
+        if self.batch_axes is not None:
+            in_axes, out_axes = self.batch_axes
+            if any(k is not None and a.shape[k] == 1 for a, k in zip(args, in_axes)):  # one row: run two
+                out = self._call([a if k is None else np.repeat(a, 2, axis=k) for a, k in zip(args, in_axes)])
+                single = not isinstance(out, list)
+                out = [o if k is None else np.take(o, [0], axis=k) for o, k in zip([out] if single else out, out_axes)]
+                return out[0] if single else out
+        return self._call(args)
+
+    def _call(self, args):
         # An integer scalar (a decoding length) is a scan's number of steps: compiled in.
         key = tuple(a.shape if a.ndim or a.dtype.kind == "f" else ("value", int(a)) for a in args)
         constant = [k[:1] == ("value",) for k in key]
@@ -225,7 +239,7 @@ def _import_jax():
     try:
         import jax_kernels  # noqa: F401
     except ImportError as e:
-        raise ImportError(f"--mode=JAX needs JAX ({e}): pip install -r requirements-jax.txt") from None
+        raise ConfigError(f"mode=JAX needs JAX ({e}): pip install -r requirements-jax.txt, or use mode=CVM") from None
 
 
 @node_rewriter([Dot])

@@ -41,10 +41,26 @@ from pytensor.scan.utils import until
 from vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 
+# Temperatures below this decode greedily: softmax(log p / T) then puts all its mass on the
+# most probable token, and float32 (the compiled decoder's) overflows long before T = 0.
+MIN_TEMPERATURE = 1e-6
+# Bounds of the scripts' decoding settings: an output of MAX_LEN tokens takes minutes on a CPU
+# at the benchmark's size, and a beam of MAX_BEAM over a 10,000-word vocabulary scores 10M
+# candidates per sentence and step.
+MAX_LEN, MAX_BEAM = 1000, 1000
+
+
 def generate(model, src, max_len=60, temperature=0.0, rng=None, beam_size=1, length_norm=1.0,
              no_repeat_ngram_size=0, top_k=0, top_p=1.0, unk_penalty=math.inf):
     """src (Ts, B) int32 -> (outputs, log-probabilities): one list of ids (EOS excluded) and
-    its total log-probability per sentence."""
+    its total log-probability per sentence. Beam search does not sample: with beam_size > 1,
+    a temperature, top_k or top_p is a ValueError."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    temperature = 0.0 if temperature < MIN_TEMPERATURE else temperature
+    if beam_size > 1 and (temperature or top_k or top_p < 1):
+        raise ValueError(f"beam search (beam_size={beam_size}) does not sample: temperature={temperature}, "
+                         f"top_k={top_k} and top_p={top_p} need beam_size=1")
     if beam_size > 1:
         return beam_search(model, src, beam_size, max_len, length_norm, no_repeat_ngram_size, unk_penalty)
     if no_repeat_ngram_size or top_k or top_p < 1 or unk_penalty != math.inf:
@@ -279,6 +295,7 @@ def scan_decode(model, src, max_len=50, temperature=0.0, rng=None):
     the summed log-probability of each output (B,). temperature 0 is greedy."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    temperature = 0.0 if temperature < MIN_TEMPERATURE else temperature
     rng = rng if rng is not None else np.random.default_rng(0)
     noise = rng.random((max_len, src.shape[1]), dtype=np.float32)
     if temperature == 0:
@@ -304,13 +321,16 @@ def compile_step(model):
         memory = model.encode(src)
         keys = model.memory_names()
         init = model.decoder_init(memory)
-        f_init = backend.function([src], [*(memory[k] for k in keys), *init], model.mode)
+        axes = [0 if k == "c" else 1 for k in keys]  # each memory entry's batch axis
+        f_init = backend.function([src], [*(memory[k] for k in keys), *init], model.mode,
+                                  batch_axes=([1], axes + [0] * len(init)))
         y_prev = pt.ivector("y_prev")
         states = [s.type(f"state{i}") for i, s in enumerate(init)]
         mem_in = {k: memory[k].type(k) for k in keys}
         new, logits, _ = model.decoder_step(y_prev, states, mem_in)
         logp = logits - pt.logsumexp(logits, axis=1, keepdims=True)  # (B, V)
-        f_next = backend.function([y_prev, *states, *(mem_in[k] for k in keys)], [logp, *new], model.mode)
+        f_next = backend.function([y_prev, *states, *(mem_in[k] for k in keys)], [logp, *new], model.mode,
+                                  batch_axes=([0] * (1 + len(states)) + axes, [0] * (1 + len(new))))
         return f_init, f_next
 
     return backend.cached(model.functions, "step", build)

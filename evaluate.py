@@ -27,6 +27,7 @@ from configurator import ConfigError, configure, require, setting
 from dataset import DataError, dataset_dir, load_dataset
 from model import Model
 from runs import run_dir
+from decode import MAX_BEAM, MAX_LEN
 from scoring import bleu_tokenize, perplexity, read_references, score, translate
 
 
@@ -37,38 +38,43 @@ class EvalConfig:
     ckpt: str = setting("best", "best, latest, step<N>, or a path to an .npz (results go beside it)")
     split: str = setting("test", "val or test")
     limit: int = setting(0, "score only the split's first N pairs; 0 = all of them")
-    beam_size: int = setting(1, "1 = greedy decoding (translations only)")
+    beam_size: int = setting(1, f"1 = greedy decoding (translations only); at most {MAX_BEAM}")
     length_norm: float = setting(1.0, "beam ranks by log p / length**length_norm")
     no_repeat_ngram_size: int = setting(0, "n > 0: no output repeats an n-gram (a guard against loops)")
     unk_penalty: float = setting(math.inf, "subtracted from <unk>'s log-probability when decoding; inf = never <unk>")
     batch_size: int = setting(64, "sentences scored and decoded together")
-    max_len: int = setting(100, "longest output, in tokens")
+    max_len: int = setting(100, f"longest output, in tokens (at most {MAX_LEN})")
     mode: str = setting(backend.DEFAULT_MODE, f"compile mode: {', '.join(backend.MODES)}")
 
 
 def check(cfg):
     require(cfg.split in ("val", "test"), f"split={cfg.split!r}: use val or test")
     require(cfg.limit >= 0, f"limit={cfg.limit}: must not be negative")
-    require(cfg.beam_size >= 1, f"beam_size={cfg.beam_size}: must be at least 1")
+    require(1 <= cfg.beam_size <= MAX_BEAM, f"beam_size={cfg.beam_size}: must be between 1 and {MAX_BEAM}")
     require(cfg.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size={cfg.no_repeat_ngram_size}: must not be negative")
     require(math.isfinite(cfg.length_norm), f"length_norm={cfg.length_norm}: must be a finite number")
     require(cfg.unk_penalty >= 0, f"unk_penalty={cfg.unk_penalty}: must not be negative (inf bans <unk>)")
-    require(cfg.batch_size > 0 and cfg.max_len > 0, "batch_size and max_len must be positive")
+    require(cfg.batch_size > 0, f"batch_size={cfg.batch_size}: must be positive")
+    require(0 < cfg.max_len <= MAX_LEN, f"max_len={cfg.max_len}: must be between 1 and {MAX_LEN}")
 
 
 def main(argv):
     from tqdm import tqdm
 
     cfg = EvalConfig()
-    configure([cfg], argv, __doc__.strip())
+    explicit = configure([cfg], argv, __doc__.strip())
     check(cfg)
     path = checkpoint_path(run_dir(cfg.out_dir, cfg.dataset), cfg.ckpt)
     model = Model.load(path, mode=cfg.mode)
-    data_dir = dataset_dir(model.checkpoint_state.get("data", {}).get("dataset", cfg.dataset))
+    # The dataset given, else the one the checkpoint was trained on.
+    trained_on = model.checkpoint_state.get("data", {}).get("dataset", cfg.dataset)
+    data_dir = dataset_dir(cfg.dataset if "dataset" in explicit else trained_on)
     meta, src_vocab, tgt_vocab, splits = load_dataset(data_dir, need=(cfg.split,))
     if model.src_vocab != src_vocab or model.tgt_vocab != tgt_vocab:
-        raise DataError(f"{data_dir}: its vocabulary differs from {path}'s (prepared again with other "
-                        "settings?); the scores would be meaningless")
+        sizes = lambda a, b: f"{len(a) if a else 0:,}/{len(b) if b else 0:,}"  # noqa: E731
+        raise DataError(f"{data_dir}: its vocabulary (source/target {sizes(src_vocab, tgt_vocab)} words) differs from "
+                        f"{path}'s ({sizes(model.src_vocab, model.tgt_vocab)}, trained on {trained_on}); the scores "
+                        "would be meaningless")
     everything = splits[cfg.split]
     pairs = everything[: cfg.limit] if cfg.limit else everything
     has_refs = os.path.exists(os.path.join(data_dir, f"{cfg.split}.ref.txt"))

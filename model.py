@@ -54,6 +54,8 @@ class ModelConfig:
     embed_init_std: float = setting(1.0, "std of the initial word vectors (see README)")
     cell: str = setting("gru", f"recurrent cell of every encoder and decoder slot: {', '.join(layers.CELLS)}, "
                                "a registered name, or module:Class")
+    encoder_cell: str = setting("", "the encoder's cell (every layer and direction), if not `cell`")
+    decoder_cell: str = setting("", "the decoder's cell, if not `cell`")
     reset_after: bool = setting(False, "GRU only: reset gate after the recurrent matmul (nn.GRU's form), not before (Cho's)")
     encoder_layers: int = setting(1, "stacked encoder layers")
     bidirectional: bool = setting(False, "add a backward scan to every encoder layer")
@@ -130,8 +132,10 @@ class Model:
         Cell = layers.cell_class(cfg.cell)
         options = {"reset_after": True} if cfg.reset_after else {}  # a GRU setting (train.check)
 
-        def cell(input_size, name):
-            return Cell(input_size, H, name=name, rng=rng, **options)
+        def cell(input_size, name):  # the slot's own cell setting, else `cell`
+            slot = cfg.decoder_cell if name == "decoder" else cfg.encoder_cell
+            cls = layers.cell_class(slot) if slot else Cell
+            return cls(input_size, H, name=name, rng=rng, **(options if issubclass(cls, layers.GRU) else {}))
 
         src_embed = None if cfg.tie_src_tgt else layers.Embedding(cfg.src_vocab_size, E, "src_embed", rng,
                                                                     cfg.embed_init_std)
@@ -320,7 +324,7 @@ class Model:
             memory = self.encode(src)
             tgt_mask = pt.neq(tgt[1:], PAD_ID).astype(layers.FLOATX)
             _, _, weights = self.decoder_states(self.modules["tgt_embed"](tgt[:-1]), tgt_mask, memory)
-            return backend.function([src, tgt], weights, self.mode)
+            return backend.function([src, tgt], weights, self.mode, batch_axes=([1, 1], [2]))
 
         return backend.cached(self.functions, "attention", build)
 

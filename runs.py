@@ -14,6 +14,8 @@ import os
 import re
 import shutil
 
+from checkpoint import atomic_write
+
 SNAPSHOT = re.compile(r"ckpt_step(\d+)\.npz")
 
 
@@ -107,6 +109,7 @@ def write_log(path, rows):
 
 
 def append_log(path, row):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # a run folder deleted under us
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
 
@@ -132,7 +135,8 @@ def keep_snapshots(latest, step, keep):
 
 
 def plot_log(log_path, png_path):
-    """loss.png: train and val loss against step, from log.jsonl."""
+    """loss.png: train and val loss against step, from log.jsonl; written whole or not at all
+    (a full disk leaves the last good plot)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,5 +153,7 @@ def plot_log(log_path, png_path):
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write(png_path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)

@@ -27,7 +27,7 @@ import backend
 from checkpoint import CheckpointError, checkpoint_path
 from configurator import ConfigError, configure, require, setting
 from dataset import pad_batch
-from decode import beam_search, generate
+from decode import MAX_BEAM, MAX_LEN, MIN_TEMPERATURE, beam_search, generate
 from model import Model
 from runs import run_dir
 from vocab import UNK_ID
@@ -42,23 +42,23 @@ class SampleConfig:
     ckpt: str = setting("best", "best, latest, step<N>, or a path to an .npz")
     start: str = setting("", "input sentence; empty = read lines (a prompt on a terminal)")
     num_samples: int = setting(3, f"outputs per input: samples, or the n best of a beam (at most {MAX_SAMPLES})")
-    temperature: float = setting(0.8, "0 = greedy; higher = more varied")
+    temperature: float = setting(0.8, f"0 (or below {MIN_TEMPERATURE:g}) = greedy; higher = more varied")
     top_k: int = setting(0, "sample only among the k most probable words; 0 = all")
     top_p: float = setting(1.0, "sample only from the nucleus: the fewest most probable words whose probability "
                                 "reaches top_p; 1 = all")
     unk_penalty: float = setting(math.inf, "subtracted from <unk>'s log-probability; inf = never emit <unk>")
-    beam_size: int = setting(1, "1 = greedy or sampling (temperature); > 1 = beam search")
+    beam_size: int = setting(1, f"1 = greedy or sampling (temperature); > 1 = beam search (at most {MAX_BEAM})")
     length_norm: float = setting(1.0, "beam ranks by log p / length**length_norm")
     no_repeat_ngram_size: int = setting(0, "n > 0: no output repeats an n-gram (a guard against loops)")
     plot_attention: str = setting("", "save the first input's attention heatmap to this PNG")
-    max_len: int = setting(60, "longest output, in tokens")
+    max_len: int = setting(60, f"longest output, in tokens (at most {MAX_LEN})")
     seed: int = setting(1337, "sampling seed")
     mode: str = setting(backend.DEFAULT_MODE, f"compile mode: {', '.join(backend.MODES)}")
 
 
 def check(cfg, explicit=()):
     require(0 < cfg.num_samples <= MAX_SAMPLES, f"num_samples={cfg.num_samples}: must be between 1 and {MAX_SAMPLES}")
-    require(cfg.max_len > 0, f"max_len={cfg.max_len}: must be positive")
+    require(0 < cfg.max_len <= MAX_LEN, f"max_len={cfg.max_len}: must be between 1 and {MAX_LEN}")
     for name in ("temperature", "length_norm", "top_p"):
         require(math.isfinite(getattr(cfg, name)), f"{name}={getattr(cfg, name)}: must be a finite number")
     require(cfg.temperature >= 0, f"temperature={cfg.temperature}: must not be negative")
@@ -66,7 +66,10 @@ def check(cfg, explicit=()):
     require(0 < cfg.top_p <= 1, f"top_p={cfg.top_p}: must be in (0, 1]")
     require(cfg.unk_penalty >= 0, f"unk_penalty={cfg.unk_penalty}: must not be negative (inf bans <unk>)")
     require(cfg.seed >= 0, f"seed={cfg.seed}: must not be negative")
-    require(cfg.beam_size >= 1, f"beam_size={cfg.beam_size}: must be at least 1")
+    require(1 <= cfg.beam_size <= MAX_BEAM, f"beam_size={cfg.beam_size}: must be between 1 and {MAX_BEAM}")
+    sampling = [f"{name}={getattr(cfg, name)}" for name in ("temperature", "top_k", "top_p") if name in explicit]
+    require(cfg.beam_size == 1 or not sampling, f"{', '.join(sampling)}: beam search (beam_size={cfg.beam_size}) "
+                                                "does not sample; drop them, or use beam_size=1")
     require(cfg.beam_size == 1 or cfg.num_samples <= cfg.beam_size or "num_samples" not in explicit,
             f"num_samples={cfg.num_samples}: a beam of {cfg.beam_size} gives at most {cfg.beam_size} outputs")
     if cfg.beam_size > 1:  # the default number of outputs, as many as the beam holds
@@ -116,7 +119,7 @@ def respond(model, cfg, line, rng, reverse):
                                       cfg.no_repeat_ngram_size, cfg.unk_penalty, nbest=cfg.num_samples)
         outputs, scores = (outputs[0], scores[0]) if cfg.num_samples > 1 else (outputs, scores)
     else:
-        n = 1 if cfg.temperature == 0 else cfg.num_samples  # greedy outputs would repeat
+        n = 1 if cfg.temperature < MIN_TEMPERATURE else cfg.num_samples  # greedy outputs would repeat
         outputs, scores = generate(model, pad_batch([ids] * n), cfg.max_len, cfg.temperature, rng,
                                    no_repeat_ngram_size=cfg.no_repeat_ngram_size, top_k=cfg.top_k, top_p=cfg.top_p,
                                    unk_penalty=cfg.unk_penalty)
@@ -144,7 +147,9 @@ def main(argv):
             plot_attention(model, *first, cfg.plot_attention)  # ids without EOS
             print(f"  attention heatmap: {cfg.plot_attention}")
             cfg.plot_attention = ""  # the first input only
-    require(seen, "no input: pass --start=... or type or pipe sentences on stdin")
+    # At a prompt, Ctrl-D before any sentence is how a user quits; a pipe with no lines is an error.
+    require(seen or (sys.stdin.isatty() and not cfg.start), "no input: pass --start=... or type or pipe sentences "
+                                                            "on stdin")
     return 0
 
 
@@ -175,3 +180,6 @@ if __name__ == "__main__":
         sys.exit(main(sys.argv[1:]))
     except (ConfigError, CheckpointError) as err:
         sys.exit(f"error: {err}")
+    except KeyboardInterrupt:  # Ctrl-C at the prompt or while decoding: quit, as Ctrl-D does
+        print(file=sys.stderr)
+        sys.exit(130)

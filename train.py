@@ -32,6 +32,7 @@ import optim
 from attention import ATTENTIONS, attention_class, check_attention
 from checkpoint import CheckpointError, checkpoint_path
 from configurator import ConfigError, configure, require, setting
+from decode import MAX_LEN
 from dataset import Batcher, DataError, check_prepared_as, dataset_dir, load_dataset, prepared_facts
 from model import Model, ModelConfig
 from progress import Progress, notices
@@ -40,6 +41,7 @@ from scoring import print_val_samples, read_references, validation_metrics
 
 # With skip_nonfinite, this many non-finite batches in a row mean the model has diverged.
 MAX_SKIPPED_IN_A_ROW = 20
+MAX_MINUTES = 525_600  # a year: far beyond any run, and within what a progress bar can count
 
 
 @dataclass
@@ -56,14 +58,15 @@ class TrainConfig:
     grad_clip: float = setting(1.0, "clip the global gradient norm to this; 0 = off")
     max_iters: int = setting(700, "stop after this many steps (the default run: about 5 min); "
                                   "given --max_minutes alone, no step limit")
-    max_minutes: float = setting(0.0, "stop after this many minutes of training, resumes included; 0 = no limit")
+    max_minutes: float = setting(0.0, "stop after this many minutes of training, resumes included; 0 = no limit; "
+                                      f"at most {MAX_MINUTES:,} (a year)")
     patience: int = setting(0, "stop after this many evaluations without a better val loss; 0 = never")
     eval_interval: int = setting(200, "validate and checkpoint every this many steps")
     keep_last: int = setting(2, "also keep the last N evaluations' checkpoints as ckpt_step<N>.npz; 0 = none")
     eval_exact_match: int = setting(500, "val pairs decoded for exact match (tasks that use it)")
     eval_bleu: int = setting(500, "val pairs translated greedily for BLEU and chrF (datasets with references)")
     num_samples: int = setting(3, "val sources to decode and print at the end")
-    max_decode_len: int = setting(60, "longest decoded output")
+    max_decode_len: int = setting(60, f"longest decoded output (at most {MAX_LEN})")
     seed: int = setting(1337, "data order; the batch order is fixed by (seed, epoch)")
     mode: str = setting(backend.DEFAULT_MODE, f"compile mode: {', '.join(backend.MODES)}")
     skip_nonfinite: bool = setting(False, "skip a batch whose loss or gradient is NaN/inf (counted) instead of stopping")
@@ -93,8 +96,12 @@ def check(cfg, mcfg):
     require(cfg.init_from in ("scratch", "resume"), f"init_from={cfg.init_from!r}: use scratch or resume")
     require(cfg.optimizer in optim.OPTIMIZERS, f"optimizer={cfg.optimizer!r}: use {' or '.join(optim.OPTIMIZERS)}")
     require(cfg.mode in backend.MODES, f"mode={cfg.mode!r}: use one of {', '.join(backend.MODES)}")
+    backend.compile_mode(cfg.mode)  # mode=JAX without JAX: one line, before a run folder is made
     for name in ("batch_size", "eval_interval", "max_decode_len"):
         require(getattr(cfg, name) > 0, f"{name}={getattr(cfg, name)}: must be positive")
+    require(cfg.max_decode_len <= MAX_LEN, f"max_decode_len={cfg.max_decode_len}: must be at most {MAX_LEN}")
+    require(cfg.max_minutes <= MAX_MINUTES,
+            f"max_minutes={cfg.max_minutes:g}: must be at most {MAX_MINUTES:,} (a year)")
     require(cfg.max_iters > 0 or (cfg.max_iters == 0 and cfg.max_minutes > 0),
             f"max_iters={cfg.max_iters}: must be positive (0, no step limit, only with max_minutes)")
     for name in ("embed_size", "hidden_size", "embed_init_std"):
@@ -108,13 +115,17 @@ def check(cfg, mcfg):
         except ValueError as err:
             raise ConfigError(f"attention={mcfg.attention!r}: {err}; or none") from None
     require(not mcfg.input_feeding or mcfg.attention != "none", "input_feeding=true needs an attention (attention=none)")
-    try:
-        cell = layers.cell_class(mcfg.cell)
-        if cell not in (layers.GRU, layers.LSTM):  # a user's cell: checked before anything is built
-            layers.check_cell(cell)
-    except ValueError as err:
-        raise ConfigError(f"cell={mcfg.cell!r}: {err}") from None
-    require(not mcfg.reset_after or issubclass(cell, layers.GRU), f"reset_after=true is a GRU setting, not {mcfg.cell}'s")
+    for name in ("cell", "encoder_cell", "decoder_cell"):
+        value = getattr(mcfg, name)
+        try:
+            cell = layers.cell_class(value) if value or name == "cell" else None
+            if cell not in (None, layers.GRU, layers.LSTM):  # a user's cell: checked before anything is built
+                layers.check_cell(cell)
+        except ValueError as err:
+            raise ConfigError(f"{name}={value!r}: {err}") from None
+    cells = {getattr(mcfg, name) or mcfg.cell for name in ("encoder_cell", "decoder_cell")}
+    require(not mcfg.reset_after or any(issubclass(layers.cell_class(c), layers.GRU) for c in cells),
+            f"reset_after=true is a GRU setting; no slot has a GRU ({', '.join(sorted(cells))})")
     require(mcfg.attention_size >= 0, f"attention_size={mcfg.attention_size}: must not be negative")
     for name in ("dropout", "embed_dropout", "rnn_dropout", "weight_drop", "zoneout", "word_dropout",
                  "readout_dropout", "label_smoothing"):
@@ -185,6 +196,8 @@ def init_or_resume(cfg, mcfg, explicit, comm):
         for key in explicit & {f.name for f in dataclasses.fields(cfg)}:
             setattr(resumed, key, getattr(cfg, key))  # flags given now win over the saved run
         resumed.init_from, resumed.out_dir = "resume", cfg.out_dir
+        if resumed.mode != model.mode_name:  # the run's saved mode, unless --mode says otherwise
+            model.mode_name, model.mode = resumed.mode, backend.compile_mode(resumed.mode)
         changed = [f"{k}={getattr(mcfg, k)} (the checkpoint's: {getattr(model.config, k)})" for k in sorted(explicit)
                    if hasattr(mcfg, k) and getattr(mcfg, k) != getattr(model.config, k)]
         require(not changed, f"cannot change architecture settings on resume: {', '.join(changed)}")
@@ -198,6 +211,11 @@ def init_or_resume(cfg, mcfg, explicit, comm):
     meta, src_vocab, tgt_vocab, splits = load_dataset(data_dir, need=("train", "val"))
     references = read_references(data_dir, "val", len(splits["val"])) if meta.get("bleu") else None
     if cfg.init_from == "resume":
+        missing = [side for side, v in (("source", model.src_vocab), ("target", model.tgt_vocab)) if v is None]
+        if missing:
+            raise CheckpointError(f"{checkpoint_path(cfg.out_dir, 'latest')}: holds no {' or '.join(missing)} "
+                                  "vocabulary (damaged?); resume from another checkpoint of the run (ckpt_best.npz "
+                                  "or a ckpt_step<N>.npz: copy it to ckpt_latest.npz)")
         if model.tgt_vocab != tgt_vocab or model.src_vocab != src_vocab:
             raise DataError(f"{data_dir}: its vocabulary differs from the checkpoint's; "
                             "re-run its prepare.py with the settings the run used")
@@ -259,7 +277,6 @@ def evaluate_and_checkpoint(run, row):
     if not math.isfinite(metrics["val_loss"]):
         return f"stopped: step {state.step}: val loss {metrics['val_loss']}; neither logged nor checkpointed"
     append_log(run.path("log.jsonl"), row)
-    plot_log(run.path("log.jsonl"), run.path("loss.png"))
     if state.best_val_loss is None or metrics["val_loss"] < state.best_val_loss:
         state.best_val_loss, state.best_step, state.evals_since_best = metrics["val_loss"], state.step, 0
         save(run, "best")
@@ -267,6 +284,7 @@ def evaluate_and_checkpoint(run, row):
         state.evals_since_best += 1
     save(run, "latest")
     keep_snapshots(run.path("latest"), state.step, cfg.keep_last)
+    plot_log(run.path("log.jsonl"), run.path("loss.png"))  # after the checkpoints: the plot matters least
     if cfg.patience and state.evals_since_best >= cfg.patience:
         return "patience"
     return None
@@ -381,8 +399,10 @@ def main(argv):
         return 0
     if state.step == start_step and why in ("max_iters", "max_minutes", "patience"):  # resumed, already finished
         value = getattr(cfg, why)
+        done = {"max_iters": state.step, "max_minutes": math.ceil(state.train_seconds / 60)}.get(why, 0)
+        larger = max(2 * value, done + value)  # beyond what the run has done already: it trains on
         print(f"this run had already stopped at step {state.step} ({why}={value}); to train on, resume with a "
-              f"larger one: python train.py --init_from=resume --out_dir={cfg.out_dir} --{why}={2 * value}")
+              f"larger one: python train.py --init_from=resume --out_dir={cfg.out_dir} --{why}={larger:g}")
     if why == "max_minutes":
         print(f"stopping at step {state.step}: max_minutes={cfg.max_minutes} reached")
     if why == "patience":

@@ -343,3 +343,21 @@ def test_loading_a_checkpoint_of_another_cell_names_the_module_and_cells(tmp_pat
     Model(tiny_config(cell="lstm", attention="bahdanau")).save(path)
     loaded = Model.load(path)
     assert type(loaded.modules["decoder"].cell) is layers.LSTM
+
+
+def test_cells_per_slot_are_settings_saved_in_the_checkpoint(tmp_path):
+    """encoder_cell and decoder_cell put other cells in those slots; the checkpoint holds the
+    settings, so a stock Model.load (sample.py, evaluate.py) rebuilds the mix."""
+    model = Model(tiny_config(encoder_cell="lstm", decoder_cell="test_mgu", attention="bahdanau", bidirectional=True))
+    kinds = {name: type(c).__name__ for name, c in recurrent_slots(model)}
+    assert kinds == {"encoder": "LSTM", "encoder_bwd": "LSTM", "decoder": "UserMGU"}
+    src, tgt = batch(2)
+    loss = model.compile_eval()(src, tgt)[0]
+    model.save(tmp_path / "mix.npz")
+    loaded = Model.load(tmp_path / "mix.npz")
+    assert {name: type(c).__name__ for name, c in recurrent_slots(loaded)} == kinds
+    assert float(loaded.compile_eval()(src, tgt)[0]) == float(loss)
+    with pytest.raises(ConfigError, match=r"^decoder_cell='nope': unknown cell 'nope'; choose one of"):
+        check(TrainConfig(), tiny_config(decoder_cell="nope"))
+    with pytest.raises(ConfigError, match=r"^reset_after=true is a GRU setting; no slot has a GRU \(lstm\)$"):
+        check(TrainConfig(), tiny_config(cell="lstm", reset_after=True))

@@ -87,6 +87,8 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     ("--hidden_size=0", "hidden_size=0: must be positive"),
     ("--learning_rate=-1", "learning_rate=-1.0: must be positive"),
     ("--init_from=resume", "ckpt_latest.npz: no such checkpoint"),
+    ("--max_minutes=1e306", "max_minutes=1e+306: must be at most 525,600 (a year)"),
+    ("--max_decode_len=1000000", "max_decode_len=1000000: must be at most 1000"),
 ])
 def test_train_rejects_bad_settings_in_one_line(flag, message, tmp_path):
     proc = run("train.py", f"--out_dir={tmp_path / 'none'}", flag, check=False)
@@ -241,3 +243,100 @@ def test_runs_live_in_out_slash_dataset_unless_told():
     assert run_dir("", "kjv") == os.path.join("out", "kjv")
     assert run_dir("", "/data/corpora/mybook/") == os.path.join("out", "mybook")
     assert run_dir("runs/x", "kjv") == "runs/x"
+
+
+def test_decoding_settings_that_cannot_apply_are_refused_and_tiny_temperatures_are_greedy(smoke_run):
+    """Beam search with sampling settings is one line, not a silent beam; a temperature too
+    small for float32 decodes greedily, never an empty or <pad> output."""
+    out, _ = smoke_run
+    proc = run("sample.py", f"--out_dir={out}", "--start=s1 s2", "--beam_size=3", "--top_k=5", "--temperature=0.5",
+               check=False)
+    assert proc.returncode != 0 and proc.stderr.strip() == ("error: temperature=0.5, top_k=5: beam search (beam_size=3) "
+                                                            "does not sample; drop them, or use beam_size=1")
+    for flag, message in (("--max_len=1000000", "max_len=1000000: must be between 1 and 1000"),
+                          ("--beam_size=1000000000", "beam_size=1000000000: must be between 1 and 1000")):
+        proc = run("sample.py", f"--out_dir={out}", "--start=s1", flag, check=False)
+        assert proc.returncode != 0 and proc.stderr.strip() == f"error: {message}", proc.stderr
+    greedy = run("sample.py", f"--out_dir={out}", "--start=s1 s2 s3", "--temperature=0").stdout
+    for flags in (["--temperature=1e-45"], ["--temperature=1e-320", "--top_k=5"]):
+        assert run("sample.py", f"--out_dir={out}", "--start=s1 s2 s3", *flags).stdout == greedy, flags
+
+
+def test_the_prompt_quits_on_ctrl_d_and_ctrl_c_without_a_traceback(smoke_run):
+    import pty
+    import signal
+    import time
+
+    out, _ = smoke_run
+    for action in ("ctrl-d", "ctrl-c"):
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "sample.py"), f"--out_dir={out}"], stdin=slave,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        os.close(slave)
+        prompt = proc.stderr.readline()  # "Type a sentence ...": the model is loaded, the prompt is up
+        assert "Ctrl-D quits" in prompt
+        time.sleep(0.5)
+        if action == "ctrl-d":
+            os.write(master, b"\x04")
+        else:
+            proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+        os.close(master)
+        assert "Traceback" not in stderr and "error" not in stderr, (action, stderr)
+        assert proc.returncode == (0 if action == "ctrl-d" else 130), (action, proc.returncode, stderr)
+
+
+def test_the_resume_hint_of_a_finished_run_trains_on(smoke_run, tmp_path):
+    """A run that stopped at step 4, resumed with max_iters=2, trains nothing and advises a
+    limit beyond step 4; following the advice trains on."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(smoke_run[0], out, ignore=shutil.ignore_patterns(".lock"))
+    proc = run("train.py", "--init_from=resume", f"--out_dir={out}", "--max_iters=2")
+    assert "already stopped at step 4 (max_iters=2)" in proc.stdout and "--max_iters=6" in proc.stdout
+    run("train.py", "--init_from=resume", f"--out_dir={out}", "--max_iters=6", "--eval_interval=2")
+    assert log_rows(out)[-1]["step"] == 6
+
+
+def test_mode_jax_without_jax_is_one_line_before_any_run_folder(tiny_data, tmp_path):
+    """Where JAX cannot be imported, --mode=JAX is one line with the install command, and
+    no run folder is left behind."""
+    shim = tmp_path / "shim" / "jax"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('No module named jax (hidden by the test)')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "shim"))
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), f"--dataset={tiny_data}",
+                           f"--out_dir={out}", "--mode=JAX", *TINY], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=600)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: mode=JAX needs JAX") and "pip install -r requirements-jax.txt" in lines[0]
+    assert not out.exists()
+
+
+def test_evaluate_scores_the_dataset_it_is_given(smoke_run, tmp_path):
+    """--dataset names the data scored, not the checkpoint's own: a second reverse task (its
+    own 30 test pairs, the same symbols) is scored as given."""
+    other = tmp_path / "other"
+    run(os.path.join("data", "reverse", "prepare.py"), "--out_dir", other, "--n_train", 100, "--n_heldout", 30,
+        "--max_len", 6, "--seed", 7)
+    proc = run("evaluate.py", f"--out_dir={smoke_run[0]}", f"--dataset={other}")
+    assert "of 30 pairs" in proc.stdout, proc.stdout
+
+
+def test_a_checkpoint_without_its_vocabulary_is_named_for_what_it_is(smoke_run, tmp_path):
+    import shutil
+
+    from checkpoint import read_arrays, save_arrays
+
+    out = tmp_path / "run"
+    shutil.copytree(smoke_run[0], out, ignore=shutil.ignore_patterns(".lock"))
+    arrays = read_arrays(out / "ckpt_latest.npz")
+    del arrays["src_vocab"]
+    save_arrays(out / "ckpt_latest.npz", arrays)
+    proc = run("train.py", "--init_from=resume", f"--out_dir={out}", "--max_iters=6", check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert "ckpt_latest.npz: holds no source vocabulary (damaged?)" in lines[0]
