@@ -40,11 +40,15 @@ def checkpoint_path(out_dir, ckpt):
 
 def atomic_write(path, write):
     """Call write(f) on a temp file beside `path`, fsync it, rename it over `path`, fsync the
-    folder. Any failure leaves `path` as it was and no temp file behind."""
+    folder. Any failure leaves `path` as it was and no temp file behind. The file's mode
+    follows the umask, as a file open() makes."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would make it: mkstemp's is owner-only
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

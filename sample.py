@@ -124,7 +124,10 @@ def respond(model, cfg, line, rng, reverse):
                                    no_repeat_ngram_size=cfg.no_repeat_ngram_size, top_k=cfg.top_k, top_p=cfg.top_p,
                                    unk_penalty=cfg.unk_penalty)
     for out, logp in zip(outputs, scores):
-        print(f"  {model.tgt_vocab.text(out)}    [log p = {logp:.1f}]", flush=True)
+        text = model.tgt_vocab.text(out) or "(an empty output: EOS first)"
+        # A beam ranks by log p / length**length_norm (EOS counted): shown beside log p.
+        rank = f", ranked by {logp / (len(out) + 1) ** cfg.length_norm:.2f}" if cfg.beam_size > 1 else ""
+        print(f"  {text}    [log p = {logp:.1f}{rank}]", flush=True)
     return ids, outputs[0]
 
 

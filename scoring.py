@@ -94,17 +94,18 @@ def score(hypotheses, references, tokenize="none"):
 
 def print_val_samples(model, pairs, n, max_len, reverse_source, rng):
     """Greedy, sampled and nucleus-sampled outputs for n validation sources, beside the
-    reference (the end of a training run)."""
+    reference (the end of a training run). Greedy decoding repeats no 3-gram (the guard the
+    README recommends): a young model's greedy output otherwise loops."""
     if not n or not pairs:
         return
     chosen = [pairs[i] for i in rng.choice(len(pairs), min(n, len(pairs)), replace=False)]
     src = pad_batch([s for s, _ in chosen])
-    greedy, _ = generate(model, src, max_len)
+    greedy, _ = generate(model, src, max_len, no_repeat_ngram_size=3)
     sampled, _ = generate(model, src, max_len, temperature=0.8, rng=rng)
     nucleus, _ = generate(model, src, max_len, temperature=1.0, rng=rng, top_p=0.9)
     for (s, t), g, smp, nuc in zip(chosen, greedy, sampled, nucleus):
         print(f"\n  source:    {model.src_vocab.text(s[::-1] if reverse_source else s)}")
         print(f"  reference: {model.tgt_vocab.text(t)}")
-        print(f"  greedy:    {model.tgt_vocab.text(g)}")
+        print(f"  greedy:    {model.tgt_vocab.text(g)}  (no repeated 3-gram)")
         print(f"  sampled:   {model.tgt_vocab.text(smp)}  (temperature 0.8)")
         print(f"  nucleus:   {model.tgt_vocab.text(nuc)}  (top_p 0.9)")

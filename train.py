@@ -305,6 +305,8 @@ def train(run, step_fn, batcher, bar):
         signal.signal(sig, on_signal)
     started, order, skipped_in_a_row = time.time(), batcher.epoch(state.epoch), 0
     why = "max_iters" if cfg.max_iters and state.step >= cfg.max_iters else None  # a finished run, resumed
+    if cfg.max_minutes and state.train_seconds >= 60 * cfg.max_minutes:
+        why = "max_minutes"
     if cfg.patience and state.evals_since_best >= cfg.patience:
         why = "patience"
     elapsed = lambda: state.train_seconds + time.time() - started  # noqa: E731
@@ -347,6 +349,8 @@ def train(run, step_fn, batcher, bar):
                 window = {"loss": 0.0, "tokens": 0.0, "time": time.time()}
         if why is None and stop:
             why = "max_minutes" if timed_out else f"signal: {stop_signals[0] if stop_signals else 'on another rank'}"
+    if why.startswith("signal"):  # saved without an evaluation: the time trained so far goes with it
+        state.train_seconds = elapsed()
     return why
 
 

@@ -32,3 +32,20 @@ def test_a_plot_that_fails_midway_leaves_the_last_good_one(tmp_path, monkeypatch
     with pytest.raises(OSError):
         plot_log(str(log), str(png))
     assert png.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl", "loss.png"]
+
+
+def test_files_written_whole_follow_the_umask(tmp_path):
+    """Checkpoints, zips and plots are readable by whoever may read the run's other files."""
+    import os
+
+    from checkpoint import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(str(tmp_path / "a.npz"), lambda f: f.write(b"x"))
+        os.umask(0o077)
+        atomic_write(str(tmp_path / "b.npz"), lambda f: f.write(b"x"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.npz").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.npz").stat().st_mode & 0o777 == 0o600
