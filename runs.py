@@ -23,9 +23,13 @@ class RunError(ValueError):
     """A run folder that cannot be used as asked; the message names it and the way on."""
 
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
 def run_dir(out_dir, dataset):
-    """out_dir when given, else out/<the dataset's folder name>."""
-    return out_dir or os.path.join("out", os.path.basename(os.path.normpath(dataset)))
+    """out_dir when given, else the repository's out/<the dataset's folder name>: found from
+    any working directory, as the datasets under data/ are."""
+    return out_dir or os.path.join(ROOT, "out", os.path.basename(os.path.normpath(dataset)))
 
 
 class RunFolder:

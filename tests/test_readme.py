@@ -62,3 +62,19 @@ def test_the_initModules_edit_puts_the_cell_in_every_slot(tmp_path):
     tgt = np.array([[2, 2], [5, 6], [3, 3]], dtype="int32")
     loss = model.compile_train("adam", 1.0)(src, tgt, np.float32(0.01))[0]
     assert np.isfinite(loss)
+
+
+def test_pyproject_lists_every_module_and_the_pinned_requirements():
+    """`pip install -e .` installs every top-level module and requirements.txt's runtime pins."""
+    import glob
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)
+    modules = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "*.py")))
+    assert sorted(project["tool"]["setuptools"]["py-modules"]) == modules
+    with open(os.path.join(ROOT, "requirements.txt")) as f:
+        pins = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    runtime = pins[: pins.index("pytest==9.2.0")]
+    assert project["project"]["dependencies"] == runtime
+    assert project["project"]["optional-dependencies"]["test"] == pins[len(runtime):]

@@ -240,8 +240,8 @@ def test_warm_up_and_decay_follow_the_same_progress():
 def test_runs_live_in_out_slash_dataset_unless_told():
     from runs import run_dir
 
-    assert run_dir("", "kjv") == os.path.join("out", "kjv")
-    assert run_dir("", "/data/corpora/mybook/") == os.path.join("out", "mybook")
+    assert run_dir("", "kjv") == os.path.join(ROOT, "out", "kjv")  # from any working directory
+    assert run_dir("", "/data/corpora/mybook/") == os.path.join(ROOT, "out", "mybook")
     assert run_dir("runs/x", "kjv") == "runs/x"
 
 
