@@ -16,6 +16,7 @@ built in autoencoder_model.py; this file holds the seed's API, the settings and 
 """
 import json
 import os
+import tempfile
 
 import numpy as np
 from tqdm import tqdm
@@ -64,6 +65,20 @@ class NDS2SAEFactory:
         its weights and training state at `build()`."""
         self.output = str(path)
         self._saved = None
+        folder = os.path.dirname(os.path.abspath(self.output))
+        if os.path.isdir(self.output):
+            raise ArchiveError(f"set_output({self.output!r}): that is a folder; name a .zip file in it")
+        existing = folder
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise ArchiveError(f"set_output({self.output!r}): {existing} is a file, not a folder")
+        try:  # a folder that cannot take the zip is said now, not after training
+            os.makedirs(folder, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise ArchiveError(f"set_output({self.output!r}): cannot write in {folder}: {err.strerror or err}") from None
         if os.path.exists(self.output):
             self._saved = read_archive(self.output)
             for key, value in self._saved["settings"].items():

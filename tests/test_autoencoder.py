@@ -337,3 +337,14 @@ def test_ts_parser_reads_series_and_names_bad_lines():
         prepare.parse_ts(["@data", "1:2:1", "#", "1,2:1"], "x.ts", channels=2)
     with pytest.raises(ValueError, match="x.ts:2: channels of different lengths"):
         prepare.parse_ts(["@data", "1,2:3:1"], "x.ts", channels=2)
+
+
+def test_an_output_that_cannot_be_written_is_refused_by_set_output(tmp_path):
+    """Said when the path is set, not after training: a path under a plain file, a folder
+    nothing can be written in, a folder given for the zip."""
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    for path, message in ((plain / "x.zip", "plain is a file, not a folder"),
+                          ("/proc/x.zip", "cannot write in /proc"), (tmp_path, "that is a folder")):
+        with pytest.raises(ArchiveError, match=message):
+            NDS2SAEFactory().set_output(path)
