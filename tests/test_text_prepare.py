@@ -227,3 +227,16 @@ def test_a_corpus_that_repeats_itself_leaks_nothing_into_train(tmp_path):
         assert splits[name]
         assert not any((tuple(s), tuple(t)) in train or tuple(s) in train_sources for s, t in splits[name])
     assert meta["removed_from_train"]["pairs_in_val_or_test"] > 0
+
+
+def test_long_text_shows_progress_from_its_first_character(capsys, monkeypatch):
+    """Sentence splitting of long paragraphs can take minutes: the progress bar, counted in
+    characters, is up for any text of 50,000 characters or more, however few its chunks."""
+    import pysbd
+
+    monkeypatch.setattr(pysbd.Segmenter, "segment", lambda self, text: [text])
+    paragraph = " ".join(["word"] * 14_000)  # 70,000 characters, no sentence end: a handful of chunks
+    segments = text_prepare.segments(paragraph + "\n\n" + paragraph, name="long.txt")
+    assert len(segments) == 1 and sum(len(s) for s in segments[0]) >= 139_000
+    err = capsys.readouterr().err
+    assert "long.txt: sentences" in err and "char" in err

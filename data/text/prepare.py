@@ -96,9 +96,14 @@ def segments(text, split="prose", within="file", name="text"):
         segmenter = pysbd.Segmenter(language="en", clean=False)
         chunks = [(i, chunk) for i, p in enumerate(paragraphs) for chunk in _chunks(clean(p), text, p, name)]
         per_paragraph = [[] for _ in paragraphs]
-        for i, chunk in tqdm(chunks, desc=f"{os.path.basename(name)}: sentences", unit="chunk", leave=False,
-                             disable=len(chunks) < 100):
-            per_paragraph[i] += [clean(s) for s in segmenter.segment(chunk) if s.strip()]
+        # Counted in characters: one long chunk without sentence ends can take pysbd minutes, so
+        # the bar is up (from the first character) for any text that may take seconds.
+        total = sum(len(chunk) for _, chunk in chunks)
+        with tqdm(total=total, desc=f"{os.path.basename(name)}: sentences", unit="char", unit_scale=True, leave=False,
+                  disable=total < 50_000) as bar:
+            for i, chunk in chunks:
+                per_paragraph[i] += [clean(s) for s in segmenter.segment(chunk) if s.strip()]
+                bar.update(len(chunk))
     if within == "paragraph":
         return [p for p in per_paragraph if p]
     return [[s for p in per_paragraph for s in p]]
