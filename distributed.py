@@ -59,6 +59,22 @@ def exit(status):
     sys.exit(status if isinstance(status, int) else 1)
 
 
+def check_same_settings(comm, settings):
+    """ConfigError on every rank, naming each setting and what each rank was given, unless
+    every rank has the same `settings` (a dict): ranks given another seed, size or dataset
+    would train on another batch order or fail in the all-reduce."""
+    import json
+
+    from configurator import ConfigError
+
+    every = comm.allgather(settings)
+    differ = [key for key in settings if len({json.dumps(s.get(key), sort_keys=True) for s in every}) > 1]
+    if differ:
+        said = "; ".join(f"{key}: " + ", ".join(f"{s.get(key)!r} on rank {r}" for r, s in enumerate(every))
+                         for key in differ)
+        raise ConfigError(f"the MPI ranks were given different settings ({said}); every rank must run the same command")
+
+
 def checksum(model):
     """A float64 fingerprint of every parameter; identical params give identical sums."""
     return float(sum(np.sum(p.get_value(borrow=True), dtype=np.float64) for p in model.params))

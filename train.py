@@ -357,11 +357,15 @@ def train(run, step_fn, batcher, bar):
 def main(argv):
     cfg, mcfg = TrainConfig(), ModelConfig()
     explicit = configure([cfg, mcfg], argv, __doc__.strip())
+    # None unless started by mpiexec with several processes; joined before any check, so that
+    # a refusal on one rank ends every rank (distributed.exit) instead of leaving them waiting.
+    comm = distributed.world()
     if cfg.max_minutes and "max_iters" not in explicit:
         cfg.max_iters = 0  # a time limit alone bounds the run: the default step count does not apply
     check(cfg, mcfg)
     cfg.out_dir = run_dir(cfg.out_dir, cfg.dataset)
-    comm = distributed.world()  # None unless started by mpiexec with several processes
+    if comm is not None:
+        distributed.check_same_settings(comm, {**dataclasses.asdict(cfg), **dataclasses.asdict(mcfg)})
     run = init_or_resume(cfg, mcfg, explicit, comm)
     cfg, model, state = run.cfg, run.model, run.state
     say = print if run.is_root else (lambda *args, **kwargs: None)

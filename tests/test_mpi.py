@@ -124,3 +124,21 @@ def test_a_refusal_on_rank_0_alone_ends_every_rank(data, tmp_path, case):
     finally:
         if holder is not None:
             holder.kill()
+
+
+@pytest.mark.parametrize("rank1, expected", [
+    (["--batch_size=0"], "batch_size=0: must be positive"),
+    (["--seed=2"], "the MPI ranks were given different settings (seed: 1337 on rank 0, 2 on rank 1)"),
+    (["--hidden_size=32"], "the MPI ranks were given different settings (hidden_size: 16 on rank 0, 32 on rank 1)"),
+])
+def test_ranks_that_disagree_end_the_job_promptly_in_one_line(data, tmp_path, rank1, expected):
+    """A refusal on one rank only, before MPI's first collective, and a setting that differs
+    between ranks (another batch order, another model) end every rank with one line."""
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    started = time.time()
+    proc = subprocess.run([MPIEXEC, "-n", "1", *train_cmd(data, out, "--max_iters=4"), ":",
+                           "-n", "1", *train_cmd(data, out, "--max_iters=4", *rank1)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and expected in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and time.time() - started < 60
