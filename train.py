@@ -183,6 +183,21 @@ class Run:
             os.path.join(self.cfg.out_dir, name)
 
 
+def say_changes(before, after, state):
+    """Print the training settings a resume changes (from flags or a config file), and, where
+    the schedule changes, the learning rate before and after."""
+    changed = [f.name for f in dataclasses.fields(before) if f.name not in ("init_from", "out_dir")
+               and getattr(before, f.name) != getattr(after, f.name)]
+    if not changed:
+        return
+    print("resuming with changed settings: " + ", ".join(f"{k} {getattr(before, k)} -> {getattr(after, k)}"
+                                                         for k in changed))
+    if set(changed) & {"max_iters", "max_minutes", "learning_rate", "min_lr", "warmup_iters"}:
+        now = [learning_rate(c, dataclasses.replace(state), state.train_seconds) for c in (before, after)]
+        print(f"  the learning rate at step {state.step} goes from {now[0]:.3g} to {now[1]:.3g} "
+              f"(the schedule now ends at max_iters={after.max_iters}, max_minutes={after.max_minutes:g})")
+
+
 def init_or_resume(cfg, mcfg, explicit, comm):
     """The Run to train: a new model, or the one in <out_dir>/ckpt_latest.npz with the saved
     settings (flags given now win) and its log cut back to the checkpoint's step."""
@@ -201,8 +216,10 @@ def init_or_resume(cfg, mcfg, explicit, comm):
         changed = [f"{k}={getattr(mcfg, k)} (the checkpoint's: {getattr(model.config, k)})" for k in sorted(explicit)
                    if hasattr(mcfg, k) and getattr(mcfg, k) != getattr(model.config, k)]
         require(not changed, f"cannot change architecture settings on resume: {', '.join(changed)}")
+        check(resumed, model.config)
+        if is_root:
+            say_changes(dataclasses.replace(TrainConfig(), **saved.get("train_config", {})), resumed, state)
         cfg = resumed
-        check(cfg, model.config)
     elif folder is not None and (existing := folder.holds_a_run()) and not cfg.overwrite:
         raise RunError(f"out_dir={cfg.out_dir} holds a run ({existing}): continue it with --init_from=resume, "
                        "or replace it with --overwrite=true")

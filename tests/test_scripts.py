@@ -373,3 +373,20 @@ def test_a_timed_run_keeps_its_time_across_an_interruption_and_then_trains_nothi
     assert "already stopped" in proc.stdout and "(max_minutes=0.2)" in proc.stdout
     assert log_rows(out) == rows
     assert json.loads(str(read_arrays(out / "ckpt_latest.npz")["meta"]))["state"]["step"] == state["step"]
+
+
+def test_a_resume_says_which_settings_it_changes_and_what_the_learning_rate_does(smoke_run, tmp_path):
+    """From flags or a config file, a resume that changes training settings says so, with
+    the learning rate before and after where the schedule changes."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(smoke_run[0], out, ignore=shutil.ignore_patterns(".lock"))
+    config = tmp_path / "longer.toml"
+    config.write_text("max_iters = 6\nlearning_rate = 0.002\n")
+    proc = run("train.py", str(config), "--init_from=resume", f"--out_dir={out}", "--eval_interval=2")
+    changes = next(line for line in proc.stdout.splitlines() if line.startswith("resuming with changed settings: "))
+    assert sorted(changes.split(": ", 1)[1].split(", ")) == ["learning_rate 0.005 -> 0.002", "max_iters 4 -> 6"]
+    assert "the learning rate at step 4 goes from" in proc.stdout
+    proc = run("train.py", "--init_from=resume", f"--out_dir={out}")
+    assert "resuming with changed settings" not in proc.stdout
