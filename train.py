@@ -400,8 +400,10 @@ def main(argv):
     if run.is_root:
         model.compile_eval()
     if cfg.mode == "JAX":
-        say(f"graphs built in {time.time() - t0:.1f}s; JAX compiles each bucket of batch shapes at its first step",
-            flush=True)
+        import jax
+
+        say(f"graphs built in {time.time() - t0:.1f}s; JAX runs on {jax.default_backend()} ({jax.devices()[0]}) and "
+            "compiles each bucket of batch shapes at its first step, within max_minutes", flush=True)
     else:
         say(f"compiled in {time.time() - t0:.1f}s", flush=True)
     bar = Progress(cfg, state, state.train_seconds, run.is_root)

@@ -129,9 +129,13 @@ def test_a_run_moves_between_modes_both_ways(tiny_reverse, tmp_path):
     common = [sys.executable, "train.py", f"--dataset={tiny_reverse}", f"--out_dir={out}", "--eval_interval=10",
               "--num_samples=0", "--batch_size=16", "--embed_size=8", "--hidden_size=8", "--rnn_dropout=0.1"]
     first = run_command(common + ["--mode=JAX", "--max_iters=10"])
-    assert "JAX compilations" in first.stdout
+    assert "JAX compilations" in first.stdout and "JAX runs on cpu" in first.stdout  # the device is said
     run_command(common + ["--mode=CVM", "--init_from=resume", "--max_iters=20"])
-    run_command(common + ["--mode=JAX", "--init_from=resume", "--max_iters=30"])
+    # Resumed without --mode, a run keeps its saved mode (CVM here) and says so.
+    second = run_command([c for c in common if c != "--rnn_dropout=0.1"] + ["--init_from=resume", "--max_iters=20"])
+    assert "compiling (CVM)" in second.stdout and "already stopped" in second.stdout
+    third = run_command(common + ["--mode=JAX", "--init_from=resume", "--max_iters=30"])
+    assert "compiling (JAX)" in third.stdout
     rows = log_rows(out)
     assert [r["step"] for r in rows] == [10, 20, 30]
     assert rows[-1]["val_loss"] < rows[0]["val_loss"]
