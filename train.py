@@ -327,6 +327,7 @@ def train(run, step_fn, batcher, bar):
     if cfg.patience and state.evals_since_best >= cfg.patience:
         why = "patience"
     elapsed = lambda: state.train_seconds + time.time() - started  # noqa: E731
+    first_step = state.step
     window = {"loss": 0.0, "tokens": 0.0, "time": time.time()}
     noticed = (bool(cfg.max_iters) and not cfg.max_minutes) or state.step >= cfg.eval_interval  # said at the start, or by a run resumed
     while why is None:
@@ -352,6 +353,8 @@ def train(run, step_fn, batcher, bar):
             window["loss"], window["tokens"] = window["loss"] + loss * n_tokens, window["tokens"] + n_tokens
             rate = window["tokens"] / max(1e-9, time.time() - window["time"])
             bar.update(state, elapsed(), loss=f"{loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.1e}")
+            if not noticed and run.is_root and state.step - first_step >= min(20, cfg.eval_interval):
+                noticed = [bar.write(line) for line in notices(run, elapsed())] or True  # speed known: say it early
             if cfg.max_iters and state.step >= cfg.max_iters:
                 why = "max_iters"
             if run.is_root and (why or timed_out or state.step % cfg.eval_interval == 0):

@@ -98,7 +98,7 @@ COMBOS = [(*combo, False) for combo in COMBOS] + [("gru", "bahdanau", True), ("l
                                                   ("mgu", "luong", True)]
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=16, deadline=None)
 @given(
     combo=st.sampled_from(COMBOS),
     tgt_lengths=st.lists(st.integers(1, 4), min_size=1, max_size=3),

@@ -390,3 +390,17 @@ def test_a_resume_says_which_settings_it_changes_and_what_the_learning_rate_does
     assert "the learning rate at step 4 goes from" in proc.stdout
     proc = run("train.py", "--init_from=resume", f"--out_dir={out}")
     assert "resuming with changed settings" not in proc.stdout
+
+
+def test_notes_on_the_runs_shape_come_before_the_run_ends(tiny_data, tmp_path):
+    """A time-limited run whose only evaluation is its last says its warm-up is too long once
+    its speed is known (after 20 steps), not after it has stopped."""
+    out = tmp_path / "run"
+    flags = [f"--dataset={tiny_data}", f"--out_dir={out}", "--max_minutes=0.1", "--eval_interval=100000",
+             "--warmup_iters=1000000", *[f for f in TINY if not f.startswith("--max_minutes")]]
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *flags], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=600)  # one stream: the order as printed
+    assert proc.returncode == 0, proc.stdout
+    text = proc.stdout
+    warning, evaluation = text.find("warning: warmup_iters=1000000"), text.find("val_loss")
+    assert 0 <= warning < evaluation, text[-3000:]
