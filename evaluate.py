@@ -48,6 +48,8 @@ class EvalConfig:
 
 
 def check(cfg):
+    require(cfg.mode in backend.MODES, f"mode={cfg.mode!r}: use one of {', '.join(backend.MODES)}")
+    backend.compile_mode(cfg.mode)  # mode=JAX without JAX: one line, before the checkpoint is read
     require(cfg.split in ("val", "test"), f"split={cfg.split!r}: use val or test")
     require(cfg.limit >= 0, f"limit={cfg.limit}: must not be negative")
     require(1 <= cfg.beam_size <= MAX_BEAM, f"beam_size={cfg.beam_size}: must be between 1 and {MAX_BEAM}")

@@ -57,6 +57,8 @@ class SampleConfig:
 
 
 def check(cfg, explicit=()):
+    require(cfg.mode in backend.MODES, f"mode={cfg.mode!r}: use one of {', '.join(backend.MODES)}")
+    backend.compile_mode(cfg.mode)  # mode=JAX without JAX: one line, before the checkpoint is read
     require(0 < cfg.num_samples <= MAX_SAMPLES, f"num_samples={cfg.num_samples}: must be between 1 and {MAX_SAMPLES}")
     require(0 < cfg.max_len <= MAX_LEN, f"max_len={cfg.max_len}: must be between 1 and {MAX_LEN}")
     for name in ("temperature", "length_norm", "top_p"):

@@ -404,3 +404,16 @@ def test_notes_on_the_runs_shape_come_before_the_run_ends(tiny_data, tmp_path):
     text = proc.stdout
     warning, evaluation = text.find("warning: warmup_iters=1000000"), text.find("val_loss")
     assert 0 <= warning < evaluation, text[-3000:]
+
+
+def test_sample_and_evaluate_under_mode_jax_without_jax_are_one_line(smoke_run, tmp_path):
+    shim = tmp_path / "shim" / "jax"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('No module named jax (hidden by the test)')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "shim"))
+    for script, extra in (("sample.py", ["--start=s1"]), ("evaluate.py", [])):
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, script), f"--out_dir={smoke_run[0]}", "--mode=JAX",
+                               *extra], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode != 0 and len(lines) == 1, (script, proc.stderr)
+        assert lines[0].startswith("error: mode=JAX needs JAX") and "requirements-jax.txt" in lines[0], script
