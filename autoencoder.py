@@ -16,7 +16,6 @@ built in autoencoder_model.py; this file holds the seed's API, the settings and 
 """
 import json
 import os
-import tempfile
 
 import numpy as np
 from tqdm import tqdm
@@ -65,20 +64,9 @@ class NDS2SAEFactory:
         its weights and training state at `build()`."""
         self.output = str(path)
         self._saved = None
-        folder = os.path.dirname(os.path.abspath(self.output))
-        if os.path.isdir(self.output):
-            raise ArchiveError(f"set_output({self.output!r}): that is a folder; name a .zip file in it")
-        existing = folder
-        while not os.path.exists(existing):
-            existing = os.path.dirname(existing)
-        if not os.path.isdir(existing):
-            raise ArchiveError(f"set_output({self.output!r}): {existing} is a file, not a folder")
-        try:  # a folder that cannot take the zip is said now, not after training
-            os.makedirs(folder, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as err:
-            raise ArchiveError(f"set_output({self.output!r}): cannot write in {folder}: {err.strerror or err}") from None
+        why = checkpoint.unwritable(self.output)  # said now, not after training
+        if why:
+            raise ArchiveError(f"set_output({self.output!r}): {why}")
         if os.path.exists(self.output):
             self._saved = read_archive(self.output)
             for key, value in self._saved["settings"].items():
@@ -98,6 +86,12 @@ class NDS2SAEFactory:
                         f"{saved[key]!r}; use another output file to train a new model"
                     )
         return NDS2SAE(settings, output=self.output, saved=self._saved)
+
+
+def best_path(output):
+    """Where the zip of the lowest validation loss goes, beside `output`: model.zip -> model_best.zip."""
+    stem, ext = os.path.splitext(output)
+    return f"{stem}_best{ext or '.zip'}"
 
 
 def finite_number(key, value):
@@ -232,9 +226,12 @@ class NDS2SAE(AutoencoderModel):
                               "train_mse": float(mse), "valid_loss": val["loss"],
                               "valid_mse": val["mse"], "valid_stop_loss": val["stop_loss"]}
                     self.history.append(record)
+                    best = val["loss"] <= min(r["valid_loss"] for r in self.history)
                     bar.write(f"iteration {self.iteration}: train loss {float(loss):.5f}, "
-                              f"valid loss {val['loss']:.5f} (mse {val['mse']:.5f})")
+                              f"valid loss {val['loss']:.5f} (mse {val['mse']:.5f})" + (", the best" if best else ""))
                     self.save()
+                    if best and self.output:  # beside the latest: a later jump in valid loss cannot cost it
+                        self.save(best_path(self.output))
         except KeyboardInterrupt:
             self.save()
             raise

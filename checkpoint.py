@@ -67,6 +67,25 @@ def atomic_write(path, write):
         os.close(dir_fd)
 
 
+def unwritable(path):
+    """Why a file cannot be written at `path` (a folder given, a file where a folder should be,
+    a folder that cannot be made or written in), or None; tried with a temporary file."""
+    if os.path.isdir(path):
+        return "that is a folder; name a file in it"
+    folder = existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is a file, not a folder"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return f"cannot write in {folder}: {err.strerror or err}"
+    return None
+
+
 def nonfinite(arrays):
     """The names of the float arrays that hold NaN or inf."""
     return [k for k, v in arrays.items() if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.all(np.isfinite(v))]

@@ -348,3 +348,15 @@ def test_an_output_that_cannot_be_written_is_refused_by_set_output(tmp_path):
                           ("/proc/x.zip", "cannot write in /proc"), (tmp_path, "that is a folder")):
         with pytest.raises(ArchiveError, match=message):
             NDS2SAEFactory().set_output(path)
+
+
+def test_the_zip_of_the_best_validation_loss_is_kept_beside_the_latest(trained):
+    """<output>_best.zip holds the weights of the lowest validation loss so far, so a later
+    jump in validation loss never costs the best model; it opens like any zip."""
+    encoder, path, history = trained
+    best = autoencoder.best_path(path)
+    assert best.endswith("toy_best.zip") and os.path.exists(best)
+    saved = autoencoder.read_archive(best)
+    losses = [h["valid_loss"] for h in history]
+    assert saved["state"]["history"][-1]["valid_loss"] == min(losses)
+    assert autoencoder.best_path("model") == "model_best.zip"
