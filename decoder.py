@@ -27,11 +27,8 @@ import layers
 import pytensor.tensor as pt
 import recurrence
 from attention import ATTENTIONS
-from layers import FF, Module, _glorot
-
-
-def as_list(out):
-    return list(out) if isinstance(out, (list, tuple)) else [out]
+from layers import FF, Module, _glorot, zone_out
+from stepgraph import as_list
 
 
 class Decoder(Module):
@@ -136,8 +133,7 @@ class AttentionDecoder(Module):
     def zoneout_attend(self, x_t, *args):
         H, n_cell = self.hiddenSize, self.cell.n_states
         out = self.attend(x_t[:, :-H], *args)
-        u = x_t[:, -H:]
-        return [p + u * (s - p) for s, p in zip(out[:n_cell], args[:n_cell])] + out[n_cell:]
+        return zone_out(out[:n_cell], args[:n_cell], x_t[:, -H:]) + out[n_cell:]
 
     def step(self, emb_t, state, memory):
         out = self.attend(self.cell.project(emb_t), *state, *memory)

@@ -265,13 +265,17 @@ class Recurrent(Module):
     def zoneout_recur(self, x_t, *state):
         H = self.hiddenSize
         new = self.recur(x_t[:, :-H], *state)
-        new = list(new) if isinstance(new, (list, tuple)) else [new]
-        u = x_t[:, -H:]
-        return [p + u * (s - p) for s, p in zip(new, state)]
+        return zone_out(new if isinstance(new, (list, tuple)) else [new], state, x_t[:, -H:])
 
     def kernel(self, step, x_proj, mask, init, weights):
         """A hand-written loop for `step`, or None (recurrence.loop then derives one)."""
         return None
+
+
+def zone_out(new, prev, u):
+    """Zoneout's mix of each new state with the previous one: prev + u * (new - prev), u (B, H)
+    the update mask (a number: its expectation, 1 - zoneout)."""
+    return [p + u * (s - p) for s, p in zip(new, prev)]
 
 
 class GRU(Recurrent):

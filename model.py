@@ -215,8 +215,8 @@ class Model:
         emb = self.modules["tgt_embed"](y_prev)  # (B, E)
         new, ctx, weights = dec.step(emb, list(states), self._read(memory))
         if self.config.zoneout > 0:  # its expectation: each unit moves 1 - zoneout of the way
-            keep, n_cell = np.float32(self.config.zoneout), getattr(getattr(dec, "cell", None), "n_states", len(new))
-            new = [s + keep * (p - s) if k < n_cell else s for k, (s, p) in enumerate(zip(new, states))]
+            n_cell = getattr(getattr(dec, "cell", None), "n_states", len(new))
+            new = layers.zone_out(new[:n_cell], states[:n_cell], np.float32(1.0 - self.config.zoneout)) + new[n_cell:]
         return new, self.logits(new[0], emb, ctx), weights
 
     def decoder_states(self, emb, tgt_mask, memory, train=False):
