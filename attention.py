@@ -18,10 +18,11 @@ are float32.
 """
 import numpy as np
 
-import backend
+from flags import FLOATX
+import modes
 import pytensor
 import pytensor.tensor as pt
-from layers import FLOATX, Module, _glorot, _uniform, named_class
+from module import Module, glorot, named_class, uniform
 
 
 def masked_softmax(scores, mask):
@@ -60,10 +61,10 @@ class Attention(Module):
     def __init__(self, querySize, contextSize, attentionSize, name="attention", rng=None):
         super().__init__(name)
         rng = rng or np.random.default_rng(0)
-        self.W = self.add_param("W", _glorot(rng, querySize, attentionSize))
-        self.U = self.add_param("U", _glorot(rng, contextSize, attentionSize))
+        self.W = self.add_param("W", glorot(rng, querySize, attentionSize))
+        self.U = self.add_param("U", glorot(rng, contextSize, attentionSize))
         self.b = self.add_param("b", np.zeros(attentionSize))
-        self.v = self.add_param("v", _uniform(rng, (attentionSize,), np.sqrt(3.0 / attentionSize)))
+        self.v = self.add_param("v", uniform(rng, (attentionSize,), np.sqrt(3.0 / attentionSize)))
 
     def keys(self, annotations):
         return pt.dot(annotations, self.U) + self.b  # (Ts, B, A)
@@ -94,7 +95,7 @@ class LuongAttention(Attention):
     def __init__(self, querySize, contextSize, attentionSize=None, name="attention", rng=None):
         Module.__init__(self, name)
         rng = rng or np.random.default_rng(0)
-        self.W = self.add_param("W", _glorot(rng, querySize, contextSize))
+        self.W = self.add_param("W", glorot(rng, querySize, contextSize))
 
     def keys(self, annotations):
         return annotations  # (Ts, B, C)
@@ -118,7 +119,7 @@ class CoverageAttention(Attention):
     def __init__(self, querySize, contextSize, attentionSize, name="attention", rng=None):
         super().__init__(querySize, contextSize, attentionSize, name, rng)
         rng = rng or np.random.default_rng(1)
-        self.w_cov = self.add_param("w_cov", _uniform(rng, (attentionSize,), np.sqrt(3.0 / attentionSize)))
+        self.w_cov = self.add_param("w_cov", uniform(rng, (attentionSize,), np.sqrt(3.0 / attentionSize)))
 
     def initial_state(self, annotations, src_mask):
         return [pt.zeros_like(src_mask.T)]  # (B, Ts): nothing attended yet
@@ -134,7 +135,7 @@ ATTENTIONS = {"bahdanau": Attention, "luong": LuongAttention, "coverage": Covera
 
 def attention_class(name):
     """The attention class for `name`: a name in ATTENTIONS, or `module:Class` for one in a
-    file of your own (layers.named_class)."""
+    file of your own (module.named_class)."""
     return named_class(name, ATTENTIONS, Attention, "attention")
 
 
@@ -161,7 +162,7 @@ def check_attention(cls, query_size=4, context_size=5, attention_size=3, batch_s
     values = [v.astype(FLOATX) for v in values]
     try:
         f = pytensor.function([query, annotations, src_mask], [*init, *out], on_unused_input="ignore",
-                              mode=backend.compile_mode("FAST_COMPILE"))
+                              mode=modes.compile_mode("FAST_COMPILE"))
         got = f(*values)
     except Exception as err:
         raise ValueError(f"{name}: calling it on a batch of {B} (query ({B}, {Hq}), annotations ({Ts}, {B}, {C}), "

@@ -12,7 +12,7 @@
 
 Sequences are lists of (T_i, dim) arrays of any lengths; padding and masks are internal.
 The network (stacked GRUs, a code, an unconditioned decoder, a stop unit) is described and
-built in autoencoder_model.py; this file holds the seed's API, the settings and the zip.
+built in autoencoder_model.py; this file holds the NDS2SAEFactory API, the settings and the zip.
 """
 import json
 import os
@@ -20,7 +20,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-import backend
+import modes
 import checkpoint
 import optim
 from autoencoder_model import AutoencoderModel, check_sequences, pad
@@ -55,7 +55,7 @@ class NDS2SAEFactory:
         self.lrargs = dict(lr=0.001)  # expdecay: start_lr, finish_lr, decay_steps
         self.grad_clip = 1.0        # clip the global gradient norm to this; 0 = off
         self.seed = 0               # initial weights and dropout masks
-        self.mode = backend.DEFAULT_MODE  # pytensor compile mode
+        self.mode = modes.DEFAULT_MODE  # pytensor compile mode
         self.output = None
         self._saved = None
 
@@ -138,7 +138,7 @@ def check_settings(settings):
     if not isinstance(s["seed"], (int, np.integer)) or isinstance(s["seed"], bool) or s["seed"] < 0:
         raise ValueError(f"seed={s['seed']!r}: must be an int >= 0")
     s["seed"] = int(s["seed"])
-    backend.compile_mode(s["mode"])
+    modes.compile_mode(s["mode"])
     return s
 
 

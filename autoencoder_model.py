@@ -2,7 +2,7 @@
 compiled functions (autoencoder.py adds training, prediction and the zip).
 
 Sequences are lists of (T_i, dim) arrays of any lengths; padding and masks are internal.
-The model, built from `layers.GRU` and `layers.FF`:
+The model, built from `cells.GRU` and `layers.FF`:
 
     encoder   stacked GRUs over the input, sizes layer_sizes (masked scans)
     code      the final state of every encoder layer, concatenated      (B, sum(layer_sizes))
@@ -20,14 +20,15 @@ one mask per sequence for all timesteps (layers.Dropout), in training only.
 """
 import numpy as np
 
-import backend
+from flags import FLOATX
+import cells
 import checkpoint
+import compiled
 import layers
+import modes
 import optim
 import pytensor
 import pytensor.tensor as pt
-
-FLOATX = layers.FLOATX
 
 
 def check_sequences(seqs, dim, what):
@@ -86,10 +87,10 @@ class AutoencoderModel:
         self.init_source = [L - 1 - j for j in range(L)] if s["symmetric"] else list(range(L))
         self.code_size = sum(sizes)
         widths_in = [s["input_dim"]] + sizes[:-1]
-        self.encoder = [layers.GRU(w, n, f"enc{j}", rng) for j, (w, n) in enumerate(zip(widths_in, sizes))]
+        self.encoder = [cells.GRU(w, n, f"enc{j}", rng) for j, (w, n) in enumerate(zip(widths_in, sizes))]
         widths_in = [self.code_size] + self.decoder_sizes[:-1]
         self.decoder = [
-            layers.GRU(w, n, f"dec{j}", rng) for j, (w, n) in enumerate(zip(widths_in, self.decoder_sizes))
+            cells.GRU(w, n, f"dec{j}", rng) for j, (w, n) in enumerate(zip(widths_in, self.decoder_sizes))
         ]
         self.out = layers.FF(self.decoder_sizes[-1], s["output_dim"], "linear", "out", rng)
         self.stop = layers.FF(self.decoder_sizes[-1], 1, "linear", "stop", rng)
@@ -98,7 +99,7 @@ class AutoencoderModel:
         self.opt_state = []  # Adam's variables, once train_function has built them
         self.dropout = layers.Dropout(s["seed"] + 1)
         self.functions = {}
-        self.mode = backend.compile_mode(s["mode"])
+        self.mode = modes.compile_mode(s["mode"])
 
     def _dropout_masks(self, batch_size):
         """One (B, width) mask per layer output but the code's, the same at every step; []
@@ -189,19 +190,19 @@ class AutoencoderModel:
                 self.params, grads, self.settings["grad_clip"], lambda clipped: optim.adam(self.params, clipped, lr))
             if pending_opt_state:
                 checkpoint.restore_optimizer(self.opt_state, pending_opt_state, f"{path}: optimizer.npz", prefix="")
-            return backend.function([x, x_mask, y, y_mask, lr], [loss, mse, stop_loss, norm], self.mode,
+            return compiled.function([x, x_mask, y, y_mask, lr], [loss, mse, stop_loss, norm], self.mode,
                                     updates + self.dropout.updates(), pad=True)
 
-        return backend.cached(self.functions, "train", build)
+        return compiled.cached(self.functions, "train", build)
 
     def eval_function(self):
         """f(x, x_mask, y, y_mask) -> (loss, mse, stop_loss), no dropout, no updates."""
         def build():
             x, x_mask, y, y_mask = self._inputs()
             outs = self._loss(x, x_mask, y, y_mask)
-            return backend.function([x, x_mask, y, y_mask], list(outs), self.mode, pad=True)
+            return compiled.function([x, x_mask, y, y_mask], list(outs), self.mode, pad=True)
 
-        return backend.cached(self.functions, "eval", build)
+        return compiled.cached(self.functions, "eval", build)
 
     def predict_function(self):
         """f(x, x_mask, max_len) -> (code (B, C), outputs (T, B, O), p_stop (T, B))."""
@@ -209,7 +210,7 @@ class AutoencoderModel:
             x, x_mask, _, _ = self._inputs()
             max_len = pt.iscalar("max_len")
             code, pred, stop_logit = self._graph(x, x_mask, max_len)
-            return backend.function([x, x_mask, max_len], [code, pred, pt.sigmoid(stop_logit)], self.mode,
+            return compiled.function([x, x_mask, max_len], [code, pred, pt.sigmoid(stop_logit)], self.mode,
                                     batch_axes=([1, 1, None], [0, 1, 1]))
 
-        return backend.cached(self.functions, "predict", build)
+        return compiled.cached(self.functions, "predict", build)

@@ -184,8 +184,8 @@ def set_generator_state(shared_rng, state):
 
 def restore_optimizer(variables, saved, path, prefix="opt/"):
     """Set the optimizer's state variables from a checkpoint's `saved` {name: array}, checked
-    as params are; a variable missing from it is refused rather than reset. Adam step counts
-    saved as one `adam.t` (before each module's getUpdates had its own) fill every `adam.t.*`."""
+    as params are; a variable missing from it is refused rather than reset. A checkpoint
+    holding one Adam step count for the model (`adam.t`) fills every module's `adam.t.*`."""
     mapped = {}
     for var in variables:
         old = "adam.t" if var.name.startswith("adam.t.") and var.name not in saved else var.name
@@ -244,8 +244,8 @@ def module_kind(module):
 
 def _same_kind(saved, built):
     """Whether a module recorded as `saved` is what initModules() now builds as `built`.
-    Checkpoints of earlier versions name Cho's decoder by its bare cell (`GRU`, now
-    `Decoder(GRU)`: the same params) and the GRU attention decoder `AttentionGRU`."""
+    A checkpoint may name Cho's decoder by its bare cell (`GRU`, the same params as
+    `Decoder(GRU)`) and the GRU attention decoder `AttentionGRU`."""
     return {"AttentionGRU": "AttentionDecoder(GRU)"}.get(saved, saved) == built or built == f"Decoder({saved})"
 
 

@@ -32,12 +32,12 @@ import math
 
 import numpy as np
 
-import backend
-import kernels
-import layers
+from flags import FLOATX
+import compiled
 import pytensor
 import pytensor.tensor as pt
 from pytensor.scan.utils import until
+import softmax_kernel
 from vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 
@@ -263,7 +263,7 @@ def decode_graph(model, src, noise, temperature=None):
             y = pt.minimum(y, probs.shape[1] - 1) + first
         y = y.astype("int32")
         # log p(y) as trained: -(cross-entropy of y), one fused pass over the logits
-        y_logp = pt.switch(done, np.float32(0.0), -kernels.softmax_cross_entropy(logits, y))  # (B,)
+        y_logp = pt.switch(done, np.float32(0.0), -softmax_kernel.softmax_cross_entropy(logits, y))  # (B,)
         y = pt.switch(done, PAD_ID, y).astype("int32")
         done_new = pt.or_(done, pt.eq(y, EOS_ID))
         if model.mode_name == "JAX":  # lax.scan has no early exit: finished rows emit PAD
@@ -283,11 +283,11 @@ def compile_decode(model, greedy=True):
     """`f(src, noise) -> (ids, logps)` (greedy) or `f(src, noise, temperature)`; see
     decode_graph. Greedy decoding has its own graph: an argmax, no softmax or cumsum."""
     def build():
-        src, noise = pt.imatrix("src"), pt.matrix("noise", dtype=layers.FLOATX)
-        inputs = [src, noise] if greedy else [src, noise, pt.scalar("temperature", dtype=layers.FLOATX)]
-        return backend.function(inputs, list(decode_graph(model, *inputs)), model.mode, pad=True)
+        src, noise = pt.imatrix("src"), pt.matrix("noise", dtype=FLOATX)
+        inputs = [src, noise] if greedy else [src, noise, pt.scalar("temperature", dtype=FLOATX)]
+        return compiled.function(inputs, list(decode_graph(model, *inputs)), model.mode, pad=True)
 
-    return backend.cached(model.functions, ("decode", greedy), build)
+    return compiled.cached(model.functions, ("decode", greedy), build)
 
 
 def scan_decode(model, src, max_len=50, temperature=0.0, rng=None):
@@ -302,7 +302,7 @@ def scan_decode(model, src, max_len=50, temperature=0.0, rng=None):
         ys, logps = compile_decode(model, greedy=True)(src, noise)
     else:
         ys, logps = compile_decode(model, greedy=False)(src, noise, np.float32(temperature))
-    # Under JAX the batch and the steps were padded to bucket sizes (backend.function).
+    # Under JAX the batch and the steps were padded to bucket sizes (compiled.function).
     ys, logps = ys[:max_len, : src.shape[1]], logps[:max_len, : src.shape[1]]
     return ys.T, logps.sum(axis=0)
 
@@ -322,15 +322,15 @@ def compile_step(model):
         keys = model.memory_names()
         init = model.decoder_init(memory)
         axes = [0 if k == "c" else 1 for k in keys]  # each memory entry's batch axis
-        f_init = backend.function([src], [*(memory[k] for k in keys), *init], model.mode,
+        f_init = compiled.function([src], [*(memory[k] for k in keys), *init], model.mode,
                                   batch_axes=([1], axes + [0] * len(init)))
         y_prev = pt.ivector("y_prev")
         states = [s.type(f"state{i}") for i, s in enumerate(init)]
         mem_in = {k: memory[k].type(k) for k in keys}
         new, logits, _ = model.decoder_step(y_prev, states, mem_in)
         logp = logits - pt.logsumexp(logits, axis=1, keepdims=True)  # (B, V)
-        f_next = backend.function([y_prev, *states, *(mem_in[k] for k in keys)], [logp, *new], model.mode,
+        f_next = compiled.function([y_prev, *states, *(mem_in[k] for k in keys)], [logp, *new], model.mode,
                                   batch_axes=([0] * (1 + len(states)) + axes, [0] * (1 + len(new))))
         return f_init, f_next
 
-    return backend.cached(model.functions, "step", build)
+    return compiled.cached(model.functions, "step", build)

@@ -23,18 +23,22 @@ reads in their place (weight-drop); the attention weights come out as (T, Ts, B)
 """
 import numpy as np
 
-import layers
+import cells
+import modes
+import pytensor
 import pytensor.tensor as pt
 import recurrence
 from attention import ATTENTIONS
-from layers import FF, Module, _glorot, zone_out
+from cells import zone_out
+from layers import FF
+from module import Module, glorot
 from stepgraph import as_list
 
 
 class Decoder(Module):
     """The decoder of Cho et al. 2014: h'_t = cell([e(y_{t-1}); c], h'_{t-1}), the encoder's
     summary c (B, C) fed to every step and to the readout. `cell` takes the inputs [E, C]
-    (layers.Recurrent with inputSize=[E, C]); its params are this module's (`decoder.W`)."""
+    (cells.Recurrent with inputSize=[E, C]); its params are this module's (`decoder.W`)."""
 
     memory_names = ("c",)
 
@@ -81,11 +85,11 @@ class AttentionDecoder(Module):
         self.cell, self.attention, self.input_feeding = cell, attention, input_feeding
         self.params = list(cell.params)
         H, G = cell.hiddenSize, cell.n_gates
-        self.Wc = self.add_param("Wc", np.hstack([_glorot(rng, contextSize, H) for _ in range(G)]))
+        self.Wc = self.add_param("Wc", np.hstack([glorot(rng, contextSize, H) for _ in range(G)]))
         self.params += attention.params
         if input_feeding:
             self.feed = FF([H, contextSize], H, "tanh", name=f"{self.name}.feed", rng=rng)
-            self.Wf = self.add_param("Wf", np.hstack([_glorot(rng, H, H) for _ in range(G)]))
+            self.Wf = self.add_param("Wf", np.hstack([glorot(rng, H, H) for _ in range(G)]))
             self.params += self.feed.params
         self.n_attention = getattr(attention, "n_states", 0)
         self.n_states = cell.n_states + self.n_attention + int(input_feeding)
@@ -93,9 +97,9 @@ class AttentionDecoder(Module):
         self.memory_names = ("keys", "annotations", "src_mask") if attention.has_keys else ("annotations", "src_mask")
 
     @property
-    def fused(self):
+    def fast_loop(self):
         """Whether the loop may run as one op (recurrence.loop): the cell's choice."""
-        return getattr(self.cell, "fused", True)
+        return getattr(self.cell, "fast_loop", True)
 
     def prepare(self, memory):
         if self.attention.has_keys:
@@ -129,7 +133,7 @@ class AttentionDecoder(Module):
         return [*new, *new_att, *feed, ctx, weights]
 
     # zoneout_attend([x_proj_t, u_t], *state, *memory): attend, the cell's states moving only
-    # by u_t (B, H) of the way to their new values (layers.Recurrent.scan).
+    # by u_t (B, H) of the way to their new values (cells.Recurrent.scan).
     def zoneout_attend(self, x_t, *args):
         H, n_cell = self.hiddenSize, self.cell.n_states
         out = self.attend(x_t[:, :-H], *args)
@@ -142,7 +146,7 @@ class AttentionDecoder(Module):
     def scan(self, emb, mask, init, memory, mode=None, weights=None, zoneout=None):
         """Teacher-forced loop: (state sequences, contexts (T, B, C), weights (T, Ts, B)). A
         padded step carries the state through; its context and weights are computed all the
-        same. `zoneout` (T, B, H): the cell's update mask, as in layers.Recurrent.scan."""
+        same. `zoneout` (T, B, H): the cell's update mask, as in cells.Recurrent.scan."""
         n = self.n_states
         unique = list(dict.fromkeys(memory))  # one loop input per distinct entry
         positions = tuple(unique.index(v) for v in memory)
@@ -191,11 +195,8 @@ def check_decoder(dec, embed_size, context_size, batch_size=2, src_len=3):
     values = [rng.standard_normal(s).astype("float32") for s in [(B, E), (B, C), (B, H), (Ts, B, C)]]
     values.append(np.ones((Ts, B), "float32"))
     try:
-        import backend
-        import pytensor
-
         got = pytensor.function([emb, c, h0, annotations, src_mask], outputs, on_unused_input="ignore",
-                                mode=backend.compile_mode("FAST_COMPILE"))(*values)
+                                mode=modes.compile_mode("FAST_COMPILE"))(*values)
     except Exception as err:
         raise ValueError(f"{name}: one decoding step failed on a batch of {B}: {type(err).__name__}: "
                          f"{str(err).splitlines()[0]}") from None
@@ -212,15 +213,15 @@ def check_decoder(dec, embed_size, context_size, batch_size=2, src_len=3):
 def check_modules(modules):
     """ValueError in one line, naming the slot, unless every cell, attention and decoder of
     the user's own in `modules` (from --cell, --attention or an edit of initModules()) passes
-    layers.check_recur or check_decoder. Stock modules are not checked."""
-    stock = (layers.GRU, layers.LSTM, Decoder, AttentionDecoder, *ATTENTIONS.values())
+    cells.check_recur or check_decoder. Stock modules are not checked."""
+    stock = (cells.GRU, cells.LSTM, Decoder, AttentionDecoder, *ATTENTIONS.values())
     for name, module in modules.items():
         parts = [module, getattr(module, "cell", None), getattr(module, "attention", None)]
         if all(p is None or type(p) in stock for p in parts):
             continue
         try:
-            if isinstance(module, layers.Recurrent):
-                layers.check_recur(module)
+            if isinstance(module, cells.Recurrent):
+                cells.check_recur(module)
             elif name == "decoder":
                 E = modules["tgt_embed"].W.get_value(borrow=True).shape[1]
                 check_decoder(module, E, modules["init"].inputSize)

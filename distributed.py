@@ -18,8 +18,8 @@ import sys
 
 import numpy as np
 
-import backend
-import layers
+from flags import FLOATX
+import compiled
 import pytensor
 import pytensor.tensor as pt
 
@@ -88,25 +88,39 @@ def compile_grad(model):
         src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
         model.dropout.begin()
         nll, mask, objective = model.token_nll(src, tgt, train=True)
-        total = pt.sum(objective, dtype=layers.FLOATX)
-        outputs = [pt.sum(nll, dtype=layers.FLOATX), pt.sum(mask, dtype=layers.FLOATX),
+        total = pt.sum(objective, dtype=FLOATX)
+        outputs = [pt.sum(nll, dtype=FLOATX), pt.sum(mask, dtype=FLOATX),
                    *pytensor.grad(total, model.trainable_params())]
-        return backend.function([src, tgt], outputs, model.mode, model.dropout.updates(), pad=True)
+        return compiled.function([src, tgt], outputs, model.mode, model.dropout.updates(), pad=True)
 
-    return backend.cached(model.functions, "grad", build)
+    return compiled.cached(model.functions, "grad", build)
 
 
 def compile_apply(model, optimizer="adam", grad_clip=1.0):
     """Half 2: `f(lr, scale, *summed gradients) -> grad_norm` applies the optimizer to
     scale * gradients (scale = 1 / global token count), as Model.compile_train does."""
     def build():
-        lr = pt.scalar("lr", dtype=layers.FLOATX)
-        scale = pt.scalar("scale", dtype=layers.FLOATX)
+        lr = pt.scalar("lr", dtype=FLOATX)
+        scale = pt.scalar("scale", dtype=FLOATX)
         grads = [p.type(f"grad.{p.name}") for p in model.trainable_params()]
         updates, norm = model.training_updates(None, [g * scale for g in grads], lr, optimizer, grad_clip)
-        return backend.function([lr, scale, *grads], norm, model.mode, updates)
+        return compiled.function([lr, scale, *grads], norm, model.mode, updates)
 
-    return backend.cached(model.functions, ("apply", optimizer, grad_clip), build)
+    return compiled.cached(model.functions, ("apply", optimizer, grad_clip), build)
+
+
+def training_step(model, comm, batcher, optimizer, grad_clip, check_interval):
+    """`step(indices, lr, stop) -> (loss, n_tokens, grad_norm, stop)`: one fused compiled
+    function in one process (comm None); gradients, one all-reduce and the update under MPI."""
+    if comm is not None:
+        return DataParallelStep(model, comm, batcher, optimizer, grad_clip, check_interval)
+    fused = model.compile_train(optimizer, grad_clip)
+
+    def step(indices, lr, stop):
+        loss, n_tokens, norm = fused(*batcher.batch(indices), np.float32(lr))
+        return float(loss), float(n_tokens), float(norm), stop
+
+    return step
 
 
 class DataParallelStep:

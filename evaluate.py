@@ -5,6 +5,7 @@ of its translations where the dataset has references.
     python evaluate.py --dataset=kjv_es --beam_size=5    # translation: perplexity, BLEU, chrF
     python evaluate.py --dataset=kjv_es --limit=200      # the first 200 test pairs only
     python evaluate.py --out_dir=out/kjv_es_plain --dataset=kjv_es   # any run folder
+    python evaluate.py --dataset=kjv_es --src_file=new.en --ref_file=new.es   # any text and its references
     python evaluate.py --help
 
 The checkpoint is <out_dir>/ckpt_best.npz, out_dir defaulting to out/<dataset> as in
@@ -21,54 +22,69 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import backend
 from checkpoint import CheckpointError, checkpoint_path
 from configurator import ConfigError, configure, require, setting
 from dataset import DataError, dataset_dir, load_dataset
 from model import Model
 from runs import run_dir
-from decode import MAX_BEAM, MAX_LEN
+from decode import MAX_LEN
+from decode_config import DecodeConfig
 from scoring import bleu_tokenize, perplexity, read_references, score, translate
 
 
 @dataclass
-class EvalConfig:
-    dataset: str = setting("kjv", "the run of this dataset (out/<dataset>), unless out_dir is given")
-    out_dir: str = setting("", "run folder whose checkpoint to score; empty = out/<dataset>")
+class EvalConfig(DecodeConfig):
     ckpt: str = setting("best", "best, latest, step<N>, or a path to an .npz (results go beside it)")
-    split: str = setting("test", "val or test")
-    limit: int = setting(0, "score only the split's first N pairs; 0 = all of them")
-    beam_size: int = setting(1, f"1 = greedy decoding (translations only); at most {MAX_BEAM}")
-    length_norm: float = setting(1.0, "beam ranks by log p / length**length_norm")
-    no_repeat_ngram_size: int = setting(0, "n > 0: no output repeats an n-gram (a guard against loops)")
-    unk_penalty: float = setting(math.inf, "subtracted from <unk>'s log-probability when decoding; inf = never <unk>")
-    batch_size: int = setting(64, "sentences scored and decoded together")
     max_len: int = setting(100, f"longest output, in tokens (at most {MAX_LEN})")
-    mode: str = setting(backend.DEFAULT_MODE, f"compile mode: {', '.join(backend.MODES)}")
+    split: str = setting("test", "val or test")
+    src_file: str = setting("", "score these source sentences (one per line) instead of a split, against ref_file")
+    ref_file: str = setting("", "the reference translation of each line of src_file")
+    limit: int = setting(0, "score only the split's first N pairs; 0 = all of them")
+    batch_size: int = setting(64, "sentences scored and decoded together")
+
+    def check(self):
+        super().check()
+        require(self.split in ("val", "test"), f"split={self.split!r}: use val or test")
+        require(self.limit >= 0, f"limit={self.limit}: must not be negative")
+        require(self.batch_size > 0, f"batch_size={self.batch_size}: must be positive")
+        require(bool(self.src_file) == bool(self.ref_file), "src_file and ref_file go together: give both, or neither")
 
 
-def check(cfg):
-    require(cfg.mode in backend.MODES, f"mode={cfg.mode!r}: use one of {', '.join(backend.MODES)}")
-    backend.compile_mode(cfg.mode)  # mode=JAX without JAX: one line, before the checkpoint is read
-    require(cfg.split in ("val", "test"), f"split={cfg.split!r}: use val or test")
-    require(cfg.limit >= 0, f"limit={cfg.limit}: must not be negative")
-    require(1 <= cfg.beam_size <= MAX_BEAM, f"beam_size={cfg.beam_size}: must be between 1 and {MAX_BEAM}")
-    require(cfg.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size={cfg.no_repeat_ngram_size}: must not be negative")
-    require(math.isfinite(cfg.length_norm), f"length_norm={cfg.length_norm}: must be a finite number")
-    require(cfg.unk_penalty >= 0, f"unk_penalty={cfg.unk_penalty}: must not be negative (inf bans <unk>)")
-    require(cfg.batch_size > 0, f"batch_size={cfg.batch_size}: must be positive")
-    require(0 < cfg.max_len <= MAX_LEN, f"max_len={cfg.max_len}: must be between 1 and {MAX_LEN}")
+def read_lines(path):
+    """The lines of a UTF-8 text file, or DataError naming the file and line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except OSError as err:
+        raise DataError(f"{path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        with open(path, "rb") as f:
+            line = f.read()[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8") from None
 
 
-def main(argv):
-    from tqdm import tqdm
+def file_pairs(model, src_file, ref_file, reverse_source):
+    """(pairs, references) of a source file and its references, tokenised by the model's
+    vocabularies as its training data was; references as BLEU scores them (word tokens
+    joined by spaces, or the text for SentencePiece)."""
+    sources, refs = read_lines(src_file), read_lines(ref_file)
+    if len(sources) != len(refs) or not sources:
+        raise DataError(f"{src_file} has {len(sources):,} lines and {ref_file} {len(refs):,}: one reference per "
+                        "source line is needed")
+    src_ids = [model.src_vocab.encode(model.src_vocab.tokens(s)) for s in sources]
+    empty = next((k for k, s in enumerate(src_ids, 1) if not s), None)
+    if empty:
+        raise DataError(f"{src_file}:{empty}: an empty source line (nothing to translate)")
+    tgt_tokens = [model.tgt_vocab.tokens(r) for r in refs]
+    pairs = [(np.array(s[::-1] if reverse_source else s, dtype=np.int32), np.array(model.tgt_vocab.encode(t), dtype=np.int32))
+             for s, t in zip(src_ids, tgt_tokens)]
+    references = [" ".join(t) for t in tgt_tokens] if model.tgt_vocab.kind == "word" else [r.strip() for r in refs]
+    return pairs, references
 
-    cfg = EvalConfig()
-    explicit = configure([cfg], argv, __doc__.strip())
-    check(cfg)
-    path = checkpoint_path(run_dir(cfg.out_dir, cfg.dataset), cfg.ckpt)
-    model = Model.load(path, mode=cfg.mode)
-    # The dataset given, else the one the checkpoint was trained on.
+
+def split_pairs(cfg, explicit, model, path):
+    """(pairs, references or None) of the split cfg.split of the dataset given, else of the
+    one the checkpoint was trained on; its vocabulary must be the checkpoint's."""
     trained_on = model.checkpoint_state.get("data", {}).get("dataset", cfg.dataset)
     data_dir = dataset_dir(cfg.dataset if "dataset" in explicit else trained_on)
     meta, src_vocab, tgt_vocab, splits = load_dataset(data_dir, need=(cfg.split,))
@@ -78,16 +94,33 @@ def main(argv):
                         f"{path}'s ({sizes(model.src_vocab, model.tgt_vocab)}, trained on {trained_on}); the scores "
                         "would be meaningless")
     everything = splits[cfg.split]
-    pairs = everything[: cfg.limit] if cfg.limit else everything
     has_refs = os.path.exists(os.path.join(data_dir, f"{cfg.split}.ref.txt"))
-    references = read_references(data_dir, cfg.split, len(everything))[: len(pairs)] if has_refs else None
+    return everything, read_references(data_dir, cfg.split, len(everything)) if has_refs else None
+
+
+def main(argv):
+    from tqdm import tqdm
+
+    cfg = EvalConfig()
+    explicit = configure([cfg], argv, __doc__.strip())
+    cfg.check()
+    path = checkpoint_path(run_dir(cfg.out_dir, cfg.dataset), cfg.ckpt)
+    model = Model.load(path, mode=cfg.mode)
+    if cfg.src_file:  # a file pair, tokenised by the checkpoint's own vocabularies
+        reverse = model.checkpoint_state.get("data", {}).get("reverse_source", False)
+        everything, all_refs = file_pairs(model, cfg.src_file, cfg.ref_file, reverse)
+        cfg.split = "file-" + os.path.splitext(os.path.basename(cfg.src_file))[0]  # names the results
+    else:
+        everything, all_refs = split_pairs(cfg, explicit, model, path)
+    pairs = everything[: cfg.limit] if cfg.limit else everything
+    has_refs = all_refs is not None
+    references = all_refs[: len(pairs)] if has_refs else None
     with tqdm(total=len(pairs) * (2 if has_refs else 1), unit="pair", desc=f"{cfg.split}", dynamic_ncols=True) as bar:
         result = {"split": cfg.split, "n_pairs": len(pairs), "of": len(everything), "checkpoint": path,
                   "step": model.checkpoint_state.get("step")}
         result.update(perplexity(model, pairs, cfg.batch_size, progress=bar.update))
         if has_refs:
-            how = dict(beam_size=cfg.beam_size, length_norm=cfg.length_norm, unk_penalty=cfg.unk_penalty,
-                       no_repeat_ngram_size=cfg.no_repeat_ngram_size)
+            how = cfg.search()
             hypotheses = translate(model, pairs, cfg.batch_size, cfg.max_len, progress=bar.update, **how)
             result.update(score(hypotheses, references, bleu_tokenize(model.tgt_vocab)), **how,
                           mean_output_len=float(np.mean([len(h.split()) for h in hypotheses])))

@@ -17,85 +17,42 @@ Regularisers, each a setting that is 0 (off) by default and acts in training onl
 on the word vectors, between stacked encoder layers and on the deep output layer; locked
 dropout (one mask per sequence) on every recurrent layer's input and output; weight-drop
 (DropConnect on every recurrent matrix U, AWD-LSTM); zoneout on every recurrent state
-(Krueger et al. 2017); word dropout (input words replaced by <unk>); the softmax weights tied to the target word vectors, and one table for source and
-target; label smoothing in the loss (perplexity stays the plain cross-entropy's).
+(Krueger et al. 2017); word dropout (input words replaced by <unk>); the softmax weights
+tied to the target word vectors, and one table for source and target; label smoothing in
+the loss (perplexity stays the plain cross-entropy's).
 
 Batches are (T, B) int32 id matrices, time first, padded with PAD_ID; masks are derived
 from the padding. A target batch holds BOS y_1 .. y_n EOS, so the decoder reads tgt[:-1]
 and predicts tgt[1:].
 """
-from dataclasses import dataclass
-
 import numpy as np
 
-import backend
+from flags import FLOATX
+import cells
 import checkpoint
+import compiled
 import decode
-import kernels
 import layers
+import modes
 import optim
 import pytensor
 import pytensor.tensor as pt
-from attention import ATTENTIONS, attention_class
+import softmax_kernel
+from attention import attention_class
+from configurator import ConfigError
 from decoder import AttentionDecoder, Decoder, check_modules
-from configurator import ConfigError, setting
+from model_config import ModelConfig
 from regularisers import Regularisers
 from vocab import PAD_ID
 
-@dataclass
-class ModelConfig:
-    """Architecture settings; saved in every checkpoint and restored from it."""
-
-    embed_size: int = setting(128, "word vector width; also the deep output layer's width")
-    hidden_size: int = setting(256, "encoder and decoder state width")
-    init_seed: int = setting(1337, "seed of the parameter initialisation")
-    # Measured: on KJV, 0.1 left the model at the unigram loss for 800 steps and 1.0 learns;
-    # on the reverse task 0.1 reaches 99% exact match and 1.0 stalls near 92%.
-    embed_init_std: float = setting(1.0, "std of the initial word vectors (see README)")
-    cell: str = setting("gru", f"recurrent cell of every encoder and decoder slot: {', '.join(layers.CELLS)}, "
-                               "a registered name, or module:Class")
-    encoder_cell: str = setting("", "the encoder's cell (every layer and direction), if not `cell`")
-    decoder_cell: str = setting("", "the decoder's cell, if not `cell`")
-    reset_after: bool = setting(False, "GRU only: reset gate after the recurrent matmul (nn.GRU's form), not before (Cho's)")
-    encoder_layers: int = setting(1, "stacked encoder layers")
-    bidirectional: bool = setting(False, "add a backward scan to every encoder layer")
-    attention: str = setting("none", f"none (Cho 2014's fixed c), {', '.join(ATTENTIONS)}, or module:Class")
-    input_feeding: bool = setting(False, "attention only: feed each step's attentional vector to the next (Luong 2015)")
-    attention_size: int = setting(0, "additive attention's hidden width; 0 = hidden_size")
-    dropout: float = setting(0.0, "dropout between stacked encoder layers, training only")
-    embed_dropout: float = setting(0.0, "dropout on the source and target word vectors, training only")
-    rnn_dropout: float = setting(0.0, "locked dropout (one mask per sequence) on every recurrent layer's input and output")
-    weight_drop: float = setting(0.0, "DropConnect on every recurrent matrix U, one mask per batch (AWD-LSTM)")
-    zoneout: float = setting(0.0, "zoneout: each recurrent state unit keeps its previous value with this probability")
-    word_dropout: float = setting(0.0, "replace source and target input words by <unk> with this probability")
-    readout_dropout: float = setting(0.0, "dropout on the deep output layer, before the softmax")
-    tie_embeddings: bool = setting(False, "the softmax weights are the target word vectors (Press & Wolf 2017)")
-    tie_src_tgt: bool = setting(False, "one word-vector table for source and target (same vocabulary only)")
-    label_smoothing: float = setting(0.0, "spread this much of each target's probability over the vocabulary")
-    src_vocab_size: int = setting(0, "from the prepared data's vocabulary", derived=True)
-    tgt_vocab_size: int = setting(0, "from the prepared data's vocabulary", derived=True)
-
-    def approx_param_count(self):
-        """About how many parameters initModules() builds for these settings at most (gated cells counted
-        as LSTMs, the largest stock cell, with attention and input feeding), known before any
-        memory is allocated."""
-        E, H, dirs = self.embed_size, self.hidden_size, 2 if self.bidirectional else 1
-        C, A = H * dirs, self.attention_size or H
-        cell = lambda n_in: 4 * H * (n_in + H + 1)  # noqa: E731
-        encoder = dirs * (cell(E) + (self.encoder_layers - 1) * cell(C))
-        decoder = cell(E + C) + C * H + (H + E + C) * E + E * self.tgt_vocab_size
-        attention = A * (H + C + 2) + 4 * H * H + (H + C + 1) * H  # + input feeding's W_f and feed layer
-        return (self.src_vocab_size + self.tgt_vocab_size) * E + encoder + decoder + attention
-
-
 class Model:
-    def __init__(self, config, src_vocab=None, tgt_vocab=None, mode=backend.DEFAULT_MODE):
+    def __init__(self, config, src_vocab=None, tgt_vocab=None, mode=modes.DEFAULT_MODE):
         self.config = config
-        self.mode_name, self.mode = mode, backend.compile_mode(mode)
+        self.mode_name, self.mode = mode, modes.compile_mode(mode)
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         self.rng = np.random.default_rng(config.init_seed)
         self.modules = self.initModules()
-        if isinstance(self.modules["decoder"], layers.Recurrent):  # a bare cell: Cho's decoder around it
+        if isinstance(self.modules["decoder"], cells.Recurrent):  # a bare cell: Cho's decoder around it
             self.modules["decoder"] = Decoder(self.modules["decoder"])
         try:  # a cell, attention or decoder of the user's own, before anything is compiled
             check_modules(self.modules)
@@ -114,7 +71,7 @@ class Model:
         self._pending_opt_state = {}  # a loaded checkpoint's, set when the optimizer is built
         self.checkpoint_state = {}  # the saved `state` dict of a loaded checkpoint
         self.checkpoint_file = None
-        self.functions = {}  # compiled functions by key, built on first use (backend.cached)
+        self.functions = {}  # compiled functions by key, built on first use (compiled.cached)
         self.dropout = layers.Dropout(config.init_seed + 1)  # training advances it, checkpoints save it
         self.reg = Regularisers(config, self.dropout)
 
@@ -122,20 +79,20 @@ class Model:
         """The model's modules, one line each: the place to edit. Every recurrent slot is a
         `Cell`, the class registered as `cell` (--cell=lstm); write `Cell = MyCell` below to
         try your own everywhere, or replace one line to change one slot, e.g.
-        `modules["decoder"] = layers.LSTM([E, C], H, name="decoder", rng=rng)` (a bare cell in
+        `modules["decoder"] = cells.LSTM([E, C], H, name="decoder", rng=rng)` (a bare cell in
         the decoder slot is Cho's decoder around it) or any module with decoder.py's
         interface. A module with `.frozen = True` is not trained; `.lr_scale = 0.1` slows its
         learning rate."""
         cfg, rng = self.config, self.rng
         E, H = cfg.embed_size, cfg.hidden_size
         C = H * (2 if cfg.bidirectional else 1)  # annotation width: [forward; backward]
-        Cell = layers.cell_class(cfg.cell)
+        Cell = cells.cell_class(cfg.cell)
         options = {"reset_after": True} if cfg.reset_after else {}  # a GRU setting (train.check)
 
         def cell(input_size, name):  # the slot's own cell setting, else `cell`
             slot = cfg.decoder_cell if name == "decoder" else cfg.encoder_cell
-            cls = layers.cell_class(slot) if slot else Cell
-            return cls(input_size, H, name=name, rng=rng, **(options if issubclass(cls, layers.GRU) else {}))
+            cls = cells.cell_class(slot) if slot else Cell
+            return cls(input_size, H, name=name, rng=rng, **(options if issubclass(cls, cells.GRU) else {}))
 
         src_embed = None if cfg.tie_src_tgt else layers.Embedding(cfg.src_vocab_size, E, "src_embed", rng,
                                                                     cfg.embed_init_std)
@@ -170,7 +127,7 @@ class Model:
         annotations (Ts, B, C): the top layer's states at every source position;
         src_mask (Ts, B); and, for attention, keys (Ts, B, A)."""
         m, cfg = self.modules, self.config
-        src_mask = pt.neq(src, PAD_ID).astype(layers.FLOATX)  # (Ts, B)
+        src_mask = pt.neq(src, PAD_ID).astype(FLOATX)  # (Ts, B)
         x = self.reg.drop(m["src_embed"](self.reg.word_dropout(src, train)), cfg.embed_dropout, train)  # (Ts, B, E)
         for layer in range(cfg.encoder_layers):
             name = "encoder" if layer == 0 else f"encoder{layer}"
@@ -216,7 +173,7 @@ class Model:
         new, ctx, weights = dec.step(emb, list(states), self._read(memory))
         if self.config.zoneout > 0:  # its expectation: each unit moves 1 - zoneout of the way
             n_cell = getattr(getattr(dec, "cell", None), "n_states", len(new))
-            new = layers.zone_out(new[:n_cell], states[:n_cell], np.float32(1.0 - self.config.zoneout)) + new[n_cell:]
+            new = cells.zone_out(new[:n_cell], states[:n_cell], np.float32(1.0 - self.config.zoneout)) + new[n_cell:]
         return new, self.logits(new[0], emb, ctx), weights
 
     def decoder_states(self, emb, tgt_mask, memory, train=False):
@@ -243,22 +200,22 @@ class Model:
         cfg = self.config
         memory = self.encode(src, train)
         tgt_in, tgt_out = tgt[:-1], tgt[1:]  # (T, B) each
-        tgt_mask = pt.neq(tgt_out, PAD_ID).astype(layers.FLOATX)  # (T, B)
+        tgt_mask = pt.neq(tgt_out, PAD_ID).astype(FLOATX)  # (T, B)
         emb = self.reg.drop(self.modules["tgt_embed"](self.reg.word_dropout(tgt_in, train)), cfg.embed_dropout, train)
         h, ctx, _ = self.decoder_states(self.reg.drop(emb, cfg.rnn_dropout, train, locked=True), tgt_mask, memory, train)
         readout = self.modules["readout"](self.reg.drop(h, cfg.rnn_dropout, train, locked=True), emb, ctx)  # (T, B, E)
         logits = self.modules["ffout"](self.reg.drop(readout, cfg.readout_dropout, train))  # (T, B, V)
         flat = logits.reshape((-1, logits.shape[-1]))  # (T*B, V)
         # One fused C pass per row, forward and backward (kernels.py, README Performance).
-        nll, objective = kernels.smoothed_cross_entropy(flat, tgt_out.flatten(), cfg.label_smoothing if train else 0)
+        nll, objective = softmax_kernel.smoothed_cross_entropy(flat, tgt_out.flatten(), cfg.label_smoothing if train else 0)
         return [v.reshape(tgt_out.shape) * tgt_mask for v in (nll, tgt_mask, objective)]  # (T, B) each
 
     def loss(self, src, tgt, train=False):
         """The mean training objective per real target token (the cross-entropy, unless
         label smoothing applies) and the token count."""
         _, mask, objective = self.token_nll(src, tgt, train)
-        n_tokens = pt.sum(mask, dtype=layers.FLOATX)
-        return pt.sum(objective, dtype=layers.FLOATX) / pt.maximum(n_tokens, 1.0), n_tokens
+        n_tokens = pt.sum(mask, dtype=FLOATX)
+        return pt.sum(objective, dtype=FLOATX) / pt.maximum(n_tokens, 1.0), n_tokens
 
     # ---- compiled functions, built once on first use ------------------------------------
 
@@ -291,27 +248,27 @@ class Model:
         """
         def build():
             src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
-            lr = pt.scalar("lr", dtype=layers.FLOATX)
+            lr = pt.scalar("lr", dtype=FLOATX)
             self.dropout.begin()
             nll, mask, objective = self.token_nll(src, tgt, train=True)
-            n_tokens = pt.sum(mask, dtype=layers.FLOATX)
-            mean = lambda v: pt.sum(v, dtype=layers.FLOATX) / pt.maximum(n_tokens, 1.0)  # noqa: E731
+            n_tokens = pt.sum(mask, dtype=FLOATX)
+            mean = lambda v: pt.sum(v, dtype=FLOATX) / pt.maximum(n_tokens, 1.0)  # noqa: E731
             grads = pytensor.grad(mean(objective), self.trainable_params())
             updates, norm = self.training_updates(mean(objective), grads, lr, optimizer, grad_clip)
-            return backend.function([src, tgt, lr], [mean(nll), n_tokens, norm], self.mode,
+            return compiled.function([src, tgt, lr], [mean(nll), n_tokens, norm], self.mode,
                                     updates + self.dropout.updates(), pad=True)
 
-        return backend.cached(self.functions, ("train", optimizer, grad_clip), build)
+        return compiled.cached(self.functions, ("train", optimizer, grad_clip), build)
 
     def compile_eval(self):
         """`f(src, tgt) -> (summed nll, n_tokens)` for validation, with no updates."""
         def build():
             src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
             nll, mask, _ = self.token_nll(src, tgt)
-            outs = [pt.sum(nll, dtype=layers.FLOATX), pt.sum(mask, dtype=layers.FLOATX)]
-            return backend.function([src, tgt], outs, self.mode, pad=True)
+            outs = [pt.sum(nll, dtype=FLOATX), pt.sum(mask, dtype=FLOATX)]
+            return compiled.function([src, tgt], outs, self.mode, pad=True)
 
-        return backend.cached(self.functions, "eval", build)
+        return compiled.cached(self.functions, "eval", build)
 
     def compile_attention(self):
         """`f(src, tgt) -> weights (Tt-1, Ts, B)`: the teacher-forced attention weights of
@@ -322,11 +279,11 @@ class Model:
         def build():
             src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
             memory = self.encode(src)
-            tgt_mask = pt.neq(tgt[1:], PAD_ID).astype(layers.FLOATX)
+            tgt_mask = pt.neq(tgt[1:], PAD_ID).astype(FLOATX)
             _, _, weights = self.decoder_states(self.modules["tgt_embed"](tgt[:-1]), tgt_mask, memory)
-            return backend.function([src, tgt], weights, self.mode, batch_axes=([1, 1], [2]))
+            return compiled.function([src, tgt], weights, self.mode, batch_axes=([1, 1], [2]))
 
-        return backend.cached(self.functions, "attention", build)
+        return compiled.cached(self.functions, "attention", build)
 
     def decode(self, src, max_len=50, temperature=0.0, rng=None):
         """Greedy (temperature 0) or sampled decoding in one scan: ids (B, T) with PAD after EOS
@@ -345,7 +302,7 @@ class Model:
         checkpoint.save_model(self, path, state)
 
     @classmethod
-    def load(cls, path, mode=backend.DEFAULT_MODE):
+    def load(cls, path, mode=modes.DEFAULT_MODE):
         """The Model saved at `path`, never unpickling; its saved `state` dict is
         `model.checkpoint_state`. Optimizer state is restored when `compile_train` builds it."""
         return checkpoint.load_model(cls, ModelConfig, path, mode)

@@ -1,7 +1,7 @@
 """Optimizers as functions that return update pairs `(shared, new_value)`, the guard that
 skips a bad batch, and the learning-rate schedules.
 
-Each module's `getUpdates` calls one of these on its own params (layers.Module), with
+Each module's `getUpdates` calls one of these on its own params (module.Module), with
 `owner` its name. An optimizer's state (Adam's moments, its step count) is every shared
 variable its updates write that is not a parameter; `Model` saves it by name
 (`adam.m.encoder.W`, `adam.t.encoder`), so resume is exact.
@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-import backend  # noqa: F401
+import flags  # noqa: F401  (first: the process's PyTensor flags, before pytensor)
 import pytensor
 import pytensor.tensor as pt
 
@@ -45,7 +45,7 @@ def guarded_updates(params, grads, grad_clip, make_updates):
 
 
 def sgd(params, grads, lr, owner=None):
-    """Plain SGD: p <- p - lr * g, the seed's `getUpdates(cost, lr)`. No state."""
+    """Plain SGD: p <- p - lr * g, what `getUpdates(cost, lr)` does by default. No state."""
     return [(p, p - lr * g) for p, g in zip(params, grads)]
 
 

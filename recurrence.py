@@ -22,14 +22,14 @@ A step that reads anything but its input, its state, its memory, shared variable
 constants (a random draw made inside it, a variable of an outer graph) cannot be compiled
 on its own: `loop` then runs it under scan and says so once (SlowLoopWarning). Random
 draws belong outside the loop, as inputs: zoneout's masks are drawn for the whole sequence
-and read by the step as part of its input (layers.Recurrent.scan). In the NUMBA and JAX
+and read by the step as part of its input (cells.Recurrent.scan). In the NUMBA and JAX
 modes every loop is a scan, which those backends compile themselves.
 """
 import warnings
 
 import numpy as np
 
-import backend
+import modes
 import pytensor
 import pytensor.tensor as pt
 from pytensor.gradient import DisconnectedType
@@ -199,7 +199,7 @@ class StepLoopGrad(Op):
             outputs[k][0] = value
 
 
-def step_loop(owner, step, n_states, x_proj, mask, init, memory=(), n_extra=0, mode=backend.DEFAULT_MODE,
+def step_loop(owner, step, n_states, x_proj, mask, init, memory=(), n_extra=0, mode=modes.DEFAULT_MODE,
               key=None, weights=None):
     """The masked loop of `step(x_t, *state, *memory) -> [*new_state, *extra]` over x_proj
     (T, B, P) with `mask` (T, B), from the initial state list `init`, as one StepLoop: a list
@@ -215,7 +215,7 @@ def step_loop(owner, step, n_states, x_proj, mask, init, memory=(), n_extra=0, m
     ops = owner.__dict__.setdefault("_step_loops", {})
     if key not in ops:
         try:
-            ops[key] = StepLoop(owner, step, n_states, [v.type for v in memory], backend.compile_mode(mode), n_extra)
+            ops[key] = StepLoop(owner, step, n_states, [v.type for v in memory], modes.compile_mode(mode), n_extra)
         except UnsupportedStep as err:
             ops[key] = err
     op = ops[key]
@@ -241,19 +241,19 @@ def loop(owner, step, n_states, x_proj, mask, init, memory=(), n_extra=0, mode=N
     n_states state sequences (T, B, ...) and the n_extra extra sequences (T, ...). It runs
 
     1. `owner.kernel(x_proj, mask, init, weights)` when the owner has a hand-written loop for
-       this step (the stock GRU: kernels.GRUSequence) and it accepts the call;
+       this step (the stock GRU: gru_kernel.GRUSequence) and it accepts the call;
     2. else StepLoop, derived from `step`'s own graph;
-    3. else `scan_loop`, the reference: always under `owner.fused = False` and in the
+    3. else `scan_loop`, the reference: always under `owner.fast_loop = False` and in the
        NUMBA and JAX modes (which compile scan themselves); otherwise it warns once
        (SlowLoopWarning), naming the module and why its step cannot run alone.
 
-    `mode` is a name in backend.MODES; None is what `pytensor.function` would use by
+    `mode` is a name in modes.MODES; None is what `pytensor.function` would use by
     default. `weights` maps params to what the step reads in their place (weight-drop);
     `key` names a step made anew at each call; `extra_shapes` gives each extra sequence's
     shape for scan, where it is not inferred (JAX needs it)."""
-    mode = mode or backend.default_mode_name()
+    mode = mode or modes.default_mode_name()
     weights = weights or {}
-    if getattr(owner, "fused", True) and backend.host_loops(mode):
+    if getattr(owner, "fast_loop", True) and modes.fast_loops(mode):
         kernel = getattr(owner, "kernel", None)
         out = kernel(step, x_proj, mask, init, weights) if kernel is not None and not memory else None
         if out is not None:
@@ -270,7 +270,7 @@ def scan_loop(owner, step, n_states, x_proj, mask, init, memory=(), n_extra=0, m
               extra_shapes=None):
     """The same loop under pytensor.scan: the reference every fast path is tested against.
     A padded step carries the state through; extras are not masked."""
-    mode = mode or backend.default_mode_name()
+    mode = mode or modes.default_mode_name()
     n, weights = n_states, weights or {}
     replaced = list(weights)
 
@@ -286,9 +286,9 @@ def scan_loop(owner, step, n_states, x_proj, mask, init, memory=(), n_extra=0, m
 
     out = pytensor.scan(masked_step, sequences=[x_proj, mask], outputs_info=[*init, *([None] * n_extra)],
                         non_sequences=[*memory, *(weights[p] for p in replaced)], name=f"{owner.name}.scan",
-                        return_updates=False, mode=backend.compile_mode(mode), return_list=True)
+                        return_updates=False, mode=modes.compile_mode(mode), return_list=True)
     # Scan does not infer the shapes of per-step outputs; under JAX every shape must be known
-    # when the graph is compiled (backend.StaticShapeFunction).
+    # when the graph is compiled (compiled.StaticShapeFunction).
     if extra_shapes:
         out = [*out[:n], *(pt.specify_shape(o, s) for o, s in zip(out[n:], extra_shapes))]
     return out

@@ -5,7 +5,7 @@ layers.Dropout generator, which checkpoints save.
 """
 import numpy as np
 
-import layers
+from flags import FLOATX
 import pytensor
 import pytensor.tensor as pt
 from vocab import EOS_ID, UNK_ID
@@ -41,7 +41,7 @@ class Regularisers:
     def zoneout(self, mask, cell, train):
         """Zoneout's update mask (T, B, H) for `cell` over steps `mask` (T, B): 1 where a
         state unit takes its new value, 0 where it keeps its previous one, drawn in training
-        outside the loop (layers.Recurrent.scan); 1 - zoneout everywhere, its expectation,
+        outside the loop (cells.Recurrent.scan); 1 - zoneout everywhere, its expectation,
         otherwise. None when zoneout is off."""
         rate = self.config.zoneout
         if rate <= 0:
@@ -49,4 +49,4 @@ class Regularisers:
         shape = (mask.shape[0], mask.shape[1], cell.hiddenSize)
         if not train:
             return pt.alloc(np.float32(1.0 - rate), *shape)
-        return pt.ge(self.dropout.uniform(shape), np.float32(rate)).astype(layers.FLOATX)
+        return pt.ge(self.dropout.uniform(shape), np.float32(rate)).astype(FLOATX)

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import backend
 from checkpoint import CheckpointError, checkpoint_path
 from configurator import ConfigError, configure, require, setting
 from dataset import pad_batch
-from decode import MAX_BEAM, MAX_LEN, MIN_TEMPERATURE, beam_search, generate
+from decode import MIN_TEMPERATURE, beam_search, generate
+from decode_config import DecodeConfig
 from model import Model
 from runs import run_dir
 from vocab import UNK_ID
@@ -36,52 +36,38 @@ MAX_SAMPLES = 1000  # outputs per input decoded together: a bound on one batch's
 
 
 @dataclass
-class SampleConfig:
-    dataset: str = setting("kjv", "the run of this dataset (out/<dataset>), unless out_dir is given")
-    out_dir: str = setting("", "run folder whose checkpoint to load; empty = out/<dataset>")
-    ckpt: str = setting("best", "best, latest, step<N>, or a path to an .npz")
+class SampleConfig(DecodeConfig):
     start: str = setting("", "input sentence; empty = read lines (a prompt on a terminal)")
     num_samples: int = setting(3, f"outputs per input: samples, or the n best of a beam (at most {MAX_SAMPLES})")
     temperature: float = setting(0.8, f"0 (or below {MIN_TEMPERATURE:g}) = greedy; higher = more varied")
     top_k: int = setting(0, "sample only among the k most probable words; 0 = all")
     top_p: float = setting(1.0, "sample only from the nucleus: the fewest most probable words whose probability "
                                 "reaches top_p; 1 = all")
-    unk_penalty: float = setting(math.inf, "subtracted from <unk>'s log-probability; inf = never emit <unk>")
-    beam_size: int = setting(1, f"1 = greedy or sampling (temperature); > 1 = beam search (at most {MAX_BEAM})")
-    length_norm: float = setting(1.0, "beam ranks by log p / length**length_norm")
-    no_repeat_ngram_size: int = setting(0, "n > 0: no output repeats an n-gram (a guard against loops)")
     plot_attention: str = setting("", "save the first input's attention heatmap to this PNG")
-    max_len: int = setting(60, f"longest output, in tokens (at most {MAX_LEN})")
     seed: int = setting(1337, "sampling seed")
-    mode: str = setting(backend.DEFAULT_MODE, f"compile mode: {', '.join(backend.MODES)}")
 
-
-def check(cfg, explicit=()):
-    require(cfg.mode in backend.MODES, f"mode={cfg.mode!r}: use one of {', '.join(backend.MODES)}")
-    backend.compile_mode(cfg.mode)  # mode=JAX without JAX: one line, before the checkpoint is read
-    require(0 < cfg.num_samples <= MAX_SAMPLES, f"num_samples={cfg.num_samples}: must be between 1 and {MAX_SAMPLES}")
-    require(0 < cfg.max_len <= MAX_LEN, f"max_len={cfg.max_len}: must be between 1 and {MAX_LEN}")
-    for name in ("temperature", "length_norm", "top_p"):
-        require(math.isfinite(getattr(cfg, name)), f"{name}={getattr(cfg, name)}: must be a finite number")
-    require(cfg.temperature >= 0, f"temperature={cfg.temperature}: must not be negative")
-    require(cfg.top_k >= 0, f"top_k={cfg.top_k}: must not be negative (0 = all words)")
-    require(0 < cfg.top_p <= 1, f"top_p={cfg.top_p}: must be in (0, 1]")
-    require(cfg.unk_penalty >= 0, f"unk_penalty={cfg.unk_penalty}: must not be negative (inf bans <unk>)")
-    require(cfg.seed >= 0, f"seed={cfg.seed}: must not be negative")
-    require(1 <= cfg.beam_size <= MAX_BEAM, f"beam_size={cfg.beam_size}: must be between 1 and {MAX_BEAM}")
-    sampling = [f"{name}={getattr(cfg, name)}" for name in ("temperature", "top_k", "top_p") if name in explicit]
-    require(cfg.beam_size == 1 or not sampling, f"{', '.join(sampling)}: beam search (beam_size={cfg.beam_size}) "
-                                                "does not sample; drop them, or use beam_size=1")
-    require(cfg.beam_size == 1 or cfg.num_samples <= cfg.beam_size or "num_samples" not in explicit,
-            f"num_samples={cfg.num_samples}: a beam of {cfg.beam_size} gives at most {cfg.beam_size} outputs")
-    if cfg.beam_size > 1:  # the default number of outputs, as many as the beam holds
-        cfg.num_samples = min(cfg.num_samples, cfg.beam_size)
-    require(cfg.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size={cfg.no_repeat_ngram_size}: must not be negative")
-    if cfg.plot_attention:
-        if not cfg.plot_attention.lower().endswith(".png"):
-            cfg.plot_attention += ".png"  # the file matplotlib would write; said as it is
-        folder = os.path.dirname(os.path.abspath(cfg.plot_attention))
-        require(os.path.isdir(folder), f"plot_attention={cfg.plot_attention}: the folder {folder} does not exist")
+    def check(self, explicit=()):
+        super().check()
+        require(0 < self.num_samples <= MAX_SAMPLES,
+                f"num_samples={self.num_samples}: must be between 1 and {MAX_SAMPLES}")
+        for name in ("temperature", "top_p"):
+            require(math.isfinite(getattr(self, name)), f"{name}={getattr(self, name)}: must be a finite number")
+        require(self.temperature >= 0, f"temperature={self.temperature}: must not be negative")
+        require(self.top_k >= 0, f"top_k={self.top_k}: must not be negative (0 = all words)")
+        require(0 < self.top_p <= 1, f"top_p={self.top_p}: must be in (0, 1]")
+        require(self.seed >= 0, f"seed={self.seed}: must not be negative")
+        sampling = [f"{name}={getattr(self, name)}" for name in ("temperature", "top_k", "top_p") if name in explicit]
+        require(self.beam_size == 1 or not sampling, f"{', '.join(sampling)}: beam search (beam_size={self.beam_size}) "
+                                                     "does not sample; drop them, or use beam_size=1")
+        require(self.beam_size == 1 or self.num_samples <= self.beam_size or "num_samples" not in explicit,
+                f"num_samples={self.num_samples}: a beam of {self.beam_size} gives at most {self.beam_size} outputs")
+        if self.beam_size > 1:  # the default number of outputs, as many as the beam holds
+            self.num_samples = min(self.num_samples, self.beam_size)
+        if self.plot_attention:
+            if not self.plot_attention.lower().endswith(".png"):
+                self.plot_attention += ".png"  # the file matplotlib would write; said as it is
+            folder = os.path.dirname(os.path.abspath(self.plot_attention))
+            require(os.path.isdir(folder), f"plot_attention={self.plot_attention}: the folder {folder} does not exist")
 
 
 def inputs(cfg):
@@ -135,7 +121,7 @@ def respond(model, cfg, line, rng, reverse):
 
 def main(argv):
     cfg = SampleConfig()
-    check(cfg, configure([cfg], argv, __doc__.strip()))
+    cfg.check(configure([cfg], argv, __doc__.strip()))
     path = checkpoint_path(run_dir(cfg.out_dir, cfg.dataset), cfg.ckpt)
     model = Model.load(path, mode=cfg.mode)
     if model.src_vocab is None or model.tgt_vocab is None:

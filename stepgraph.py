@@ -18,7 +18,7 @@ shared variables and constants raises UnsupportedStep.
 """
 import numpy as np
 
-import backend  # noqa: F401  (float32, before pytensor)
+from flags import FLOATX
 import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
@@ -34,7 +34,6 @@ from pytensor.tensor.math import Dot
 from pytensor.tensor.shape import Shape, Shape_i
 
 
-FLOATX = "float32"
 
 
 class UnsupportedStep(TypeError):

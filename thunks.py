@@ -1,16 +1,14 @@
 """Fewer C modules to compile: cheap ops run from Python, chosen by a rewrite of the graph.
 
-On a cold cache every distinct C op costs one gcc run of about 0.7-1 s, whatever the -O
-level (measured: -O0 saved 10%). Ops that only move views and shapes, and elementwise ops
-that map to one numpy ufunc (all of them, in backend.compile_mode's modes), run as fast from
-Python (numpy's float32 tanh is faster than the generated C), so they skip compilation. A
-ufunc writes into its previous output buffer, or in place into the input the graph lets it
-destroy: a fresh 77 MB (T, B, V) array per call cost more than the addition itself. Overflow
-in exp and the like gives inf or NaN silently, as the C code does: the non-finite guards in
-training check for them. Sums over the last (contiguous) axis run as one numpy reduction
-with the same float64 accumulator: PyTensor's C loop took 6.6 ms for a (30, 64, 1024) sum
-over axis 2 against numpy's 1.0 ms, and 70 ms against 12 for (1920, 10000) over axis 1.
-Other reductions keep their C code, which is faster over leading axes (0.3 against 0.7 ms).
+Every distinct C op costs one gcc run on a cold cache. Ops that only move views and shapes,
+and elementwise ops that map to one numpy ufunc (all of them, in modes.compile_mode's modes),
+run as fast from Python, so they skip compilation. A ufunc writes into its previous output
+buffer, or in place into the input the graph lets it destroy: a fresh (T, B, V) array per
+call cost more than the operation itself. Overflow in exp and the like gives inf or NaN
+silently, as the C code does: the non-finite guards in training check for them. Sums over the
+last (contiguous) axis run as one numpy reduction with the same accumulator, faster than
+PyTensor's C loop there; other reductions keep their C code, faster over leading axes. The
+measurements are in docs/performance.md ("Fewer C modules", "Cold compile").
 
 `run_from_python`, the last rewrite of compile_mode's C modes, wraps each such node's op in
 `FromPython`, an op with the same inputs, outputs, views and in-place writes, whose thunk is
@@ -102,7 +100,7 @@ def _ufunc_thunk(op, node, storage_map, compute_map):
     ufunc, destroyed = op.nfunc, op.inplace_pattern.get(0)
     dtype = np.dtype(node.outputs[0].dtype)
     if isinstance(op.scalar_op, Sigmoid) and dtype == np.float32 and node.inputs[0].dtype == "float32":
-        ufunc = _sigmoid
+        ufunc = sigmoid
     inputs, output = [storage_map[v] for v in node.inputs], storage_map[node.outputs[0]]
     done = compute_map[node.outputs[0]] if compute_map is not None else None
     last_shapes = [None]
@@ -127,10 +125,9 @@ def _ufunc_thunk(op, node, storage_map, compute_map):
     return thunk
 
 
-def _sigmoid(x, out, casting=None):
-    """The logistic function as 0.5 * tanh(0.5 x) + 0.5 (kernels.py's GRU does the same):
-    numpy's float32 tanh is vectorised, scipy's expit is not (0.06 against 0.39 ms for a
-    (64, 1536) gate block, every step of an LSTM)."""
+def sigmoid(x, out, casting=None):
+    """The logistic function in place as 0.5 * tanh(0.5 x) + 0.5, for the Python-run sigmoid
+    and gru_kernel.py: numpy's float32 tanh is vectorised, scipy's expit is not."""
     np.multiply(x, np.float32(0.5), out=out)
     np.tanh(out, out=out)
     np.multiply(out, np.float32(0.5), out=out)

@@ -10,8 +10,10 @@
 
 Writes <out_dir> (out/<dataset> unless given): ckpt_latest.npz, ckpt_best.npz and the last
 keep_last ckpt_step<N>.npz (each written atomically; never with NaN/inf weights), log.jsonl
-(one JSON object per evaluation) and loss.png. A run holds a lock on its folder; a scratch run
-refuses a folder that holds another run unless --overwrite=true.
+(one JSON object per evaluation), steps.jsonl (the training loss every log_interval steps),
+loss.png, train.log (what the run printed) and settings.toml (its settings, a config file).
+A run holds a lock on its folder; a scratch run refuses a folder that holds another run
+unless --overwrite=true.
 """
 import dataclasses
 import math
@@ -25,19 +27,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import backend
+import compiled
 import distributed
-import layers
+import modes
 import optim
-from attention import ATTENTIONS, attention_class, check_attention
 from checkpoint import CheckpointError, checkpoint_path
 from configurator import ConfigError, configure, require, setting
 from decode import MAX_LEN
-from dataset import Batcher, DataError, check_prepared_as, dataset_dir, load_dataset, prepared_facts
+from dataset import Batcher, DataError, check_prepared_as, dataset_dir, load_dataset
 from model import Model, ModelConfig
 from progress import Progress, notices
-from runs import RunError, RunFolder, append_log, keep_snapshots, plot_log, read_log, run_dir, write_log
-from scoring import print_val_samples, read_references, validation_metrics
+from runs import (ConsoleLog, Run, RunError, RunFolder, TrainState, append_log, evaluate_and_checkpoint, learning_rate,
+                  read_log, run_dir, save_run, say_changes, write_log, write_settings)
+from scoring import print_val_samples, read_references
 
 # With skip_nonfinite, this many non-finite batches in a row mean the model has diverged.
 MAX_SKIPPED_IN_A_ROW = 20
@@ -62,30 +64,16 @@ class TrainConfig:
                                       f"at most {MAX_MINUTES:,} (a year)")
     patience: int = setting(0, "stop after this many evaluations without a better val loss; 0 = never")
     eval_interval: int = setting(200, "validate and checkpoint every this many steps")
+    log_interval: int = setting(20, "append the mean training loss of every N steps to steps.jsonl; 0 = off")
     keep_last: int = setting(2, "also keep the last N evaluations' checkpoints as ckpt_step<N>.npz; 0 = none")
     eval_exact_match: int = setting(500, "val pairs decoded for exact match (tasks that use it)")
     eval_bleu: int = setting(500, "val pairs translated greedily for BLEU and chrF (datasets with references)")
     num_samples: int = setting(3, "val sources to decode and print at the end")
     max_decode_len: int = setting(60, f"longest decoded output (at most {MAX_LEN})")
     seed: int = setting(1337, "data order; the batch order is fixed by (seed, epoch)")
-    mode: str = setting(backend.DEFAULT_MODE, f"compile mode: {', '.join(backend.MODES)}")
+    mode: str = setting(modes.DEFAULT_MODE, f"compile mode: {', '.join(modes.MODES)}")
     skip_nonfinite: bool = setting(False, "skip a batch whose loss or gradient is NaN/inf (counted) instead of stopping")
     mpi_check_interval: int = setting(100, "under mpiexec: compare the ranks' parameters this often; 0 = never")
-
-
-@dataclass
-class TrainState:
-    """Where a run is; saved in every checkpoint, so resume continues exactly."""
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    best_val_loss: float | None = None
-    best_step: int = 0
-    evals_since_best: int = 0  # for patience
-    warmup_end: float | None = None  # the run's progress when warm-up ended (optim.scheduled_lr)
-    tokens: int = 0
-    skipped_nonfinite: int = 0
-    train_seconds: float = 0.0  # training time of the invocations before this one
 
 
 def check(cfg, mcfg):
@@ -95,8 +83,8 @@ def check(cfg, mcfg):
             require(not isinstance(value, float) or math.isfinite(value), f"{field.name}={value}: must be a finite number")
     require(cfg.init_from in ("scratch", "resume"), f"init_from={cfg.init_from!r}: use scratch or resume")
     require(cfg.optimizer in optim.OPTIMIZERS, f"optimizer={cfg.optimizer!r}: use {' or '.join(optim.OPTIMIZERS)}")
-    require(cfg.mode in backend.MODES, f"mode={cfg.mode!r}: use one of {', '.join(backend.MODES)}")
-    backend.compile_mode(cfg.mode)  # mode=JAX without JAX: one line, before a run folder is made
+    require(cfg.mode in modes.MODES, f"mode={cfg.mode!r}: use one of {', '.join(modes.MODES)}")
+    modes.compile_mode(cfg.mode)  # mode=JAX without JAX: one line, before a run folder is made
     for name in ("batch_size", "eval_interval", "max_decode_len"):
         require(getattr(cfg, name) > 0, f"{name}={getattr(cfg, name)}: must be positive")
     require(cfg.max_decode_len <= MAX_LEN, f"max_decode_len={cfg.max_decode_len}: must be at most {MAX_LEN}")
@@ -104,98 +92,12 @@ def check(cfg, mcfg):
             f"max_minutes={cfg.max_minutes:g}: must be at most {MAX_MINUTES:,} (a year)")
     require(cfg.max_iters > 0 or (cfg.max_iters == 0 and cfg.max_minutes > 0),
             f"max_iters={cfg.max_iters}: must be positive (0, no step limit, only with max_minutes)")
-    for name in ("embed_size", "hidden_size", "embed_init_std"):
-        require(getattr(mcfg, name) > 0, f"{name}={getattr(mcfg, name)}: must be positive")
-    require(mcfg.encoder_layers > 0, f"encoder_layers={mcfg.encoder_layers}: must be positive")
-    if mcfg.attention != "none":
-        try:
-            attention = attention_class(mcfg.attention)
-            if attention not in ATTENTIONS.values():  # a user's attention: checked before anything is built
-                check_attention(attention)
-        except ValueError as err:
-            raise ConfigError(f"attention={mcfg.attention!r}: {err}; or none") from None
-    require(not mcfg.input_feeding or mcfg.attention != "none", "input_feeding=true needs an attention (attention=none)")
-    for name in ("cell", "encoder_cell", "decoder_cell"):
-        value = getattr(mcfg, name)
-        try:
-            cell = layers.cell_class(value) if value or name == "cell" else None
-            if cell not in (None, layers.GRU, layers.LSTM):  # a user's cell: checked before anything is built
-                layers.check_cell(cell)
-        except ValueError as err:
-            raise ConfigError(f"{name}={value!r}: {err}") from None
-    cells = {getattr(mcfg, name) or mcfg.cell for name in ("encoder_cell", "decoder_cell")}
-    require(not mcfg.reset_after or any(issubclass(layers.cell_class(c), layers.GRU) for c in cells),
-            f"reset_after=true is a GRU setting; no slot has a GRU ({', '.join(sorted(cells))})")
-    require(mcfg.attention_size >= 0, f"attention_size={mcfg.attention_size}: must not be negative")
-    for name in ("dropout", "embed_dropout", "rnn_dropout", "weight_drop", "zoneout", "word_dropout",
-                 "readout_dropout", "label_smoothing"):
-        require(0 <= getattr(mcfg, name) < 1, f"{name}={getattr(mcfg, name)}: must be in [0, 1)")
+    mcfg.check()
     require(cfg.learning_rate > 0, f"learning_rate={cfg.learning_rate}: must be positive")
     require(0 <= cfg.min_lr <= cfg.learning_rate, f"min_lr={cfg.min_lr}: must be in [0, learning_rate]")
     for name in ("warmup_iters", "grad_clip", "max_minutes", "eval_exact_match", "eval_bleu", "num_samples",
                  "mpi_check_interval", "keep_last", "seed", "patience"):
         require(getattr(cfg, name) >= 0, f"{name}={getattr(cfg, name)}: must not be negative")
-    require(mcfg.init_seed >= 0, f"init_seed={mcfg.init_seed}: must not be negative")
-
-
-def check_memory(mcfg):
-    """Refuse a model whose parameters, gradients and Adam moments alone exceed the memory
-    this machine has free, before allocating any of it."""
-    need = mcfg.approx_param_count() * 4 * 5  # float32: params, gradients, 2 moments, a temporary
-    try:
-        with open("/proc/meminfo") as f:
-            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return
-    require(need < free, f"hidden_size={mcfg.hidden_size}, embed_size={mcfg.embed_size}: the model needs about "
-                         f"{need / 2**30:,.1f} GiB for its weights and optimizer; {free / 2**30:,.1f} GiB is free")
-
-
-def learning_rate(cfg, state, elapsed_s=0.0):
-    """Linear warm-up, then cosine decay from learning_rate to min_lr as the run progresses
-    (by steps, by time, or both: optim.run_progress), from the end of warm-up to the end."""
-    progress = optim.run_progress(state.step, elapsed_s, cfg.max_iters, cfg.max_minutes)
-    if state.step >= cfg.warmup_iters and state.warmup_end is None:
-        state.warmup_end = progress
-    return optim.scheduled_lr(cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, state.step, progress,
-                              state.warmup_end or 0.0)
-
-
-@dataclass
-class Run:
-    """Everything the loop reads: settings, model, data and where things go."""
-    cfg: TrainConfig
-    model: Model
-    state: TrainState
-    meta: dict
-    splits: dict
-    references: list | None
-    comm: object  # the MPI communicator, None in one process
-    folder: RunFolder | None  # rank 0's locked out_dir; None on the other ranks
-    run_id: str
-
-    @property
-    def is_root(self):
-        return self.comm is None or self.comm.Get_rank() == 0
-
-    def path(self, name):
-        return checkpoint_path(self.cfg.out_dir, name) if name in ("latest", "best") else \
-            os.path.join(self.cfg.out_dir, name)
-
-
-def say_changes(before, after, state):
-    """Print the training settings a resume changes (from flags or a config file), and, where
-    the schedule changes, the learning rate before and after."""
-    changed = [f.name for f in dataclasses.fields(before) if f.name not in ("init_from", "out_dir")
-               and getattr(before, f.name) != getattr(after, f.name)]
-    if not changed:
-        return
-    print("resuming with changed settings: " + ", ".join(f"{k} {getattr(before, k)} -> {getattr(after, k)}"
-                                                         for k in changed))
-    if set(changed) & {"max_iters", "max_minutes", "learning_rate", "min_lr", "warmup_iters"}:
-        now = [learning_rate(c, dataclasses.replace(state), state.train_seconds) for c in (before, after)]
-        print(f"  the learning rate at step {state.step} goes from {now[0]:.3g} to {now[1]:.3g} "
-              f"(the schedule now ends at max_iters={after.max_iters}, max_minutes={after.max_minutes:g})")
 
 
 def init_or_resume(cfg, mcfg, explicit, comm):
@@ -212,7 +114,7 @@ def init_or_resume(cfg, mcfg, explicit, comm):
             setattr(resumed, key, getattr(cfg, key))  # flags given now win over the saved run
         resumed.init_from, resumed.out_dir = "resume", cfg.out_dir
         if resumed.mode != model.mode_name:  # the run's saved mode, unless --mode says otherwise
-            model.mode_name, model.mode = resumed.mode, backend.compile_mode(resumed.mode)
+            model.mode_name, model.mode = resumed.mode, modes.compile_mode(resumed.mode)
         changed = [f"{k}={getattr(mcfg, k)} (the checkpoint's: {getattr(model.config, k)})" for k in sorted(explicit)
                    if hasattr(mcfg, k) and getattr(mcfg, k) != getattr(model.config, k)]
         require(not changed, f"cannot change architecture settings on resume: {', '.join(changed)}")
@@ -237,15 +139,14 @@ def init_or_resume(cfg, mcfg, explicit, comm):
             raise DataError(f"{data_dir}: its vocabulary differs from the checkpoint's; "
                             "re-run its prepare.py with the settings the run used")
         check_prepared_as(data_dir, meta, model.checkpoint_state.get("data", {}))
-        if is_root:
-            log = os.path.join(cfg.out_dir, "log.jsonl")
-            write_log(log, read_log(log, upto=state.step))  # evaluations after the checkpoint would repeat
+        for log in (os.path.join(cfg.out_dir, name) for name in ("log.jsonl", "steps.jsonl") if is_root):
+            write_log(log, read_log(log, upto=state.step))  # rows after the checkpoint would repeat
     else:
         require(not mcfg.tie_src_tgt or src_vocab == tgt_vocab,
                 f"tie_src_tgt=true needs one vocabulary for source and target; {data_dir} has "
                 f"{len(src_vocab)} source and {len(tgt_vocab)} target words, not the same list")
         mcfg.src_vocab_size, mcfg.tgt_vocab_size = len(src_vocab), len(tgt_vocab)
-        check_memory(mcfg)
+        mcfg.check_memory()
         model = Model(mcfg, src_vocab, tgt_vocab, mode=cfg.mode)
         state = TrainState()
         if is_root:
@@ -255,56 +156,6 @@ def init_or_resume(cfg, mcfg, explicit, comm):
         next(p for p in model.params if p.name == name).get_value(borrow=True)[int(row)] = np.nan
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     return Run(cfg, model, state, meta, splits, references, comm, folder, run_id)
-
-
-def compile_step(run, batcher):
-    """`step(indices, lr, stop) -> (loss, n_tokens, grad_norm, stop)`: one fused compiled
-    function in one process; gradients, one all-reduce and the update under MPI."""
-    cfg, model = run.cfg, run.model
-    if run.comm is not None:
-        return distributed.DataParallelStep(model, run.comm, batcher, cfg.optimizer, cfg.grad_clip,
-                                            cfg.mpi_check_interval)
-    fused = model.compile_train(cfg.optimizer, cfg.grad_clip)
-
-    def step(indices, lr, stop):
-        loss, n_tokens, norm = fused(*batcher.batch(indices), np.float32(lr))
-        return float(loss), float(n_tokens), float(norm), stop
-
-    return step
-
-
-def save(run, name):
-    """Write the model and the run's state to ckpt_<name>.npz; the file already there stays
-    whole if this fails (and is never replaced by non-finite weights)."""
-    path = run.path(name)
-    state = dataclasses.asdict(run.state)
-    state["train_config"] = dataclasses.asdict(run.cfg)
-    state["data"] = {"dataset": run.cfg.dataset, "reverse_source": bool(run.meta.get("reverse_source")),
-                     "prepared": prepared_facts(run.meta)}
-    run.model.save(path, state)
-
-
-def evaluate_and_checkpoint(run, row):
-    """Validate, log the row, plot, and save best (if better) and latest. Returns None, or
-    why the run must stop: a non-finite val loss is neither logged nor checkpointed."""
-    cfg, state = run.cfg, run.state
-    metrics = validation_metrics(run.model, run.splits["val"], cfg.batch_size, cfg.max_decode_len,
-                                 cfg.eval_exact_match if run.meta.get("exact_match") else 0, cfg.eval_bleu, run.references)
-    row.update(metrics, run_id=run.run_id, skipped_nonfinite=state.skipped_nonfinite)
-    if not math.isfinite(metrics["val_loss"]):
-        return f"stopped: step {state.step}: val loss {metrics['val_loss']}; neither logged nor checkpointed"
-    append_log(run.path("log.jsonl"), row)
-    if state.best_val_loss is None or metrics["val_loss"] < state.best_val_loss:
-        state.best_val_loss, state.best_step, state.evals_since_best = metrics["val_loss"], state.step, 0
-        save(run, "best")
-    else:
-        state.evals_since_best += 1
-    save(run, "latest")
-    keep_snapshots(run.path("latest"), state.step, cfg.keep_last)
-    plot_log(run.path("log.jsonl"), run.path("loss.png"))  # after the checkpoints: the plot matters least
-    if cfg.patience and state.evals_since_best >= cfg.patience:
-        return "patience"
-    return None
 
 
 def train(run, step_fn, batcher, bar):
@@ -328,7 +179,7 @@ def train(run, step_fn, batcher, bar):
         why = "patience"
     elapsed = lambda: state.train_seconds + time.time() - started  # noqa: E731
     first_step = state.step
-    window = {"loss": 0.0, "tokens": 0.0, "time": time.time()}
+    window, recent = {"loss": 0.0, "tokens": 0.0, "time": time.time()}, [0.0, 0.0]  # since the last eval, log
     noticed = (bool(cfg.max_iters) and not cfg.max_minutes) or state.step >= cfg.eval_interval  # said at the start, or by a run resumed
     while why is None:
         if state.batch_in_epoch >= len(order):
@@ -353,6 +204,11 @@ def train(run, step_fn, batcher, bar):
             window["loss"], window["tokens"] = window["loss"] + loss * n_tokens, window["tokens"] + n_tokens
             rate = window["tokens"] / max(1e-9, time.time() - window["time"])
             bar.update(state, elapsed(), loss=f"{loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.1e}")
+            recent = [recent[0] + loss * n_tokens, recent[1] + n_tokens]
+            if run.is_root and cfg.log_interval and state.step % cfg.log_interval == 0:
+                append_log(run.path("steps.jsonl"), {"step": state.step, "train_loss": recent[0] / max(1.0, recent[1]),
+                                                     "lr": lr, "tokens_per_s": rate, "elapsed_s": elapsed()})
+                recent = [0.0, 0.0]
             if not noticed and run.is_root and state.step - first_step >= min(20, cfg.eval_interval):
                 noticed = [bar.write(line) for line in notices(run, elapsed())] or True  # speed known: say it early
             if cfg.max_iters and state.step >= cfg.max_iters:
@@ -374,6 +230,40 @@ def train(run, step_fn, batcher, bar):
     return why
 
 
+def finish(run, why, start_step):
+    """What a run says and saves when the loop has ended, by `why` (see train); the exit code.
+    Rank 0 alone speaks; the end-of-run samples come last."""
+    cfg, model, state = run.cfg, run.model, run.state
+    if not run.is_root:
+        return 0 if not why.startswith("stopped") else 1
+    latest = run.path("latest")
+    if why.startswith("stopped"):
+        good = f"Last good checkpoint: {latest}" if os.path.exists(latest) else "No checkpoint was written"
+        sys.exit(f"error: {why.removeprefix('stopped: ')}; stopping. {good}")
+    if why.startswith("signal"):  # saved without an evaluation: a scheduler's grace period is short
+        print(f"interrupted at step {state.step} ({why.removeprefix('signal: ')}): saving {latest}")
+        save_run(run, "latest")
+        return 0
+    if state.step == start_step and why in ("max_iters", "max_minutes", "patience"):  # resumed, already finished
+        value = getattr(cfg, why)
+        done = {"max_iters": state.step, "max_minutes": math.ceil(state.train_seconds / 60)}.get(why, 0)
+        larger = max(2 * value, done + value)  # beyond what the run has done already: it trains on
+        print(f"this run had already stopped at step {state.step} ({why}={value}); to train on, resume with a "
+              f"larger one: python train.py --init_from=resume --out_dir={cfg.out_dir} --{why}={larger:g}")
+    if why == "max_minutes":
+        print(f"stopping at step {state.step}: max_minutes={cfg.max_minutes} reached")
+    if why == "patience":
+        print(f"stopping at step {state.step}: val loss has not improved for {cfg.patience} evaluations "
+              f"(patience={cfg.patience}); the best, step {state.best_step}, is {run.path('best')}")
+    print(f"done: step {state.step}, best val loss {state.best_val_loss} at step {state.best_step}, "
+          f"val unigram ppl {run.meta.get('val_unigram_ppl', 'n/a')}; checkpoints in {cfg.out_dir}")
+    if compiled.compile_summary(model.functions):  # one per bucket of batch shapes (README, GPU)
+        print(compiled.compile_summary(model.functions))
+    print_val_samples(model, run.splits["val"], cfg.num_samples, cfg.max_decode_len, run.meta.get("reverse_source"),
+                      np.random.default_rng(cfg.seed))
+    return 0
+
+
 def main(argv):
     cfg, mcfg = TrainConfig(), ModelConfig()
     explicit = configure([cfg, mcfg], argv, __doc__.strip())
@@ -388,6 +278,9 @@ def main(argv):
         distributed.check_same_settings(comm, {**dataclasses.asdict(cfg), **dataclasses.asdict(mcfg)})
     run = init_or_resume(cfg, mcfg, explicit, comm)
     cfg, model, state = run.cfg, run.model, run.state
+    if run.is_root:  # what the run says, and its settings, stay in its folder
+        sys.stdout = ConsoleLog(sys.stdout, run.path("train.log"))
+        write_settings(run.path("settings.toml"), [cfg, model.config])
     say = print if run.is_root else (lambda *args, **kwargs: None)
     n_params = sum(p.get_value(borrow=True).size for p in model.params)
     ranks = f"; {comm.Get_size()} MPI ranks" if comm else ""
@@ -399,7 +292,7 @@ def main(argv):
             say(line)
     t0 = time.time()
     batcher = Batcher(run.splits["train"], cfg.batch_size, cfg.seed)
-    step_fn = compile_step(run, batcher)
+    step_fn = distributed.training_step(model, run.comm, batcher, cfg.optimizer, cfg.grad_clip, cfg.mpi_check_interval)
     if run.is_root:
         model.compile_eval()
     if cfg.mode == "JAX":
@@ -417,34 +310,7 @@ def main(argv):
         sys.exit(f"error: interrupted twice: stopped at once without saving; {run.path('latest')} is the last checkpoint")
     finally:  # also before an error (e.g. an unwritable checkpoint) is printed below the bar
         bar.close()
-    if not run.is_root:
-        return 0 if not why.startswith("stopped") else 1
-    latest = run.path("latest")
-    if why.startswith("stopped"):
-        good = f"Last good checkpoint: {latest}" if os.path.exists(latest) else "No checkpoint was written"
-        sys.exit(f"error: {why.removeprefix('stopped: ')}; stopping. {good}")
-    if why.startswith("signal"):  # saved without an evaluation: a scheduler's grace period is short
-        print(f"interrupted at step {state.step} ({why.removeprefix('signal: ')}): saving {latest}")
-        save(run, "latest")
-        return 0
-    if state.step == start_step and why in ("max_iters", "max_minutes", "patience"):  # resumed, already finished
-        value = getattr(cfg, why)
-        done = {"max_iters": state.step, "max_minutes": math.ceil(state.train_seconds / 60)}.get(why, 0)
-        larger = max(2 * value, done + value)  # beyond what the run has done already: it trains on
-        print(f"this run had already stopped at step {state.step} ({why}={value}); to train on, resume with a "
-              f"larger one: python train.py --init_from=resume --out_dir={cfg.out_dir} --{why}={larger:g}")
-    if why == "max_minutes":
-        print(f"stopping at step {state.step}: max_minutes={cfg.max_minutes} reached")
-    if why == "patience":
-        print(f"stopping at step {state.step}: val loss has not improved for {cfg.patience} evaluations "
-              f"(patience={cfg.patience}); the best, step {state.best_step}, is {run.path('best')}")
-    print(f"done: step {state.step}, best val loss {state.best_val_loss} at step {state.best_step}, "
-          f"val unigram ppl {run.meta.get('val_unigram_ppl', 'n/a')}; checkpoints in {cfg.out_dir}")
-    if backend.compile_summary(model.functions):  # one per bucket of batch shapes (README, GPU)
-        print(backend.compile_summary(model.functions))
-    print_val_samples(model, run.splits["val"], cfg.num_samples, cfg.max_decode_len, run.meta.get("reverse_source"),
-                      np.random.default_rng(cfg.seed))
-    return 0
+    return finish(run, why, start_step)
 
 
 if __name__ == "__main__":

@@ -108,18 +108,18 @@ def train(run, *flags, data="data"):
 
 CELLS = """
 import numpy as np
+import cells
 import pytensor.tensor as pt
-import layers
 
-class Wide(layers.Recurrent):
+class Wide(cells.Recurrent):
     def recur(self, x_t, h):
         return pt.concatenate([h, h], axis=1)
 
-class Float64(layers.Recurrent):
+class Float64(cells.Recurrent):
     def recur(self, x_t, h):
         return pt.tanh(x_t + pt.dot(h, self.U)) * np.float64(0.5)
 
-class Two(layers.Recurrent):
+class Two(cells.Recurrent):
     def recur(self, x_t, h):
         return [h, h]
 """

@@ -28,7 +28,7 @@ same thread settings (OMP/OpenBLAS/MKL threads and torch.set_num_threads):
 - pytensor_att_if, pytensor_att_cov: the GRU attention model with input_feeding=true, and
                      with attention=coverage: stateful decoders on the same loop;
 - pytensor_att_if_scan, pytensor_att_cov_scan: the same two with every loop under
-                     pytensor.scan (fused=False), the path a step that cannot run alone takes;
+                     pytensor.scan (fast_loop=False), the path a step that cannot run alone takes;
 - torch_att_gru, torch_att_lstm, torch_att_mgu: the same model as a PyTorch user writes it
                      (torch_reference.TorchAttentionModel): a fused bidirectional encoder
                      (nn.GRU, nn.LSTM; a loop for the MGU), then a Python loop of one cell
@@ -65,7 +65,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = dict(E=256, H=512, V=10000, B=64, T=30)
-SEED_SIZES = dict(H=1000, B=128)  # --size=seed: the seed's example had 1,000 hidden units
+SEED_SIZES = dict(H=1000, B=128)  # --size=seed: the original example's 1,000 hidden units
 IMPLS = ("pytensor", "pytensor_ra", "pytensor_lstm", "pytensor_mgu", "torch_gru", "torch_lstm", "torch_loop",
          "torch_mgu_loop", "pytensor_att", "pytensor_att_lstm", "pytensor_att_mgu", "torch_att_gru", "torch_att_lstm",
          "torch_att_mgu", "pytensor_att_if", "pytensor_att_cov", "pytensor_att_if_scan", "pytensor_att_cov_scan",
@@ -158,7 +158,7 @@ def run_pytensor(args, settings):
                       **settings)
     model = Model(cfg, mode="JAX" if args.worker in JAX_ROWS else args.mode)
     for module in model.modules.values() if args.worker in SCAN else ():
-        getattr(module, "cell", module).fused = False
+        getattr(module, "cell", module).fast_loop = False
     if args.device == "gpu" and args.worker in JAX_ROWS:
         import jax
 
@@ -398,7 +398,7 @@ def main():
     ap.add_argument("--mode", default="CVM", help="PyTensor compile mode for ours")
     ap.add_argument("--out", default=None, help="JSON output (default benchmarks/bench_train[_quick].json)")
     ap.add_argument("--size", choices=("bench", "seed"), default="bench",
-                    help="bench: E 256, H 512, B 64; seed: H 1,000, B 128 (the seed's example)")
+                    help="bench: E 256, H 512, B 64; seed: H 1,000, B 128 (the original example's size)")
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                     help="gpu: PyTorch rows on CUDA (no beam search), jax rows on JAX's GPU (its CUDA build); "
                          "CVM rows stay on the CPU")

@@ -1,14 +1,12 @@
 """A cell written only as `recur`, in a file of its own: the README's "Adding your own cell"
 example, and the benchmark's user-cell row. Use it with `--cell=benchmarks.mgu:MGU`, or
 import this file and use `--cell=mgu` / `Cell = MGU` in `initModules()`."""
-import backend  # noqa: F401  (float32: before pytensor, so this file can be imported first)
+import cells
 import pytensor.tensor as pt
 
-import layers
 
-
-@layers.register_cell("mgu")
-class MGU(layers.Recurrent):
+@cells.register_cell("mgu")
+class MGU(cells.Recurrent):
     """Minimal gated unit (Zhou et al. 2016, arXiv:1603.09420), one gate:
 
         f  = sigmoid(x W_f + h U_f + b_f)

@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import backend  # noqa: E402,F401  (float32 and the project's pytensor settings, first)
+import flags  # noqa: F401  (float32 and the project's PyTensor flags, before pytensor)
 import numpy as np  # noqa: E402
 import pytensor  # noqa: E402
 from benchmarks.bench_train import SIZES, batch  # noqa: E402
@@ -38,8 +38,8 @@ def main():
                               attention=args.attention, bidirectional=args.attention != "none"))
     for module in model.modules.values():
         cell = getattr(module, "cell", module)
-        if hasattr(cell, "fused"):
-            cell.fused = not args.scan_gru
+        if hasattr(cell, "fast_loop"):
+            cell.fast_loop = not args.scan_gru
     pytensor.config.profile = True
     step = model.compile_train(optimizer="sgd", grad_clip=1.0)
     src, tgt = batch(np.random.default_rng(0), s["V"], s["B"], s["T"])

@@ -1,4 +1,4 @@
-"""The seed author's two suggestions against the plain next-verse setup, on KJV:
+"""The original example's two suggestions against the plain next-verse setup, on KJV:
 
   plain     verse -> next verse (data/kjv/prepare.py)
   reversed  the source verse reversed (Sutskever et al. 2014; --reverse_source)

@@ -10,7 +10,7 @@ PAD_ID = 0
 
 
 def cho_gru_step(x_proj, h, U, H):
-    """One Cho GRU step (reset before the recurrent matmul), as layers.GRU documents."""
+    """One Cho GRU step (reset before the recurrent matmul), as cells.GRU documents."""
     zr = torch.sigmoid(x_proj[:, : 2 * H] + h @ U[:, : 2 * H])
     z, r = zr[:, :H], zr[:, H:]
     h_tilde = torch.tanh(x_proj[:, 2 * H :] + (r * h) @ U[:, 2 * H :])

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-import backend  # noqa: F401  (float32, before pytensor)
 import pytensor
 import pytensor.tensor as pt
 from attention import ATTENTIONS, attention_class
@@ -220,7 +219,7 @@ def test_a_users_stateful_attention_by_module_and_class_trains_and_decodes(user_
 
     import recurrence
     from attention import check_attention
-    from test_cells import batch, tiny_config
+    from helpers import batch, tiny_config
 
     check_attention(attention_class(f"{user_attention}:Recency"))
     with warnings.catch_warnings():

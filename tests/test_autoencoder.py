@@ -1,4 +1,4 @@
-"""The NDS2SAEFactory autoencoder: the seed's example, masking, stopping, resume, the zip,
+"""The NDS2SAEFactory autoencoder: the original usage example, masking, stopping, resume, the zip,
 and clear errors for bad generator output."""
 import io
 import json
@@ -8,8 +8,6 @@ import zipfile
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,13 +15,13 @@ sys.path.insert(0, os.path.join(ROOT, "data", "sincos"))
 from sincos import make_generator, make_sequences  # noqa: E402
 
 import autoencoder  # noqa: E402
-from autoencoder import ArchiveError, NDS2SAEFactory, check_sequences, pad  # noqa: E402
+from autoencoder import ArchiveError, NDS2SAEFactory  # noqa: E402
 
-N_ITER = 60  # the seed trains 3000 iterations; 60 show that everything runs and learns
+N_ITER = 60  # the original example trains 3000 iterations; 60 show that everything runs and learns
 
 
 def seed_factory(path, n_iterations=3000):
-    """The seed's usage example, as written except for the import and the file name."""
+    """The original NDS2SAEFactory usage example, as written except for the import and the file name."""
     factory = NDS2SAEFactory()
     factory.set_output(path)
     factory.input_dim = 2  # Input is 2 dimensiona;
@@ -38,7 +36,7 @@ def seed_factory(path, n_iterations=3000):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """The seed's example trained for N_ITER iterations; shared by the tests below."""
+    """The original example trained for N_ITER iterations; shared by the tests below."""
     path = str(tmp_path_factory.mktemp("ae") / "toy.zip")
     encoder = seed_factory(path).build()
     history = encoder.train(make_generator(400, 0), make_generator(100, 1),
@@ -97,34 +95,6 @@ def test_predict_cuts_at_the_stop_probability_and_max_len(trained):
         assert [len(p) for p in encoder.predict(test_in, max_len=17)] == [17, 17, 17]
     finally:
         encoder.stop.b.set_value(bias)
-
-
-def test_gradient_matches_finite_differences(trained):
-    import pytensor
-    import pytensor.tensor as pt
-
-    encoder, _, _ = trained
-    x, x_mask, y, y_mask = encoder._inputs()
-    loss = encoder._loss(x, x_mask, y, y_mask)[0]
-    param = encoder.decoder[1].U
-    f = pytensor.function([x, x_mask, y, y_mask], [loss, pytensor.grad(loss, param)])
-    in_seq, out_seq = make_sequences(4, seed=6, min_len=3, max_len=6)
-    batch = (*pad(in_seq), *pad(out_seq))
-    _, grad = f(*batch)
-    value = param.get_value()
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        i, j = rng.integers(value.shape[0]), rng.integers(value.shape[1])
-        eps = 1e-2
-        shifted = []
-        for sign in (1, -1):
-            v = value.copy()
-            v[i, j] += sign * eps
-            param.set_value(v)
-            shifted.append(float(f(*batch)[0]))
-        param.set_value(value)
-        numeric = (shifted[0] - shifted[1]) / (2 * eps)
-        assert numeric == pytest.approx(float(grad[i, j]), rel=0.05, abs=2e-4)
 
 
 def counting_generator(n_samples, seed, skip=0):
@@ -303,42 +273,6 @@ def test_nonfinite_weights_never_replace_a_saved_zip(trained, tmp_path):
     assert path.read_bytes() == before
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.lists(st.integers(1, 12), min_size=1, max_size=6), st.integers(1, 4))
-def test_pad_keeps_every_sequence_and_masks_the_rest(lengths, dim):
-    rng = np.random.default_rng(sum(lengths))
-    seqs = check_sequences([rng.standard_normal((n, dim)) for n in lengths], dim, "x")
-    x, mask = pad(seqs)
-    assert x.shape == (max(lengths), len(lengths), dim)
-    np.testing.assert_array_equal(mask.sum(0), lengths)
-    for b, seq in enumerate(seqs):
-        np.testing.assert_array_equal(x[: len(seq), b], seq)
-        assert not x[len(seq) :, b].any()
-
-
-def load_vowels_prepare():
-    import importlib.util
-
-    path = os.path.join(ROOT, "data", "japanese_vowels", "prepare.py")
-    spec = importlib.util.spec_from_file_location("japanese_vowels_prepare", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_ts_parser_reads_series_and_names_bad_lines():
-    prepare = load_vowels_prepare()
-    text = ["#comment", "@problemName X", "@data", "1,2,3:4,5,6:1", "7:8:2"]
-    series, labels = prepare.parse_ts(text, "x.ts", channels=2)
-    assert labels == [1, 2]
-    np.testing.assert_array_equal(series[0], [[1, 4], [2, 5], [3, 6]])
-    assert series[1].shape == (1, 2)
-    with pytest.raises(ValueError, match="x.ts:4: 1 channels, expected 2"):
-        prepare.parse_ts(["@data", "1:2:1", "#", "1,2:1"], "x.ts", channels=2)
-    with pytest.raises(ValueError, match="x.ts:2: channels of different lengths"):
-        prepare.parse_ts(["@data", "1,2:3:1"], "x.ts", channels=2)
-
-
 def test_an_output_that_cannot_be_written_is_refused_by_set_output(tmp_path):
     """Said when the path is set, not after training: a path under a plain file, a folder
     nothing can be written in, a folder given for the zip."""
@@ -360,3 +294,12 @@ def test_the_zip_of_the_best_validation_loss_is_kept_beside_the_latest(trained):
     losses = [h["valid_loss"] for h in history]
     assert saved["state"]["history"][-1]["valid_loss"] == min(losses)
     assert autoencoder.best_path("model") == "model_best.zip"
+
+
+def test_a_validation_pass_is_bounded():
+    factory = NDS2SAEFactory()
+    factory.input_dim, factory.output_dim, factory.layer_sizes = 2, 1, [4]
+    model = factory.build()
+    endless = make_generator(20, 1)
+    with pytest.raises(ValueError, match="valid generator gave 5 batches without last_batch=True"):
+        model.evaluate(lambda n: endless(n)[:2] + (False,), batch_size=4, max_batches=5)

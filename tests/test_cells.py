@@ -1,43 +1,135 @@
-"""Pluggable cells: the generic time-loop op against scan, overrides honoured on every path,
-any cell in every slot, a user's own cell, and training through each module's getUpdates."""
+"""The cells against numpy versions of their documented equations, scan and masking; the generic
+time-loop op against scan, overrides honoured on every path, any cell in every slot, a user's
+own cell and its checks, and training through each module's getUpdates."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import backend
+import cells
+import modes
 import layers
 import pytensor
 import pytensor.tensor as pt
 from checkpoint import CheckpointError
 from configurator import ConfigError
 from decode import beam_search
-from helpers import losses_of_training
+from helpers import HalfGRU, LeakyLSTM, UserMGU, batch, losses_of_training, randomize, tiny_config, values
 from model import Model, ModelConfig
 from recurrence import StepGraph
 from train import TrainConfig, check
 from vocab import BOS_ID, EOS_ID, PAD_ID
 
-MODE = backend.compile_mode("CVM")
-I, H = 3, 5
+MODE = modes.compile_mode("CVM")
+I, H, B, T = 5, 7, 3, 6
 
 
-class HalfGRU(layers.GRU):
-    """A GRU subclass that changes `recur`: the stock kernel must step aside for it."""
-
-    def recur(self, x_t, h_prev):
-        return 0.5 * super().recur(x_t, h_prev)
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
 
 
-class LeakyLSTM(layers.LSTM):
-    """An LSTM subclass that changes `recur` (and so both of its states)."""
+def numpy_gru(x, h, W, U, b, reset_after):
+    """Cho et al. 2014, eqs. 5-8, written out with separate gate matrices."""
+    Wz, Wr, Wh = np.split(W, 3, axis=1)
+    Uz, Ur, Uh = np.split(U, 3, axis=1)
+    bz, br, bh = np.split(b, 3)
+    z = sigmoid(x @ Wz + h @ Uz + bz)
+    r = sigmoid(x @ Wr + h @ Ur + br)
+    if reset_after:
+        h_tilde = np.tanh(x @ Wh + r * (h @ Uh) + bh)
+    else:
+        h_tilde = np.tanh(x @ Wh + (r * h) @ Uh + bh)
+    return z * h + (1 - z) * h_tilde
 
-    def recur(self, x_t, h_prev, c_prev):
-        h, c = super().recur(x_t, h_prev, c_prev)
-        return [0.9 * h + 0.1 * h_prev, c * 0.8]
+
+def numpy_lstm(x, h, c, W, U, b):
+    gates = x @ W + h @ U + b
+    i, f, o, g = np.split(gates, 4, axis=1)
+    c_new = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+    return sigmoid(o) * np.tanh(c_new), c_new
 
 
-class ScaledGRU(layers.GRU):
+@pytest.fixture(scope="module")
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("reset_after", [False, True])
+def test_gru_step_matches_numpy(rng, reset_after):
+    gru = cells.GRU(I, H, reset_after=reset_after)
+    randomize(gru, 1)
+    x, h = pt.matrix("x"), pt.matrix("h")
+    f = pytensor.function([x, h], gru.step(x, h), mode=MODE)
+    xv = rng.normal(size=(B, I)).astype("float32")
+    hv = rng.normal(size=(B, H)).astype("float32")
+    np.testing.assert_allclose(f(xv, hv), numpy_gru(xv, hv, *values(gru), reset_after), atol=1e-5)
+
+
+def test_gru_reset_conventions_differ(rng):
+    """The two conventions are different functions, so the test above tells them apart."""
+    xv = rng.normal(size=(B, I)).astype("float32")
+    hv = rng.normal(size=(B, H)).astype("float32")
+    gru = cells.GRU(I, H)
+    randomize(gru, 1)
+    cho, torch_style = (numpy_gru(xv, hv, *values(gru), flag) for flag in (False, True))
+    assert np.abs(cho - torch_style).max() > 1e-3
+
+
+def test_lstm_step_matches_numpy(rng):
+    lstm = cells.LSTM(I, H)
+    randomize(lstm, 2)
+    x, h, c = pt.matrix("x"), pt.matrix("h"), pt.matrix("c")
+    f = pytensor.function([x, h, c], lstm.step(x, h, c), mode=MODE)
+    xv, hv, cv = (rng.normal(size=s).astype("float32") for s in ((B, I), (B, H), (B, H)))
+    got_h, got_c = f(xv, hv, cv)
+    want_h, want_c = numpy_lstm(xv, hv, cv, *values(lstm))
+    np.testing.assert_allclose(got_h, want_h, atol=1e-5)
+    np.testing.assert_allclose(got_c, want_c, atol=1e-5)
+
+
+def test_lstm_forget_bias_starts_at_one():
+    b = cells.LSTM(I, H).b.get_value()
+    assert np.all(b[H : 2 * H] == 1.0) and np.all(b[:H] == 0) and np.all(b[2 * H :] == 0)
+
+
+def test_seed_style_scan_equals_unrolled_loop(rng):
+    """`pytensor.scan(cell.step, sequences=x, outputs_info=h0)` as Theano code writes it, against the
+    same step applied T times in an unrolled graph."""
+    gru = cells.GRU(I, H)
+    randomize(gru, 4)
+    x, h0 = pt.tensor3("x"), pt.matrix("h0")
+    scanned = pytensor.scan(gru.step, sequences=x, outputs_info=h0, return_updates=False)
+    unrolled, h = [], h0
+    for t in range(T):
+        h = gru.step(x[t], h)
+        unrolled.append(h)
+    f = pytensor.function([x, h0], [scanned, pt.stack(unrolled)], mode=MODE)
+    got, want = f(rng.normal(size=(T, B, I)).astype("float32"), np.zeros((B, H), "float32"))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell_class", [cells.GRU, cells.LSTM])
+def test_padding_plus_mask_equals_no_padding(rng, cell_class):
+    """Each sequence of a padded batch ends in the same state as when run alone, unpadded."""
+    cell = cell_class(I, H)
+    randomize(cell, 5)
+    x, mask = pt.tensor3("x"), pt.matrix("mask")
+    final = [s[-1] for s in cell.scan(cell.project(x), mask)]
+    f = pytensor.function([x, mask], final, mode=MODE)
+    lengths = [T, 2, 4]
+    xv = rng.normal(size=(T, B, I)).astype("float32")
+    mv = np.zeros((T, B), "float32")
+    for b, n in enumerate(lengths):
+        mv[:n, b] = 1
+        xv[n:, b] = 1e3  # garbage in the padding must not leak into the state
+    batched = f(xv, mv)
+    for b, n in enumerate(lengths):
+        alone = f(xv[:n, b : b + 1], np.ones((n, 1), "float32"))
+        for got, want in zip(batched, alone):
+            np.testing.assert_allclose(got[b], want[0], atol=1e-6)
+
+
+class ScaledGRU(cells.GRU):
     """A GRU subclass with a weight used outside any matmul: a per-unit scale."""
 
     def __init__(self, *args, **kwargs):
@@ -46,22 +138,6 @@ class ScaledGRU(layers.GRU):
 
     def recur(self, x_t, h_prev):
         return super().recur(x_t, h_prev) * self.scale + 0.1 * h_prev * self.scale
-
-
-@layers.register_cell("test_mgu")
-class UserMGU(layers.Recurrent):
-    """A user's cell defined in a test file, written only as `recur` (Zhou et al. 2016)."""
-
-    n_gates = 2
-
-    def recur(self, x_t, h_prev):
-        f = pt.sigmoid(x_t[:, : self.hiddenSize] + pt.dot(h_prev, self.U[:, : self.hiddenSize]))
-        h_tilde = pt.tanh(x_t[:, self.hiddenSize :] + pt.dot(f * h_prev, self.U[:, self.hiddenSize :]))
-        return (1.0 - f) * h_prev + f * h_tilde
-
-
-def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 def numpy_mgu(x_proj, h, U):
@@ -74,7 +150,7 @@ def numpy_mgu(x_proj, h, U):
 
 # ---- the generic loop op against scan ---------------------------------------------------------
 
-CELLS = {"gru": layers.GRU, "lstm": layers.LSTM, "half_gru": HalfGRU, "leaky_lstm": LeakyLSTM, "mgu": UserMGU,
+CELLS = {"gru": cells.GRU, "lstm": cells.LSTM, "half_gru": HalfGRU, "leaky_lstm": LeakyLSTM, "mgu": UserMGU,
          "scaled_gru": ScaledGRU}
 _FUNCTIONS = {}
 
@@ -86,8 +162,8 @@ def loop_functions(name, go_backwards):
     key = (name, go_backwards)
     if key not in _FUNCTIONS:
         fns = []
-        for fused in (True, False):
-            cell = CELLS[name](I, H, name="cell", rng=np.random.default_rng(7), fused=fused)
+        for fast_loop in (True, False):
+            cell = CELLS[name](I, H, name="cell", rng=np.random.default_rng(7), fast_loop=fast_loop)
             for p in cell.params:  # biases too, so every term counts
                 p.set_value(np.random.default_rng(1).normal(0, 0.5, p.get_value().shape).astype("float32"))
             x, m, h0, w = pt.tensor3("x"), pt.matrix("m"), pt.matrix("h0"), pt.tensor3("w")
@@ -130,7 +206,7 @@ def test_weights_outside_matmuls_get_their_gradient(go_backwards):
     for got, want in zip(fast(*args), scanned(*args)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=3e-5)
     cell = ScaledGRU(I, H)
-    graph = StepGraph(cell, cell.recur, cell.n_states, [], backend.compile_mode())
+    graph = StepGraph(cell, cell.recur, cell.n_states, [], modes.compile_mode())
     assert [graph.shared[k].name for k in graph.direct] == ["gru.scale"]
 
 
@@ -144,19 +220,19 @@ def test_override_is_not_the_stock_cell():
 
 
 def test_fast_paths_are_the_ones_expected():
-    """The stock GRU runs kernels.GRUSequence; a GRU subclass with its own recur, the LSTM and
-    a user's cell run recurrence.StepLoop; fused=False runs scan."""
+    """The stock GRU runs gru_kernel.GRUSequence; a GRU subclass with its own recur, the LSTM and
+    a user's cell run recurrence.StepLoop; fast_loop=False runs scan."""
     x, m = pt.tensor3("x"), pt.matrix("m")
 
     def ops(cell):
         out = cell.scan(cell.project(x), m)[0]
         return {type(v.owner.op).__name__ for v in pytensor.graph.traversal.ancestors([out]) if v.owner}
 
-    assert "GRUSequence" in ops(layers.GRU(I, H))
-    for cell in (HalfGRU(I, H), layers.LSTM(I, H), UserMGU(I, H)):
+    assert "GRUSequence" in ops(cells.GRU(I, H))
+    for cell in (HalfGRU(I, H), cells.LSTM(I, H), UserMGU(I, H)):
         found = ops(cell)
         assert "StepLoop" in found and "GRUSequence" not in found and "Scan" not in found
-    assert "Scan" in ops(layers.LSTM(I, H, fused=False))
+    assert "Scan" in ops(cells.LSTM(I, H, fast_loop=False))
 
 
 def test_user_cell_matches_numpy_and_finite_differences():
@@ -186,29 +262,13 @@ def test_user_cell_matches_numpy_and_finite_differences():
 
 # ---- any cell in every slot --------------------------------------------------------------------
 
-V = 11
-
-
-def tiny_config(**kw):
-    return ModelConfig(src_vocab_size=V, tgt_vocab_size=V, embed_size=6, hidden_size=8, **kw)
-
-
-def batch(seed, B=4):
-    rng = np.random.default_rng(seed)
-    src = rng.integers(EOS_ID + 1, V, size=(5, B)).astype("int32")
-    src[3:, 0] = PAD_ID
-    tgt = rng.integers(EOS_ID + 1, V, size=(6, B)).astype("int32")
-    tgt[0], tgt[4:, 1] = BOS_ID, PAD_ID
-    tgt[3, 1] = EOS_ID
-    return src, tgt
-
 
 def recurrent_slots(model):
     """(module name, the cell in it) for every recurrent slot of the model."""
     slots = []
     for name, module in model.modules.items():
         cell = getattr(module, "cell", module)
-        if isinstance(cell, layers.Recurrent):
+        if isinstance(cell, cells.Recurrent):
             slots.append((name, cell))
     return slots
 
@@ -220,7 +280,7 @@ def test_every_slot_takes_the_cell_with_attention_bidirectional_stacked(cell, at
     model = Model(tiny_config(cell=cell, attention=attention, bidirectional=True, encoder_layers=2))
     slots = recurrent_slots(model)
     assert sorted(name for name, _ in slots) == ["decoder", "encoder", "encoder1", "encoder1_bwd", "encoder_bwd"]
-    assert all(type(c) is layers.cell_class(cell) for _, c in slots)
+    assert all(type(c) is cells.cell_class(cell) for _, c in slots)
     src, tgt = batch(0)
     losses, _ = losses_of_training(model, src, tgt)
     assert losses[-1] < losses[0] - 0.3
@@ -240,8 +300,8 @@ def test_lstm_attention_query_is_h_not_c():
     assert h in pytensor.graph.traversal.ancestors([weights])
 
 
-layers.register_cell("test_half_gru")(HalfGRU)
-layers.register_cell("test_leaky_lstm")(LeakyLSTM)
+cells.register_cell("test_half_gru")(HalfGRU)
+cells.register_cell("test_leaky_lstm")(LeakyLSTM)
 
 
 @pytest.mark.parametrize("cell", ["test_half_gru", "test_leaky_lstm"])
@@ -250,9 +310,9 @@ def test_overrides_are_honoured_in_training_evaluation_and_decoding(cell):
     through scan over the override's recur, and greedy and beam decoding (which step recur
     one token at a time) report the log-probabilities the training path gives their output."""
     fast, slow = Model(tiny_config(cell=cell)), Model(tiny_config(cell=cell))  # same init seed
-    assert all(type(c) is layers.CELLS[cell] for _, c in recurrent_slots(fast))
+    assert all(type(c) is cells.CELLS[cell] for _, c in recurrent_slots(fast))
     for _, c in recurrent_slots(slow):
-        c.fused = False
+        c.fast_loop = False
     src, tgt = batch(1)
     nll_fast, _ = fast.compile_eval()(src, tgt)
     nll_slow, _ = slow.compile_eval()(src, tgt)
@@ -325,13 +385,13 @@ def test_unknown_cell_is_one_line_listing_the_choices():
         check(TrainConfig(), tiny_config(cell="rnn"))
     with pytest.raises(ConfigError, match="reset_after"):
         check(TrainConfig(), tiny_config(cell="lstm", reset_after=True))
-    assert layers.cell_class("benchmarks.mgu:MGU").__name__ == "MGU"
+    assert cells.cell_class("benchmarks.mgu:MGU").__name__ == "MGU"
 
 
 class LSTMEncoderModel(Model):
     def initModules(self):
         modules = super().initModules()
-        modules["encoder"] = layers.LSTM(self.config.embed_size, self.config.hidden_size, name="encoder", rng=self.rng)
+        modules["encoder"] = cells.LSTM(self.config.embed_size, self.config.hidden_size, name="encoder", rng=self.rng)
         return modules
 
 
@@ -342,7 +402,7 @@ def test_loading_a_checkpoint_of_another_cell_names_the_module_and_cells(tmp_pat
         LSTMEncoderModel.load(path)
     Model(tiny_config(cell="lstm", attention="bahdanau")).save(path)
     loaded = Model.load(path)
-    assert type(loaded.modules["decoder"].cell) is layers.LSTM
+    assert type(loaded.modules["decoder"].cell) is cells.LSTM
 
 
 def test_cells_per_slot_are_settings_saved_in_the_checkpoint(tmp_path):
@@ -361,3 +421,41 @@ def test_cells_per_slot_are_settings_saved_in_the_checkpoint(tmp_path):
         check(TrainConfig(), tiny_config(decoder_cell="nope"))
     with pytest.raises(ConfigError, match=r"^reset_after=true is a GRU setting; no slot has a GRU \(lstm\)$"):
         check(TrainConfig(), tiny_config(cell="lstm", reset_after=True))
+
+
+class Wide(cells.Recurrent):
+    def recur(self, x_t, h):
+        return pt.concatenate([h, h], axis=1)
+
+
+class Float64(cells.Recurrent):
+    def recur(self, x_t, h):
+        return pt.tanh(x_t + pt.dot(h, self.U)) * np.float64(0.5)
+
+
+class TwoStates(cells.Recurrent):
+    def recur(self, x_t, h):
+        return [h, h]
+
+
+@pytest.mark.parametrize("cls, message", [
+    (Wide, r"Wide.recur returned states of shapes \[\(2, 10\)\]; expected \[\(2, 5\)\]"),
+    (Float64, "Float64.recur returned a float64 state 0; expected float32"),
+    (TwoStates, r"TwoStates.recur returned 2 state\(s\); n_states is 1"),
+])
+def test_a_broken_cell_is_named_with_what_recur_returned(cls, message):
+    with pytest.raises(ValueError, match=message):
+        cells.check_cell(cls)
+    cells.check_cell(cells.LSTM)  # a good one passes
+
+
+@pytest.mark.parametrize("source, message", [
+    ("raise RuntimeError('no GPU here')\n", r"importing \w+ failed: RuntimeError: no GPU here"),
+    ("def broken(:\n", r"importing \w+ failed: SyntaxError: .*line 1"),
+])
+def test_a_cell_module_that_fails_to_import_is_one_line(tmp_path, monkeypatch, source, message):
+    name = f"usercell_{abs(hash(source)) % 10**6}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=rf"^cell='{name}:X': {message}"):
+        check(TrainConfig(), ModelConfig(cell=f"{name}:X"))

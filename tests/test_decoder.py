@@ -2,7 +2,7 @@
 against pytensor.scan over the same step: values and every gradient, for every cell, every
 attention kind (coverage's state included), input feeding and a user's own attention
 module; input feeding against a numpy reference of its equations; which path each
-configuration takes; a step that cannot be fused training under scan, said once; and Cho's
+configuration takes; a step that cannot run on the fast loop training under scan, said once; and Cho's
 decoder and a decoder of the user's own in initModules()."""
 import warnings
 
@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import backend
+import cells
+import modes
 import layers
 import pytensor
 import pytensor.tensor as pt
@@ -20,9 +21,9 @@ from attention import ATTENTIONS, Attention, masked_softmax
 from decoder import AttentionDecoder, Decoder
 from helpers import losses_of_training
 from model import Model, ModelConfig
-from test_cells import HalfGRU, LeakyLSTM, UserMGU, batch, tiny_config
+from helpers import HalfGRU, LeakyLSTM, UserMGU, batch, tiny_config
 
-MODE = backend.compile_mode("CVM")
+MODE = modes.compile_mode("CVM")
 E, H, C, A = 3, 4, 5, 6
 
 
@@ -48,15 +49,15 @@ class ScaledDotAttention(Attention):
         return ctx, weights
 
 
-CELLS = {"gru": layers.GRU, "gru_reset_after": lambda *a, **k: layers.GRU(*a, reset_after=True, **k),
-         "lstm": layers.LSTM, "mgu": UserMGU, "half_gru": HalfGRU, "leaky_lstm": LeakyLSTM}
+CELLS = {"gru": cells.GRU, "gru_reset_after": lambda *a, **k: cells.GRU(*a, reset_after=True, **k),
+         "lstm": cells.LSTM, "mgu": UserMGU, "half_gru": HalfGRU, "leaky_lstm": LeakyLSTM}
 KINDS = {**ATTENTIONS, "scaled_dot": ScaledDotAttention}
 _FUNCTIONS = {}
 
 
-def decoder(cell, kind, fused, feeding=False):
+def decoder(cell, kind, fast_loop, feeding=False):
     rng = np.random.default_rng(3)
-    dec = AttentionDecoder(CELLS[cell](E, H, name="decoder", rng=rng, fused=fused), C,
+    dec = AttentionDecoder(CELLS[cell](E, H, name="decoder", rng=rng, fast_loop=fast_loop), C,
                            KINDS[kind](H, C, A, "decoder.attention", rng), rng, input_feeding=feeding)
     for p in dec.params:  # biases and v too, so every term counts
         p.set_value(np.random.default_rng(1).normal(0, 0.5, p.get_value().shape).astype("float32"))
@@ -70,15 +71,15 @@ def read(dec, annotations, src_mask):
 
 
 def loop_functions(cell, kind, feeding=False):
-    """(fused, scan) versions of f(x, mask, h0, annotations, src_mask, w_h, w_ctx, w_att) ->
+    """(fast_loop, scan) versions of f(x, mask, h0, annotations, src_mask, w_h, w_ctx, w_att) ->
     [every state sequence, contexts, weights, then d/d(x, h0, annotations, every param)] of a
     cost that reads all three outputs and the last state (coverage, the fed vector), from
     the same weights."""
     key = (cell, kind, feeding)
     if key not in _FUNCTIONS:
         fns = []
-        for fused in (True, False):
-            dec = decoder(cell, kind, fused, feeding)
+        for fast_loop in (True, False):
+            dec = decoder(cell, kind, fast_loop, feeding)
             x, mask, h0 = pt.tensor3("x"), pt.matrix("mask"), pt.matrix("h0")
             annotations, src_mask = pt.tensor3("annotations"), pt.matrix("src_mask")
             w_h, w_ctx, w_att = pt.tensor3("w_h"), pt.tensor3("w_ctx"), pt.tensor3("w_att")
@@ -105,10 +106,10 @@ COMBOS = [(*combo, False) for combo in COMBOS] + [("gru", "bahdanau", True), ("l
     src_lengths=st.data(),
     seed=st.integers(0, 2**16),
 )
-def test_fused_attention_loop_equals_scan(combo, tgt_lengths, src_lengths, seed):
+def test_fast_loop_attention_loop_equals_scan(combo, tgt_lengths, src_lengths, seed):
     """Every cell (both GRU conventions, the LSTM, a user's cell, subclasses that override
     recur), Bahdanau, Luong, coverage and a user's attention module, with and without input
-    feeding; target and source lengths from 1, padded: the fused loop gives scan's states
+    feeding; target and source lengths from 1, padded: the fast loop gives scan's states
     (coverage and the fed vector included), contexts, weights and gradients (inputs,
     initial state, annotations through the keys and directly, every parameter)."""
     B = len(tgt_lengths)
@@ -119,8 +120,8 @@ def test_fused_attention_loop_equals_scan(combo, tgt_lengths, src_lengths, seed)
     src_mask = (np.arange(Ts)[:, None] < np.array(sources)[None]).astype("float32")  # (Ts, B)
     f32 = lambda *shape: rng.standard_normal(shape).astype("float32")  # noqa: E731
     args = [f32(T, B, E), mask, f32(B, H), f32(Ts, B, C), src_mask, f32(T, B, H), f32(T, B, C), f32(T, Ts, B)]
-    fused, scanned = loop_functions(*combo)
-    for got, want in zip(fused(*args), scanned(*args)):
+    fast_loop, scanned = loop_functions(*combo)
+    for got, want in zip(fast_loop(*args), scanned(*args)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=3e-5)
 
 
@@ -129,7 +130,7 @@ def ops_of(var):
 
 
 def test_which_path_each_configuration_takes():
-    """The attention decoder of every fused cell runs as one StepLoop; fused=False runs
+    """The attention decoder of every cell runs as one StepLoop; fast_loop=False runs
     scan without a word; a step that reads a shared variable the loop does not take runs
     under scan and says so, once, naming the module and the variable."""
     x, mask, annotations, src_mask = pt.tensor3("x"), pt.matrix("m"), pt.tensor3("a"), pt.matrix("sm")
@@ -144,7 +145,7 @@ def test_which_path_each_configuration_takes():
         for cell, kind, feeding in COMBOS:
             states = states_of(decoder(cell, kind, True, feeding))
             assert "StepLoop" in ops_of(states[0]) and "Scan" not in ops_of(states[0]), (cell, kind, feeding)
-        states = states_of(decoder("lstm", "bahdanau", fused=False))
+        states = states_of(decoder("lstm", "bahdanau", fast_loop=False))
         assert "Scan" in ops_of(states[0]) and "StepLoop" not in ops_of(states[0])
     dec = TemperedModel(tiny_config(attention="bahdanau")).modules["decoder"]
     with pytest.warns(recurrence.SlowLoopWarning, match=r"decoder runs under pytensor.scan.*temperature"):
@@ -154,7 +155,7 @@ def test_which_path_each_configuration_takes():
 
 class TemperedAttention(Attention):
     """Bahdanau attention whose scores are divided by a float64 temperature that is not a
-    parameter: the step reads a shared variable the fused loop does not take, so it must
+    parameter: the step reads a shared variable the fast loop does not take, so it must
     step aside to scan."""
 
     def scores(self, query, keys):
@@ -171,7 +172,7 @@ class TemperedModel(Model):
 
 
 @pytest.mark.filterwarnings("ignore::recurrence.SlowLoopWarning")
-def test_a_step_that_cannot_be_fused_trains_under_scan():
+def test_a_step_that_cannot_run_on_the_fast_loop_trains_under_scan():
     model = TemperedModel(tiny_config(attention="bahdanau", bidirectional=True))
     src, tgt = batch(4)
     step = model.compile_train("adam", 1.0)
@@ -180,16 +181,16 @@ def test_a_step_that_cannot_be_fused_trains_under_scan():
     assert losses[-1] < losses[0] - 0.3
 
 
-def test_model_loss_and_gradients_fused_equal_scan():
+def test_model_loss_and_gradients_on_the_fast_loop_equal_scan():
     """A bidirectional LSTM attention model (both encoder directions and the decoder on
-    fused loops): the teacher-forced loss and the gradient of every parameter are the same
+    fast loops): the teacher-forced loss and the gradient of every parameter are the same
     as through scan."""
     config = tiny_config(cell="lstm", attention="bahdanau", bidirectional=True)
     results = []
-    for fused in (True, False):
+    for fast_loop in (True, False):
         model = Model(config)
         for module in model.modules.values():
-            getattr(module, "cell", module).fused = fused
+            getattr(module, "cell", module).fast_loop = fast_loop
         src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
         loss, _ = model.loss(src, tgt)
         f = pytensor.function([src, tgt], [loss, *pytensor.grad(loss, model.params)], mode=model.mode)
@@ -198,8 +199,8 @@ def test_model_loss_and_gradients_fused_equal_scan():
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-# Recorded from the code before the fused attention loop (commit 62f8c1c, the decoder under
-# scan): greedy ids, their log-probabilities, beam-3 outputs and scores after 5 Adam steps.
+# Golden values of the decoder run under pytensor.scan (the reference loop): greedy ids, their
+# log-probabilities, beam-3 outputs and scores after 5 Adam steps.
 RECORDED = {
     ("gru", "bahdanau"): ([[7, 10, 10, 10, 10, 10, 10], [9, 10, 5, 10, 5, 10, 5], [7, 10, 10, 10, 10, 10, 10],
                            [6, 5, 10, 5, 10, 5, 5]], [-8.6451, -9.0477, -10.7756, -10.0621],
@@ -213,8 +214,8 @@ RECORDED = {
 
 
 @pytest.mark.parametrize("cell, kind", sorted(RECORDED))
-def test_training_decoding_and_beam_unchanged_by_the_fused_loop(cell, kind):
-    """A fixed small model trained 5 steps through the fused loop decodes (greedy and beam)
+def test_training_decoding_and_beam_unchanged_by_the_fast_loop(cell, kind):
+    """A fixed small model trained 5 steps through the fast loop decodes (greedy and beam)
     exactly as the same model trained through scan did before the loop existed."""
     from decode import beam_search
     from vocab import BOS_ID
@@ -246,7 +247,7 @@ def test_coverage_and_input_feeding_step_match_numpy():
     """One step of a GRU decoder with coverage attention and input feeding against a numpy
     reference of the equations in decoder.py and attention.py: the new h, coverage and fed
     vector, the context and the weights, with a padded source position."""
-    dec = decoder("gru", "coverage", fused=True, feeding=True)
+    dec = decoder("gru", "coverage", fast_loop=True, feeding=True)
     att, cell, feed = dec.attention, dec.cell, dec.feed
     rng = np.random.default_rng(0)
     B, Ts = 3, 4
@@ -335,7 +336,7 @@ class MeanContextModel(Model):
     def initModules(self):
         modules = super().initModules()
         E, H = self.config.embed_size, self.config.hidden_size
-        modules["decoder"] = MeanContextDecoder(layers.GRU([E, H], H, name="decoder", rng=self.rng))
+        modules["decoder"] = MeanContextDecoder(cells.GRU([E, H], H, name="decoder", rng=self.rng))
         return modules
 
 
@@ -363,18 +364,18 @@ def test_a_bare_cell_in_the_decoder_slot_is_chos_decoder():
         def initModules(self):
             modules = super().initModules()
             E, H = self.config.embed_size, self.config.hidden_size
-            modules["decoder"] = layers.LSTM([E, H], H, name="decoder", rng=self.rng)
+            modules["decoder"] = cells.LSTM([E, H], H, name="decoder", rng=self.rng)
             return modules
 
     model = LSTMDecoderModel(tiny_config())
     dec = model.modules["decoder"]
-    assert isinstance(dec, Decoder) and isinstance(dec.cell, layers.LSTM) and dec.params == dec.cell.params
+    assert isinstance(dec, Decoder) and isinstance(dec.cell, cells.LSTM) and dec.params == dec.cell.params
     src, tgt = batch(9)
     loss, n = model.compile_eval()(src, tgt)
     assert np.isfinite(loss) and n > 0
 
 
-class WideGRU(layers.GRU):
+class WideGRU(cells.GRU):
     """A broken cell: its new state is twice as wide as its state."""
 
     def recur(self, x_t, h_prev):
@@ -417,12 +418,12 @@ def test_a_users_broken_module_in_init_modules_is_one_line_at_construction():
                                           r"\[\(2, 16\)\]; expected \[\(2, 8\)\]"):
         wide(tiny_config())
     forgetful = model_with("decoder", lambda cfg, rng: ForgetfulDecoder(
-        layers.GRU(6, 8, name="decoder", rng=rng), 8, CoverageAttention(8, 8, 8, "decoder.attention", rng), rng))
+        cells.GRU(6, 8, name="decoder", rng=rng), 8, CoverageAttention(8, 8, 8, "decoder.attention", rng), rng))
     with pytest.raises(ConfigError, match=r"^modules\['decoder'\]: ForgetfulDecoder\(GRU, CoverageAttention\): a step "
                                           r"returned 1 state\(s\) from an initial state of 2$"):
         forgetful(tiny_config())
     transposed = model_with("decoder", lambda cfg, rng: AttentionDecoder(
-        layers.GRU(6, 8, name="decoder", rng=rng), 8, TransposedAttention(8, 8, 8, "decoder.attention", rng), rng))
+        cells.GRU(6, 8, name="decoder", rng=rng), 8, TransposedAttention(8, 8, 8, "decoder.attention", rng), rng))
     with pytest.raises(ConfigError, match=r"^modules\['decoder'\]: AttentionDecoder\(GRU, TransposedAttention\): its "
                                           r"attention weights are \(2, 3\); expected \(3, 2\)"):
         transposed(tiny_config())

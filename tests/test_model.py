@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-import layers
+import cells
 import pytensor
 import pytensor.tensor as pt
 from dataset import make_batch
@@ -34,7 +34,7 @@ class LSTMModel(Model):
     def initModules(self):
         modules = super().initModules()
         E, H = self.config.embed_size, self.config.hidden_size
-        modules["encoder"] = layers.LSTM(E, H, name="encoder", rng=self.rng)
+        modules["encoder"] = cells.LSTM(E, H, name="encoder", rng=self.rng)
         return modules
 
 
@@ -177,7 +177,7 @@ def test_save_load_is_bit_identical_with_same_decoding_and_optimizer_state(model
 
 def test_lstm_encoder_swap_trains_and_round_trips(tmp_path):
     lstm_model = LSTMModel(CFG, VOCAB, VOCAB)
-    assert isinstance(lstm_model.modules["encoder"], layers.LSTM)
+    assert isinstance(lstm_model.modules["encoder"], cells.LSTM)
     assert lstm_model.modules["encoder"].W.get_value().shape == (6, 4 * 8)
     src, tgt = make_batch(random_pairs(16, seed=11))
     step = lstm_model.compile_train("adam", 1.0)
@@ -185,7 +185,7 @@ def test_lstm_encoder_swap_trains_and_round_trips(tmp_path):
     assert losses[-1] < losses[0] - 0.3
     path = tmp_path / "lstm.npz"
     lstm_model.save(path)
-    assert isinstance(LSTMModel.load(path).modules["encoder"], layers.LSTM)
+    assert isinstance(LSTMModel.load(path).modules["encoder"], cells.LSTM)
     with pytest.raises(CheckpointError, match="'encoder' is a LSTM in the checkpoint but initModules\\(\\) builds a GRU"):
         Model.load(path)
 

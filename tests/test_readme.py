@@ -52,12 +52,12 @@ def test_the_initModules_edit_puts_the_cell_in_every_slot(tmp_path):
     spec.loader.exec_module(edited)
 
     from benchmarks.mgu import MGU
-    import layers
+    import cells
 
     model = edited.Model(edited.ModelConfig(src_vocab_size=11, tgt_vocab_size=11, embed_size=6, hidden_size=8,
                                             bidirectional=True, attention="bahdanau"))
-    cells = [getattr(m, "cell", m) for m in model.modules.values() if isinstance(getattr(m, "cell", m), layers.Recurrent)]
-    assert len(cells) == 3 and all(type(c) is MGU for c in cells)
+    slots = [getattr(m, "cell", m) for m in model.modules.values() if isinstance(getattr(m, "cell", m), cells.Recurrent)]
+    assert len(slots) == 3 and all(type(c) is MGU for c in slots)
     src = np.array([[4, 5], [6, 7], [8, 0]], dtype="int32")
     tgt = np.array([[2, 2], [5, 6], [3, 3]], dtype="int32")
     loss = model.compile_train("adam", 1.0)(src, tgt, np.float32(0.01))[0]

@@ -6,8 +6,8 @@ import warnings
 import numpy as np
 import pytest
 
-import backend
-import layers
+import cells
+import modes
 import pytensor
 import pytensor.tensor as pt
 import recurrence
@@ -27,9 +27,9 @@ def lstm_and_decoder(mode=None):
     """Graphs of an LSTM's loop and an attention decoder's loop, built with `mode`."""
     rng = np.random.default_rng(0)
     x, mask, annotations, src_mask = pt.tensor3("x"), pt.matrix("mask"), pt.tensor3("a"), pt.matrix("sm")
-    cell = layers.LSTM(E, H, name="lstm", rng=rng)
+    cell = cells.LSTM(E, H, name="lstm", rng=rng)
     h = cell.scan(cell.project(x), mask, mode=mode)[0]
-    dec = AttentionDecoder(layers.GRU(E, H, name="dec", rng=rng), C, Attention(H, C, 6, "dec.attention", rng), rng)
+    dec = AttentionDecoder(cells.GRU(E, H, name="dec", rng=rng), C, Attention(H, C, 6, "dec.attention", rng), rng)
     memory = dec.prepare({"annotations": annotations, "src_mask": src_mask})
     memory = [memory[k] for k in dec.memory_names]
     s = dec.scan(x, mask, dec.initial_state(pt.zeros((x.shape[1], H)), memory), memory, mode=mode)[0][0]
@@ -45,7 +45,7 @@ def values(T=4, B=2, Ts=3):
 def test_the_default_mode_is_the_c_backend_and_runs_the_fast_loops():
     """The README's promise for a user of the modules: built and compiled without naming a
     mode, a cell's and a decoder's loops run as StepLoop and compile."""
-    assert backend.default_mode_name() == "CVM"
+    assert modes.default_mode_name() == "CVM"
     inputs, outputs = lstm_and_decoder()
     f = pytensor.function(inputs, outputs + pytensor.grad(sum(o.sum() for o in outputs), inputs[:1]))
     assert "StepLoop" in ops(f) and "Scan" not in ops(f)
@@ -59,7 +59,7 @@ def test_with_numba_the_default_loops_are_scans_numba_compiles():
     inputs, outputs = lstm_and_decoder()
     want = pytensor.function(inputs, outputs)(*values())
     with pytensor.config.change_flags(mode="NUMBA"):
-        assert backend.default_mode_name() == "NUMBA"
+        assert modes.default_mode_name() == "NUMBA"
         inputs, outputs = lstm_and_decoder()
         assert "StepLoop" not in ops(outputs[0]) and "Scan" in ops(outputs[0])
         with warnings.catch_warnings():
@@ -69,7 +69,7 @@ def test_with_numba_the_default_loops_are_scans_numba_compiles():
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
-class ReadsAnOuterVariable(layers.GRU):
+class ReadsAnOuterVariable(cells.GRU):
     """A cell whose step reads a variable of the outer graph: it cannot run alone."""
 
     def recur(self, x_t, h_prev):
@@ -78,11 +78,11 @@ class ReadsAnOuterVariable(layers.GRU):
 
 def test_each_path_and_the_fallback_said_once():
     x, mask = pt.tensor3("x"), pt.matrix("mask")
-    gru = layers.GRU(E, H, name="gru")
+    gru = cells.GRU(E, H, name="gru")
     assert "GRUSequence" in ops(gru.scan(gru.project(x), mask)[0])  # the stock GRU's kernel
-    lstm = layers.LSTM(E, H, name="lstm")
+    lstm = cells.LSTM(E, H, name="lstm")
     assert "StepLoop" in ops(lstm.scan(lstm.project(x), mask)[0])
-    slow = layers.LSTM(E, H, name="slow", fused=False)
+    slow = cells.LSTM(E, H, name="slow", fast_loop=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", recurrence.SlowLoopWarning)  # asked for: no word
         assert "Scan" in ops(slow.scan(slow.project(x), mask)[0])

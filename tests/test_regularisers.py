@@ -5,15 +5,16 @@ the cross-entropy against the smoothed target, and bad settings are one-line err
 import numpy as np
 import pytest
 
-import backend  # noqa: F401  (float32, before pytensor)
-import kernels
+import cells
+import modes
+import softmax_kernel
 import layers
 import pytensor
 import pytensor.tensor as pt
 from configurator import ConfigError
 from decode import beam_search
 from model import Model, ModelConfig
-from test_cells import batch, tiny_config
+from helpers import batch, tiny_config
 from train import TrainConfig, check
 
 ALL = dict(embed_dropout=0.3, rnn_dropout=0.3, weight_drop=0.3, word_dropout=0.2, readout_dropout=0.3,
@@ -62,7 +63,7 @@ def test_label_smoothing_is_the_cross_entropy_against_the_smoothed_target():
     x = rng.standard_normal((5, 7)).astype("float32")
     y = rng.integers(0, 7, 5).astype("int32")
     X, Y = pt.matrix("x"), pt.ivector("y")
-    nll, loss = kernels.smoothed_cross_entropy(X, Y, 0.2)
+    nll, loss = softmax_kernel.smoothed_cross_entropy(X, Y, 0.2)
     got_nll, got_loss, grad = pytensor.function([X, Y], [nll, loss, pytensor.grad(loss.sum(), X)])(x, y)
     logp = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
     target = np.full((5, 7), 0.2 / 7)
@@ -90,7 +91,7 @@ def test_weight_drop_reaches_every_fused_loop():
     assert "StepLoop" in names and "Scan" not in names
     slow = Model(config)
     for module in slow.modules.values():
-        getattr(module, "cell", module).fused = False
+        getattr(module, "cell", module).fast_loop = False
     src, tgt = batch(2)
     a = [float(step(src, tgt, np.float32(0.0))[0]) for _ in range(2)]
     b = [float(slow.compile_train("sgd", 0.0)(src, tgt, np.float32(0.0))[0]) for _ in range(2)]
@@ -129,15 +130,15 @@ def test_untieable_shapes_name_both():
 
 def zoneout_functions(make, n_in):
     """(fast, scan) versions of f(x, mask, u, h0) -> [state sequences, d/d(x, h0, params)]
-    for the loop `make(fused)` builds, run with zoneout's update mask u."""
+    for the loop `make(fast_loop)` builds, run with zoneout's update mask u."""
     fns = []
-    for fused in (True, False):
-        owner, run = make(fused)
+    for fast_loop in (True, False):
+        owner, run = make(fast_loop)
         x, mask, u, h0 = pt.tensor3("x"), pt.matrix("mask"), pt.tensor3("u"), pt.matrix("h0")
         states = run(x, mask, u, h0)
         cost = sum((s * np.float32(k + 1)).sum() for k, s in enumerate(states))
         grads = pytensor.grad(cost, [x, h0, *owner.params])
-        fns.append(pytensor.function([x, mask, u, h0], [*states, *grads], mode=backend.compile_mode("CVM")))
+        fns.append(pytensor.function([x, mask, u, h0], [*states, *grads], mode=modes.compile_mode("CVM")))
     return fns
 
 
@@ -155,13 +156,13 @@ def test_zoneout_on_the_fast_loop_equals_scan_and_its_equations():
     rng = np.random.default_rng(0)
     annotations = rng.standard_normal((Ts, B, 5)).astype("float32")
 
-    def lstm(fused):
-        cell = layers.LSTM(E, H, name="zlstm", rng=np.random.default_rng(1), fused=fused)
+    def lstm(fast_loop):
+        cell = cells.LSTM(E, H, name="zlstm", rng=np.random.default_rng(1), fast_loop=fast_loop)
         return cell, lambda x, mask, u, h0: cell.scan(cell.project(x), mask, init=cell.initial_state(h0), zoneout=u)
 
-    def attention_decoder(fused):
+    def attention_decoder(fast_loop):
         r = np.random.default_rng(2)
-        dec = AttentionDecoder(layers.GRU(E, H, name="zdec", rng=r, fused=fused), 5,
+        dec = AttentionDecoder(cells.GRU(E, H, name="zdec", rng=r, fast_loop=fast_loop), 5,
                                CoverageAttention(H, 5, 6, "zdec.attention", r), r, input_feeding=True)
 
         def run(x, mask, u, h0):

@@ -49,3 +49,43 @@ def test_files_written_whole_follow_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.npz").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.npz").stat().st_mode & 0o777 == 0o600
+
+
+def test_time_bound_runs_finish_their_learning_rate_schedule():
+    from runs import TrainState
+    from runs import learning_rate
+    from train import TrainConfig
+
+    peak, floor, middle = 1e-2, 1e-4, (1e-2 + 1e-4) / 2
+    cfg = TrainConfig(learning_rate=peak, min_lr=floor, warmup_iters=0, max_iters=0, max_minutes=10)
+    state = TrainState(step=10)
+    assert learning_rate(cfg, state, elapsed_s=0) == pytest.approx(peak, rel=1e-3)
+    assert learning_rate(cfg, state, elapsed_s=300) == pytest.approx(middle)  # half the time: half the cosine
+    assert learning_rate(cfg, state, elapsed_s=600) == pytest.approx(floor)
+    cfg.max_iters, cfg.max_minutes = 100_000, 0  # no time bound: steps alone set the schedule
+    assert learning_rate(cfg, TrainState(step=50_000, warmup_end=0.0), elapsed_s=600) == pytest.approx(middle)
+    assert TrainConfig().max_minutes == 0 and TrainConfig().out_dir == ""  # no time cap by default
+
+
+def test_warm_up_and_decay_follow_the_same_progress():
+    """A time-bound run that spends 40% of its time warming up decays from the peak over
+    the remaining 60%, with no jump; a step-bound run's schedule is the classic one."""
+    from runs import TrainState
+    from runs import learning_rate
+    from train import TrainConfig
+
+    cfg = TrainConfig(learning_rate=1e-2, min_lr=0.0, warmup_iters=100, max_iters=0, max_minutes=10)
+    state = TrainState()
+    rates = []
+    for step, seconds in ((0, 0), (50, 120), (99, 238), (100, 240), (101, 242), (150, 420), (200, 600)):
+        state.step = step
+        rates.append(learning_rate(cfg, state, elapsed_s=seconds))
+    assert rates[0] == pytest.approx(1e-4) and rates[2] == pytest.approx(1e-2)  # linear warm-up
+    assert rates[3] == pytest.approx(1e-2) and rates[4] == pytest.approx(1e-2, rel=1e-3)  # no fall after it
+    assert rates[5] == pytest.approx(0.5e-2, rel=1e-3) and rates[6] == pytest.approx(0.0, abs=1e-9)
+    assert state.warmup_end == pytest.approx(0.4)
+    cfg = TrainConfig(learning_rate=1e-2, min_lr=0.0, warmup_iters=100, max_iters=1100)
+    state = TrainState(step=600)
+    assert learning_rate(cfg, state) == pytest.approx(1e-2) and state.warmup_end == pytest.approx(600 / 1100)
+    state = TrainState(step=600, warmup_end=100 / 1100)  # warm-up ended at step 100
+    assert learning_rate(cfg, state) == pytest.approx(0.5e-2)  # (600 - 100) / (1100 - 100): half the cosine

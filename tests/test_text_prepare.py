@@ -2,12 +2,15 @@
 line naming the file and place, and leaves an earlier dataset in --out_dir untouched."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 
+import dataset
 from data.text import prepare as text_prepare
 from dataset import load_dataset
+from helpers import write_pairs_tsv
 from vocab import Vocab, detokenize, tokenize
 
 
@@ -240,3 +243,29 @@ def test_long_text_shows_progress_from_its_first_character(capsys, monkeypatch):
     assert len(segments) == 1 and sum(len(s) for s in segments[0]) >= 139_000
     err = capsys.readouterr().err
     assert "long.txt: sentences" in err and "char" in err
+
+
+@pytest.mark.parametrize("content, message", [
+    (" ".join(["word"] * 400_000).encode(), r"long.txt:1: 1,999,999 characters without a sentence end"),
+    ("One. Two. Three.\n".encode("utf-16"), "UTF-16 text"),
+    ("One. Two. Three.\n".encode("utf-16-le"), "UTF-16 text"),
+])
+def test_long_and_utf16_inputs_are_one_line(tmp_path, content, message):
+    path = tmp_path / "long.txt"
+    path.write_bytes(content)
+    assert re.search(message, prepare("--input", path, "--out_dir", tmp_path / "o"))
+
+
+def test_a_sentencepiece_vocabulary_too_small_for_the_text_is_one_line(tmp_path):
+    error = prepare("--pairs_tsv", write_pairs_tsv(tmp_path), "--out_dir", tmp_path / "o", "--min_held", 20,
+                    "--tokenizer=sentencepiece", "--vocab_size=5")
+    assert re.search(r"--vocab_size=5: SentencePiece could not train \(the text has \d+ distinct "
+                     r"characters; ask for at least \d+ pieces\)", error)
+
+
+def test_a_relative_out_dir_gets_a_dataset_path_train_py_finds(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert prepare("--pairs_tsv", write_pairs_tsv(tmp_path), "--out_dir", "mybook", "--min_held", 20) is None
+    hint = capsys.readouterr().out.strip().splitlines()[-1]
+    assert hint.endswith(f"next: python train.py --dataset={os.path.join('.', 'mybook')}")
+    assert os.path.samefile(dataset.dataset_dir(hint.split("--dataset=")[1]), tmp_path / "mybook")

@@ -9,7 +9,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import backend  # noqa: E402,F401  (float32, before pytensor)
 import pytensor  # noqa: E402
 import pytensor.tensor as pt  # noqa: E402
 from dataset import make_batch  # noqa: E402

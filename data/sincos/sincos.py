@@ -1,4 +1,4 @@
-"""The second seed's own toy: sin and cos in (2 dims), sin + cos out (1 dim), lengths 20-40.
+"""The NDS2SAEFactory example's own toy: sin and cos in (2 dims), sin + cos out (1 dim), lengths 20-40.
 
     import sys; sys.path.insert(0, "data/sincos")
     from sincos import make_generator
@@ -25,7 +25,7 @@ def make_sequences(n_samples, seed, min_len=20, max_len=40):
 
 
 def make_generator(n_samples, seed, min_len=20, max_len=40):
-    """A generator with the seed's signature, `gen(batch_size) -> (in_seq, out_seq,
+    """A generator with NDS2SAEFactory's signature, `gen(batch_size) -> (in_seq, out_seq,
     last_batch)`, cycling through a fixed set of n_samples pairs; last_batch is True on the
     batch that ends a pass."""
     in_seq, out_seq = make_sequences(n_samples, seed, min_len, max_len)

@@ -1,6 +1,6 @@
 """Your own text -> a dataset for train.py, in one command.
 
-Next-sentence pairs (the seed's task) from plain text:
+Next-sentence pairs (the next-sentence task of Cho et al.'s example) from plain text:
     python data/text/prepare.py --input book.txt [more.txt ...] --out_dir data/mybook
     python train.py --dataset=mybook --max_minutes=480
     python sample.py --dataset=mybook --start="It was a dark and stormy night."
@@ -11,7 +11,7 @@ Parallel text (translation), line-aligned files or one "source<TAB>target" pair 
 Sentences: --split=prose (the default) cuts running text into sentences with pysbd, a
 rule-based English segmenter in pure Python (abbreviations such as "Mr." and "e.g." do not end
 a sentence; nothing is downloaded at run time); --split=lines takes each non-blank line as one
-sentence. --unit=clause cuts sentences further after ";" and ":" (the seed's suggestion).
+sentence. --unit=clause cuts sentences further after ";" and ":" (as the original example suggests).
 Pairs are (sentence i, sentence i+1) and never cross a file boundary; --within=paragraph also
 stops them at blank lines.
 

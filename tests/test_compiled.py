@@ -1,4 +1,4 @@
-"""--mode=JAX: the same graphs lowered to JAX compute what CVM computes.
+"""compiled.py and jax_kernels.py under --mode=JAX: the same graphs lowered to JAX compute what CVM computes.
 
 Every cell (Cho's GRU, reset_after, the LSTM, a user's MGU written only as `recur`) in every
 slot, every attention kind (coverage's state) with and without input feeding over a
@@ -8,13 +8,13 @@ padding (which JAX pads further to bucket sizes). Greedy, sampled and beam outpu
 same; checkpoints move between the modes both ways; recompilation is bounded by the buckets.
 """
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-import backend  # noqa: F401  (float32, before pytensor)
+import cells
+import compiled
 import pytensor
 import pytensor.tensor as pt
 from decode import beam_search, generate
@@ -46,7 +46,7 @@ def loss_and_grads(model):
     """f(src, tgt) -> [loss, *d loss / d param], compiled in the model's mode."""
     src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
     loss, _ = model.loss(src, tgt)
-    return backend.function([src, tgt], [loss, *pytensor.grad(loss, model.params)], model.mode, pad=True)
+    return compiled.function([src, tgt], [loss, *pytensor.grad(loss, model.params)], model.mode, pad=True)
 
 
 SETTINGS = {
@@ -111,15 +111,15 @@ def test_recompilation_is_bounded_by_the_buckets(pair):
         src, tgt = batch(i, B=B, Ts=Ts, Tt=Tt)
         total, n = f(src, tgt)
         assert n == np.sum(tgt[1:] != PAD_ID)  # padding to the bucket added no token
-        expected.add((backend.bucket(max(Ts, Tt)), backend.bucket(B)))
+        expected.add((compiled.bucket(max(Ts, Tt)), compiled.bucket(B)))
     assert len(expected) < len(shapes)
     assert len(f.compiles) == len(expected) and len(f.functions) == len(expected)
-    assert "JAX compilations" in backend.compile_summary(jax.functions)
-    assert backend.compile_summary(Model(config()).functions) is None
+    assert "JAX compilations" in compiled.compile_summary(jax.functions)
+    assert compiled.compile_summary(Model(config()).functions) is None
 
 
 def test_buckets():
-    assert [backend.bucket(n) for n in (1, 8, 9, 13, 100, 5000)] == [8, 8, 12, 16, 128, 5000]
+    assert [compiled.bucket(n) for n in (1, 8, 9, 13, 100, 5000)] == [8, 8, 12, 16, 128, 5000]
 
 
 def test_a_run_moves_between_modes_both_ways(tiny_reverse, tmp_path):
@@ -141,14 +141,6 @@ def test_a_run_moves_between_modes_both_ways(tiny_reverse, tmp_path):
     assert rows[-1]["val_loss"] < rows[0]["val_loss"]
 
 
-def test_mode_jax_without_jax_is_one_line():
-    """Where JAX is not installed, --mode=JAX says how to install it."""
-    code = ("import sys; sys.modules['jax_kernels'] = None; sys.path.insert(0, '.'); import backend\n"
-            "try:\n    backend.compile_mode('JAX')\nexcept backend.ConfigError as e:\n    print(e)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout
-    assert "requirements-jax.txt" in out and len(out.strip().splitlines()) == 1
-
-
 @pytest.mark.parametrize("B", [1, 5])
 def test_any_batch_size_decodes_as_under_cvm(pair, B):
     """One sentence, and a batch that is no bucket: greedy, sampled (top-p), beam search with
@@ -168,7 +160,7 @@ def test_any_batch_size_decodes_as_under_cvm(pair, B):
 
 
 def test_autoencoder_under_jax_equals_cvm(tmp_path):
-    """The seed's NDS2SAEFactory with mode = "JAX": the same validation loss, predictions and
+    """NDS2SAEFactory with mode = "JAX": the same validation loss, predictions and
     codes as under CVM from the same weights (keep_prob 1: no dropout draws to differ)."""
     sys.path.insert(0, os.path.join(ROOT, "data", "sincos"))
     from autoencoder import NDS2SAEFactory
@@ -215,10 +207,9 @@ class _Halve(pytensor.graph.op.Op):
 
 
 def test_a_cell_with_an_op_jax_cannot_run_is_one_line():
-    import layers
     from configurator import ConfigError
 
-    class HalvedGRU(layers.GRU):
+    class HalvedGRU(cells.GRU):
         def recur(self, x_t, h_prev):
             return _Halve()(super().recur(x_t, h_prev))
 

@@ -1,0 +1,24 @@
+"""The process's PyTensor flags: float32, a project-local compile cache, PyTensor's C backend
+as the default mode. Import this module before anything imports pytensor (pytensor reads its
+flags at its first import); a user's own PYTENSOR_FLAGS still win over these defaults."""
+import os
+import warnings
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+FLOATX = "float32"
+
+# A project-local cache: a second run (and the test suite) starts warm. CVM, not PyTensor 3's
+# default Numba, which cold-compiles a model in about 90 s (docs/performance.md).
+_DEFAULTS = f"floatX={FLOATX},mode=CVM,compiledir={os.path.join(ROOT, '.pytensor_cache')}"
+os.environ["PYTENSOR_FLAGS"] = ",".join(f for f in (_DEFAULTS, os.environ.get("PYTENSOR_FLAGS", "")) if f)
+# OpenMP threads (the kernels) sleep when idle instead of spinning: spinning, they took the
+# cores from numpy's BLAS threads and made the matmuls of a decoding step 2x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# No BLAS linked to PyTensor's C code: dot products run through numpy's BLAS, as intended.
+warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS")
+
+import pytensor  # noqa: E402  (after the flags above)
+
+if pytensor.config.floatX != FLOATX:
+    raise RuntimeError(f"floatX is {pytensor.config.floatX}; this project needs {FLOATX}. "
+                       "Import flags before anything else imports pytensor.")

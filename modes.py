@@ -1,0 +1,133 @@
+"""The compile modes a config may name, and the rewrites that make them the project's: dot
+products through numpy's BLAS, one numpy ufunc per elementwise op, cheap ops run from Python
+(thunks.py). `compile_mode(name)` is the one door to them; `fast_loops(name)` says whether the
+project's own loop ops (recurrence.py, gru_kernel.py) run under a mode."""
+import functools
+
+import numpy as np
+
+import flags  # noqa: F401  (first: the process's PyTensor flags, before pytensor)
+import pytensor
+import pytensor.scalar.basic as scalar_ops
+import pytensor.tensor as pt
+from pytensor.graph.basic import Constant
+from pytensor.graph.rewriting.basic import in2out, node_rewriter
+from pytensor.link.jax.linker import JAXLinker
+from pytensor.link.vm import VMLinker
+from pytensor.tensor.basic import MakeVector
+from pytensor.tensor.elemwise import Elemwise
+from pytensor.tensor.math import Dot
+from pytensor.tensor.shape import Reshape
+
+import thunks
+from configurator import ConfigError
+
+# The modes a config may name. "CVM" is PyTensor's C backend: measured fastest to compile
+# and to run for this model on CPU (README, Performance). "NUMBA" is PyTensor 3's own default.
+MODES = ("CVM", "NUMBA", "FAST_COMPILE", "JAX")
+DEFAULT_MODE = "CVM"
+
+
+def fast_loops(name):
+    """Whether the project's own loop ops (recurrence.StepLoop, gru_kernel.GRUSequence), numpy
+    loops driven from Python, run in compile mode `name`. Numba and JAX compile
+    pytensor.scan themselves (JAX to one lax.scan), so there every cell runs under scan."""
+    return name in ("CVM", "FAST_COMPILE")
+
+
+def default_mode_name():
+    """The name in MODES of what `pytensor.function` compiles with when given no mode
+    (PYTENSOR_FLAGS' `mode`; NUMBA unless set): a module built with no mode builds its loops
+    for it."""
+    linker = pytensor.compile.mode.get_default_mode().linker
+    if isinstance(linker, JAXLinker):
+        return "JAX"
+    return "CVM" if isinstance(linker, VMLinker) else "NUMBA"
+
+
+def compile_mode(name=DEFAULT_MODE):
+    """Return the pytensor mode for `name`, or raise ValueError naming the choices.
+
+    Without the Gemm rewrite: with no BLAS linked to its C code, PyTensor's Gemm goes through
+    numpy's C API with extra copies, slower than Dot22 (numpy.dot) and an elementwise op.
+    Without elementwise fusion, and with n-ary adds and multiplies split into binary ones:
+    every elementwise op is then one numpy ufunc, run from Python (thunks.py), so it needs no
+    C module of its own and runs numpy's vectorised loops. Pass the mode to scan too, whose
+    step function otherwise gets scan's own default rewrites. All of this is the mode's:
+    functions compiled with any other mode, in the same process, are built as PyTensor builds
+    them. docs/performance.md has the measurements behind each choice."""
+    if name not in MODES:
+        raise ValueError(f"unknown compile mode {name!r}; choose one of {', '.join(MODES)}")
+    if name == "JAX":
+        _import_jax()
+    base = pytensor.compile.mode.get_mode(name)
+    python_thunks = isinstance(base.linker, VMLinker)  # CVM and FAST_COMPILE; not NUMBA's or JAX's
+    if python_thunks:
+        old = base.linker
+        # Always collecting intermediates (PyTensor's default): thunks.py's write into a
+        # buffer of the previous call only when it is still held, and the loop ops of
+        # recurrence.py keep what their step functions return, which may view intermediates.
+        linker = VMLinker(allow_gc=True, use_cloop=old.use_cloop, lazy=old.lazy, c_thunks=old.c_thunks)
+        base = pytensor.compile.mode.Mode(linker=linker, optimizer=base.provided_optimizer)
+    # Also without the flattening of add/mul chains (which the split below undoes) and without
+    # in-place elementwise rewrites: with a buffer reused per op (below) they saved no time,
+    # and cost a third of a cached compile.
+    mode = base.excluding("gemm_optimizer", "fusion", "add_mul_fusion", "inplace_elemwise")
+    mode = mode.register((in2out(_outer_product_as_mul, name="outer_product_as_mul"), 1.6))
+    mode = mode.register((in2out(_binary_add_mul, name="binary_add_mul"), 49.1))
+    if name == "JAX":
+        mode = mode.register((in2out(_reshape_unknown_as_minus_one, name="reshape_unknown_as_minus_one"), 49.2))
+    if python_thunks:  # the last rewrite: cheap ops run from Python (thunks.py)
+        mode = mode.register((in2out(thunks.run_from_python, name="run_from_python"), 99))
+    return mode
+
+
+def _import_jax():
+    """Give the project's ops their JAX versions (jax_kernels.py), or raise one line on how to
+    install JAX."""
+    try:
+        import jax_kernels
+    except ImportError as e:
+        raise ConfigError(f"mode=JAX needs JAX ({e}): pip install -r requirements-jax.txt, or use mode=CVM") from None
+    jax_kernels.register()
+
+
+@node_rewriter([Dot])
+def _outer_product_as_mul(fgraph, node):
+    """(m, 1) @ (1, n) -> (m, 1) * (1, n). Gradients of matrix-vector products make such
+    dots (attention's scores against `v`); one numpy multiply is several times faster than a
+    BLAS call with k = 1 (or PyTensor's Ger)."""
+    x, y = node.inputs
+    if x.type.ndim == 2 and y.type.ndim == 2 and x.type.broadcastable[1] and y.type.broadcastable[0]:
+        out = x * y
+        return [out] if out.type == node.outputs[0].type else None
+    return None
+
+
+@node_rewriter([Reshape])
+def _reshape_unknown_as_minus_one(fgraph, node):
+    """reshape(x, (a, b, k)) with one entry k not a constant -> reshape(x, (a, b, -1)).
+
+    JAX needs the shape of a reshape as concrete numbers when it compiles. Scan does not
+    infer the shapes of its per-step outputs, so flattening one (the gradient's (T, B, H)
+    to (T*B, H)) has an entry computed from the scan output's shape; with the others known,
+    -1 stands for it exactly."""
+    shape = node.inputs[1].owner
+    if shape is None or not isinstance(shape.op, MakeVector):
+        return None
+    unknown = [i for i, v in enumerate(shape.inputs) if not isinstance(v, Constant)]
+    if len(unknown) != 1:
+        return None
+    dims = [-1 if i == unknown[0] else int(v.data) for i, v in enumerate(shape.inputs)]
+    out = node.op(node.inputs[0], np.array(dims, dtype="int64"))
+    return [out] if out.type == node.outputs[0].type else None
+
+
+@node_rewriter([Elemwise])
+def _binary_add_mul(fgraph, node):
+    """add(a, b, c, ...) -> add(add(a, b), c) ..., and the same for mul."""
+    scalar = node.op.scalar_op
+    if len(node.inputs) <= 2 or not isinstance(scalar, (scalar_ops.Add, scalar_ops.Mul)) or node.op.inplace_pattern:
+        return None
+    out = functools.reduce(pt.add if isinstance(scalar, scalar_ops.Add) else pt.mul, node.inputs)
+    return [out] if out.type == node.outputs[0].type else None

@@ -1,0 +1,63 @@
+"""The GRU's hand-written loop (gru_kernel.GRUSequence) against cells.GRU under scan: values
+and gradients, both reset conventions, with padding, forwards and backwards."""
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import cells
+import modes
+import pytensor
+import pytensor.tensor as pt
+
+MODE = modes.compile_mode()
+
+I, H = 3, 5
+_GRUS = {}
+
+
+def gru_functions(reset_after, go_backwards):
+    """(fast_loop, scan) versions of f(x, mask, h0, w) -> [states, d/dx, d/dh0, d/dW, d/dU, d/db]
+    of sum(w * states), built once per setting from the same weights."""
+    key = (reset_after, go_backwards)
+    if key not in _GRUS:
+        fns = []
+        for fast_loop in (True, False):
+            gru = cells.GRU(I, H, rng=np.random.default_rng(7), reset_after=reset_after, fast_loop=fast_loop)
+            x, m, h0, w = pt.tensor3("x"), pt.matrix("m"), pt.matrix("h0"), pt.tensor3("w")
+            states = gru.scan(gru.project(x), m, init=[h0], go_backwards=go_backwards)[0]
+            grads = pytensor.grad((states * w).sum(), [x, h0, *gru.params])
+            fns.append(pytensor.function([x, m, h0, w], [states, *grads], mode=MODE))
+        _GRUS[key] = fns
+    return _GRUS[key]
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    reset_after=st.booleans(),
+    go_backwards=st.booleans(),
+    lengths=st.lists(st.integers(0, 6), min_size=1, max_size=4),
+    seed=st.integers(0, 2**16),
+)
+def test_fast_loop_gru_equals_scan_values_and_gradients(reset_after, go_backwards, lengths, seed):
+    """Any lengths (0 included), both conventions and directions: same states, same
+    gradients for the inputs, the initial state and every weight."""
+    rng = np.random.default_rng(seed)
+    T, B = max(max(lengths), 1), len(lengths)
+    mask = (np.arange(T)[:, None] < np.array(lengths)[None]).astype("float32")  # (T, B)
+    args = [rng.standard_normal((T, B, I)).astype("float32"), mask,
+            rng.standard_normal((B, H)).astype("float32"), rng.standard_normal((T, B, H)).astype("float32")]
+    fast_loop, scanned = gru_functions(reset_after, go_backwards)
+    for got, want in zip(fast_loop(*args), scanned(*args)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
+
+
+def test_fast_loop_gru_padding_carries_the_state_and_gets_no_gradient():
+    """A sequence of length 2 padded to 4: states after it equal its last real state, and
+    the input gradient on the padded steps is exactly 0."""
+    rng = np.random.default_rng(3)
+    mask = np.array([[1], [1], [0], [0]], "float32")
+    x = rng.standard_normal((4, 1, I)).astype("float32")
+    states, dx = gru_functions(False, False)[0](x, mask, np.zeros((1, H), "float32"), np.ones((4, 1, H), "float32"))[:2]
+    np.testing.assert_array_equal(states[2], states[1])
+    np.testing.assert_array_equal(states[3], states[1])
+    assert not dx[2:].any() and dx[:2].any()

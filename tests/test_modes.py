@@ -1,0 +1,61 @@
+"""The compile modes (modes.py): the names a config may use, the project's rewrites (dot
+products through numpy, binary adds and multiplies, outer products as one multiply), and
+PyTensor's own modes left as PyTensor builds them."""
+import subprocess
+import sys
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from pytensor.tensor.elemwise import Elemwise
+from pytensor.tensor.math import Dot
+
+import modes
+import thunks
+from helpers import ROOT
+
+
+def ops_of(fn):
+    """The ops of a compiled function, unwrapped from thunks.FromPython."""
+    return [n.op.op if isinstance(n.op, thunks.FromPython) else n.op for n in fn.maker.fgraph.apply_nodes]
+
+
+def test_unknown_mode_names_the_choices():
+    with pytest.raises(ValueError, match="unknown compile mode 'GPU'; choose one of CVM, NUMBA, FAST_COMPILE, JAX"):
+        modes.compile_mode("GPU")
+    assert modes.fast_loops("CVM") and not modes.fast_loops("JAX") and not modes.fast_loops("NUMBA")
+
+
+def test_add_chains_are_binary_and_outer_products_one_multiply():
+    a, b, c = pt.matrix("a"), pt.matrix("b"), pt.matrix("c")
+    u, v = pt.matrix("u", shape=(None, 1)), pt.matrix("v", shape=(1, None))
+    fn = pytensor.function([a, b, c, u, v], [a + b + c, pt.dot(u, v)], mode=modes.compile_mode())
+    ops = ops_of(fn)
+    assert not any(isinstance(op, Dot) for op in ops)  # (m, 1) @ (1, n) became u * v
+    assert all(len(n.inputs) <= 2 for n in fn.maker.fgraph.apply_nodes if isinstance(n.op, (Elemwise, thunks.FromPython)))
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal(s).astype("float32") for s in [(2, 3)] * 3 + [(4, 1), (1, 5)]]
+    total, outer = fn(*args)
+    np.testing.assert_allclose(total, args[0] + args[1] + args[2], rtol=1e-6)
+    np.testing.assert_allclose(outer, args[3] @ args[4], rtol=1e-6)
+
+
+def test_other_modes_are_unchanged():
+    """After the project's mode has compiled a function, PyTensor's own CVM mode still
+    compiles an elementwise op to C, and fuses."""
+    x = pt.matrix("x")
+    pytensor.function([x], pt.tanh(x) * 2 + 1, mode=modes.compile_mode())
+    fn = pytensor.function([x], pt.tanh(x) * 2 + 1, mode=pytensor.compile.mode.get_mode("CVM"))
+    assert any("Composite" in str(n.op) for n in fn.vm.nodes)
+    assert all(hasattr(t, "cthunk") for n, t in zip(fn.vm.nodes, fn.vm.thunks) if isinstance(n.op, Elemwise))
+    np.testing.assert_allclose(fn(np.zeros((2, 2), "float32")), np.ones((2, 2)))
+
+
+def test_mode_jax_without_jax_is_one_line():
+    """Where JAX is not installed, --mode=JAX says how to install it."""
+    code = ("import sys; sys.modules['jax_kernels'] = None; sys.path.insert(0, '.'); import modes\n"
+            "from configurator import ConfigError\n"
+            "try:\n    modes.compile_mode('JAX')\nexcept ConfigError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert "requirements-jax.txt" in out.stdout and len(out.stdout.strip().splitlines()) == 1, out.stderr

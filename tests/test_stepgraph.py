@@ -1,0 +1,44 @@
+"""One step's graph as the generic loop sees it (stepgraph.py): what a step may read, the
+weight matmuls cut out of the per-step gradient, the forward function against the step
+compiled as it is, and what is computed once per loop."""
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+
+import cells
+import modes
+from stepgraph import StepGraph, UnsupportedStep
+
+MODE = modes.compile_mode("CVM")
+I, H, B = 3, 4, 2
+
+
+def test_what_a_step_may_read_is_checked_and_named():
+    gru = cells.GRU(I, H, name="enc")
+    outer = pt.scalar("outer")
+    with pytest.raises(UnsupportedStep, match=r"enc: the step reads outer, which is not its input"):
+        StepGraph(gru, lambda x, h: gru.recur(x, h) * outer, 1, [], MODE)
+    wide = pytensor.shared(np.ones(H), name="wide")  # float64
+    with pytest.raises(UnsupportedStep, match=r"enc: the step reads shared variables that are not float32: wide"):
+        StepGraph(gru, lambda x, h: gru.recur(x, h) * wide, 1, [], MODE)
+    with pytest.raises(ValueError, match="enc: the step returned 2 outputs, expected 1 states"):
+        StepGraph(gru, lambda x, h: [h, h], 1, [], MODE)
+
+
+@pytest.mark.parametrize("reset_after, n_matmuls", [(False, 2), (True, 1)])
+def test_weight_matmuls_are_cut_and_the_forward_step_is_the_step(reset_after, n_matmuls):
+    """Cho's GRU has two matmuls with U (h U_zr and (r * h) U_h), reset_after one (h U): each
+    is cut out of the per-step gradient. Forward computes what the step computes."""
+    gru = cells.GRU(I, H, name="gru", rng=np.random.default_rng(0), reset_after=reset_after)
+    graph = StepGraph(gru, gru.recur, 1, [], MODE)
+    assert len(graph._cut[1]) == n_matmuls
+    assert [w.name for w in graph.W] == ["w.gru.U"]
+    graph.compile()
+    graph.forward.bind([gru.U.get_value()])
+    assert graph.forward.constants  # U's slices, made once per loop
+    rng = np.random.default_rng(1)
+    x, h = rng.standard_normal((B, 3 * H)).astype("float32"), rng.standard_normal((B, H)).astype("float32")
+    xs, hs = pt.matrix("x"), pt.matrix("h")
+    want = pytensor.function([xs, hs], gru.recur(xs, hs), mode=MODE)(x, h)
+    np.testing.assert_allclose(graph.forward(x, h)[0], want, rtol=1e-5, atol=1e-6)
