@@ -106,23 +106,7 @@ def train(run, *flags, data="data"):
     return lambda p: ["train.py", f"--dataset={p[data]}", f"--out_dir={p[run] if run in p else run}", *TINY, *flags]
 
 
-CELLS = """
-import numpy as np
-import cells
-import pytensor.tensor as pt
-
-class Wide(cells.Recurrent):
-    def recur(self, x_t, h):
-        return pt.concatenate([h, h], axis=1)
-
-class Float64(cells.Recurrent):
-    def recur(self, x_t, h):
-        return pt.tanh(x_t + pt.dot(h, self.U)) * np.float64(0.5)
-
-class Two(cells.Recurrent):
-    def recur(self, x_t, h):
-        return [h, h]
-"""
+CELLS = "from benchmarks.broken_cells import Float64, TwoStates, Wide\n"
 
 
 def user_cell(source, class_name):
@@ -330,7 +314,7 @@ CASES = [
     ("cell_syntax_error", "--cell=<a module with a syntax error>", user_cell("def broken(:\n", "X"), "error"),
     ("cell_wrong_shape", "--cell=<a cell whose recur returns (B, 2H)>", user_cell(CELLS, "Wide"), "error"),
     ("cell_float64", "--cell=<a cell whose recur returns a float64 state>", user_cell(CELLS, "Float64"), "error"),
-    ("cell_two_states", "--cell=<a cell whose recur returns 2 states for n_states 1>", user_cell(CELLS, "Two"), "error"),
+    ("cell_two_states", "--cell=<a cell whose recur returns 2 states for n_states 1>", user_cell(CELLS, "TwoStates"), "error"),
     ("ae_endless_valid", "autoencoder train with a validation generator that never says last_batch=True",
      ae("endless = lambda n: (lambda g: (lambda b: g(b)[:2] + (False,)))(make_generator(20, 1))(n)",
         "f.build().train(make_generator(50, 0), endless, n_iterations=3, batch_size=10, display_step=1)"), "error"),

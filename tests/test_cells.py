@@ -11,6 +11,7 @@ import modes
 import layers
 import pytensor
 import pytensor.tensor as pt
+from benchmarks.broken_cells import Float64, TwoStates, Wide
 from checkpoint import CheckpointError
 from configurator import ConfigError
 from decode import beam_search
@@ -421,21 +422,6 @@ def test_cells_per_slot_are_settings_saved_in_the_checkpoint(tmp_path):
         check(TrainConfig(), tiny_config(decoder_cell="nope"))
     with pytest.raises(ConfigError, match=r"^reset_after=true is a GRU setting; no slot has a GRU \(lstm\)$"):
         check(TrainConfig(), tiny_config(cell="lstm", reset_after=True))
-
-
-class Wide(cells.Recurrent):
-    def recur(self, x_t, h):
-        return pt.concatenate([h, h], axis=1)
-
-
-class Float64(cells.Recurrent):
-    def recur(self, x_t, h):
-        return pt.tanh(x_t + pt.dot(h, self.U)) * np.float64(0.5)
-
-
-class TwoStates(cells.Recurrent):
-    def recur(self, x_t, h):
-        return [h, h]
 
 
 @pytest.mark.parametrize("cls, message", [
