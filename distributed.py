@@ -62,11 +62,14 @@ def exit(status):
 def check_same_settings(comm, settings):
     """ConfigError on every rank, naming each setting and what each rank was given, unless
     every rank has the same `settings` (a dict): ranks given another seed, size or dataset
-    would train on another batch order or fail in the all-reduce."""
+    would train on another batch order or fail in the all-reduce. Nothing to check in one
+    process (comm None)."""
     import json
 
     from configurator import ConfigError
 
+    if comm is None:
+        return
     every = comm.allgather(settings)
     differ = [key for key in settings if len({json.dumps(s.get(key), sort_keys=True) for s in every}) > 1]
     if differ:

@@ -8,6 +8,11 @@ import cells
 from attention import ATTENTIONS, attention_class, check_attention
 from configurator import ConfigError, require, setting
 
+# The settings that change training only, not the parameters: a run fine-tuned from another's
+# checkpoint (train.py --init_from=<checkpoint>) may set them anew.
+REGULARISERS = ("dropout", "embed_dropout", "rnn_dropout", "weight_drop", "zoneout", "word_dropout", "readout_dropout",
+                "label_smoothing")
+
 
 @dataclass
 class ModelConfig:
@@ -84,8 +89,7 @@ class ModelConfig:
         require(not self.reset_after or any(issubclass(cells.cell_class(c), cells.GRU) for c in slots),
                 f"reset_after=true is a GRU setting; no slot has a GRU ({', '.join(sorted(slots))})")
         require(self.attention_size >= 0, f"attention_size={self.attention_size}: must not be negative")
-        for name in ("dropout", "embed_dropout", "rnn_dropout", "weight_drop", "zoneout", "word_dropout",
-                     "readout_dropout", "label_smoothing"):
+        for name in REGULARISERS:
             require(0 <= getattr(self, name) < 1, f"{name}={getattr(self, name)}: must be in [0, 1)")
         require(self.init_seed >= 0, f"init_seed={self.init_seed}: must not be negative")
 

@@ -5,6 +5,7 @@
     python train.py config/kjv_night.toml             # KJV overnight, regularised
     python train.py config/reverse.toml               # the synthetic reverse task
     python train.py --init_from=resume                # continue a stopped run exactly
+    python train.py --init_from=out/kjv/ckpt_best.npz --out_dir=out/kjv_tuned --learning_rate=1e-3 --rnn_dropout=0.2
     python train.py --help                            # every setting
     mpiexec -n 4 python train.py ...                  # data-parallel over MPI (distributed.py)
 
@@ -36,6 +37,7 @@ from configurator import ConfigError, configure, require, setting
 from decode import MAX_LEN
 from dataset import Batcher, DataError, check_prepared_as, dataset_dir, load_dataset
 from model import Model, ModelConfig
+from model_config import REGULARISERS
 from progress import Progress, notices
 from runs import (ConsoleLog, Run, RunError, RunFolder, TrainState, append_log, evaluate_and_checkpoint, learning_rate,
                   read_log, run_dir, save_run, say_changes, write_log, write_settings)
@@ -50,7 +52,8 @@ MAX_MINUTES = 525_600  # a year: far beyond any run, and within what a progress 
 class TrainConfig:
     dataset: str = setting("kjv", "a folder under data/ written by its prepare.py, or a path")
     out_dir: str = setting("", "where checkpoints, log.jsonl and loss.png go; empty = out/<dataset>")
-    init_from: str = setting("scratch", "scratch, or resume from <out_dir>/ckpt_latest.npz")
+    init_from: str = setting("scratch", "scratch; resume from <out_dir>/ckpt_latest.npz; or a checkpoint's path: "
+                                        "a new run from its weights (fine-tuning)")
     overwrite: bool = setting(False, "scratch only: replace the run already in out_dir (its checkpoints and log)")
     batch_size: int = setting(64, "pairs per step")
     optimizer: str = setting("adam", f"{' or '.join(optim.OPTIMIZERS)} (each module's getUpdates)")
@@ -81,7 +84,8 @@ def check(cfg, mcfg):
         for field in dataclasses.fields(settings):
             value = getattr(settings, field.name)
             require(not isinstance(value, float) or math.isfinite(value), f"{field.name}={value}: must be a finite number")
-    require(cfg.init_from in ("scratch", "resume"), f"init_from={cfg.init_from!r}: use scratch or resume")
+    require(cfg.init_from in ("scratch", "resume") or cfg.init_from.endswith(".npz"),
+            f"init_from={cfg.init_from!r}: use scratch, resume, or the path of a checkpoint (.npz) to fine-tune")
     require(cfg.optimizer in optim.OPTIMIZERS, f"optimizer={cfg.optimizer!r}: use {' or '.join(optim.OPTIMIZERS)}")
     require(cfg.mode in modes.MODES, f"mode={cfg.mode!r}: use one of {', '.join(modes.MODES)}")
     modes.compile_mode(cfg.mode)  # mode=JAX without JAX: one line, before a run folder is made
@@ -98,6 +102,20 @@ def check(cfg, mcfg):
     for name in ("warmup_iters", "grad_clip", "max_minutes", "eval_exact_match", "eval_bleu", "num_samples",
                  "mpi_check_interval", "keep_last", "seed", "patience"):
         require(getattr(cfg, name) >= 0, f"{name}={getattr(cfg, name)}: must not be negative")
+
+
+def fine_tuned(path, mcfg, explicit, mode):
+    """A new run's model from the checkpoint at `path`: its architecture and weights, with the
+    regularisers given now (model_config.REGULARISERS); no optimizer state, no run state."""
+    saved = Model.load(path, mode=mode)
+    changes = {k: getattr(mcfg, k) for k in explicit if hasattr(mcfg, k)}
+    fixed = [f"{k}={v}" for k, v in sorted(changes.items()) if k not in REGULARISERS and v != getattr(saved.config, k)]
+    require(not fixed, f"init_from={path}: a fine-tuned run keeps its model's architecture: {', '.join(fixed)}")
+    config = dataclasses.replace(saved.config, **{k: v for k, v in changes.items() if k in REGULARISERS})
+    model = Model(config, saved.src_vocab, saved.tgt_vocab, mode=mode)
+    for mine, theirs in zip(model.params, saved.params):
+        mine.set_value(theirs.get_value())
+    return model
 
 
 def init_or_resume(cfg, mcfg, explicit, comm):
@@ -146,8 +164,14 @@ def init_or_resume(cfg, mcfg, explicit, comm):
                 f"tie_src_tgt=true needs one vocabulary for source and target; {data_dir} has "
                 f"{len(src_vocab)} source and {len(tgt_vocab)} target words, not the same list")
         mcfg.src_vocab_size, mcfg.tgt_vocab_size = len(src_vocab), len(tgt_vocab)
-        mcfg.check_memory()
-        model = Model(mcfg, src_vocab, tgt_vocab, mode=cfg.mode)
+        if cfg.init_from == "scratch":
+            mcfg.check_memory()
+            model = Model(mcfg, src_vocab, tgt_vocab, mode=cfg.mode)
+        else:
+            model = fine_tuned(cfg.init_from, mcfg, explicit, cfg.mode)
+            if model.tgt_vocab != tgt_vocab or model.src_vocab != src_vocab:
+                raise DataError(f"{data_dir}: its vocabulary differs from {cfg.init_from}'s; fine-tuning needs data "
+                                "prepared with the same vocabulary")
         state = TrainState()
         if is_root:
             folder.clear()  # --overwrite: the old run's checkpoints and log go now
@@ -274,8 +298,7 @@ def main(argv):
         cfg.max_iters = 0  # a time limit alone bounds the run: the default step count does not apply
     check(cfg, mcfg)
     cfg.out_dir = run_dir(cfg.out_dir, cfg.dataset)
-    if comm is not None:
-        distributed.check_same_settings(comm, {**dataclasses.asdict(cfg), **dataclasses.asdict(mcfg)})
+    distributed.check_same_settings(comm, {**dataclasses.asdict(cfg), **dataclasses.asdict(mcfg)})
     run = init_or_resume(cfg, mcfg, explicit, comm)
     cfg, model, state = run.cfg, run.model, run.state
     if run.is_root:  # what the run says, and its settings, stay in its folder

@@ -262,3 +262,22 @@ def test_notes_on_the_runs_shape_come_before_the_run_ends(tiny_reverse, tmp_path
     text = proc.stdout
     warning, evaluation = text.find("warning: warmup_iters=1000000"), text.find("val_loss")
     assert 0 <= warning < evaluation, text[-3000:]
+
+
+def test_a_run_fine_tuned_from_a_checkpoint_starts_from_its_weights_with_new_regularisers(smoke_run, tiny_reverse,
+                                                                                          tmp_path):
+    """--init_from=<checkpoint>: a new run (its own folder, step 0, fresh Adam) from the
+    checkpoint's weights; regularisers may change, the architecture may not."""
+    best = smoke_run[0] / "ckpt_best.npz"
+    common = [f"--dataset={tiny_reverse}", f"--init_from={best}", *TINY_TRAIN, "--max_iters=2", "--eval_interval=2"]
+    tiny_steps = ["--learning_rate=1e-9", "--min_lr=1e-9", "--warmup_iters=0"]
+    run_script("train.py", f"--out_dir={tmp_path / 'tuned'}", "--rnn_dropout=0.2", *tiny_steps, *common)
+    tuned, before = read_npz(tmp_path / "tuned" / "ckpt_latest.npz"), read_npz(best)
+    meta = json.loads(str(tuned["meta"]))
+    assert meta["state"]["step"] == 2 and meta["model_config"]["rnn_dropout"] == 0.2
+    assert float(tuned["opt/adam.t.encoder"]) == 2.0
+    for key in (k for k in before if k.startswith("param/")):
+        np.testing.assert_allclose(tuned[key], before[key], atol=1e-6, err_msg=key)
+    proc = run_script("train.py", f"--out_dir={tmp_path / 'wider'}", *common, "--hidden_size=32", check=False)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].endswith(
+        "a fine-tuned run keeps its model's architecture: hidden_size=32")
