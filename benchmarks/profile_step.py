@@ -4,6 +4,7 @@
     python benchmarks/profile_step.py --scan_gru      # the recurrent cells under pytensor.scan, for comparison
     python benchmarks/profile_step.py --cell=lstm     # another cell (recurrence.StepLoop)
     python benchmarks/profile_step.py --attention=bahdanau   # bidirectional encoder, attention decoder
+    python benchmarks/profile_step.py --size=default --cell=lstm   # make train's model size
 
 Prints seconds per step (median) and `pytensor.function(..., profile=True)`'s table of ops by
 time, summed over the timed steps: where a step's time goes.
@@ -19,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import flags  # noqa: F401  (float32 and the project's PyTensor flags, before pytensor)
 import numpy as np  # noqa: E402
 import pytensor  # noqa: E402
-from benchmarks.bench_train import SIZES, batch  # noqa: E402
+from benchmarks.bench_train import OTHER_SIZES, SIZES, batch  # noqa: E402
 from model import Model, ModelConfig  # noqa: E402
 
 
@@ -31,7 +32,9 @@ def main():
     ap.add_argument("--attention", default="none", help="none, bahdanau or luong (with a bidirectional encoder)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps, after one warm-up step")
     ap.add_argument("--ops", type=int, default=15, help="rows of the op table to print")
+    ap.add_argument("--size", choices=("bench", *OTHER_SIZES), default="bench", help="bench_train.py's --size")
     args = ap.parse_args()
+    SIZES.update(OTHER_SIZES.get(args.size, {}))
     s = SIZES
     model = Model(ModelConfig(embed_size=s["E"], hidden_size=s["H"], src_vocab_size=s["V"],
                               tgt_vocab_size=s["V"], reset_after=args.reset_after, cell=args.cell,
