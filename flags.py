@@ -1,6 +1,7 @@
 """The process's PyTensor flags: float32, a project-local compile cache, PyTensor's C backend
 as the default mode. Import this module before anything imports pytensor (pytensor reads its
 flags at its first import); a user's own PYTENSOR_FLAGS still win over these defaults."""
+import logging
 import os
 import warnings
 
@@ -18,6 +19,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS")
 
 import pytensor  # noqa: E402  (after the flags above)
+
+# A WARNING per compiled function ("Using NumPy C-API based implementation for BLAS functions"):
+# the expected set-up here, said once in the README instead.
+logging.getLogger("pytensor.tensor.blas").setLevel(logging.ERROR)
 
 if pytensor.config.floatX != FLOATX:
     raise RuntimeError(f"floatX is {pytensor.config.floatX}; this project needs {FLOATX}. "
