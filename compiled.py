@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 
+import flags  # noqa: F401  (first: the process's PyTensor flags, before pytensor)
 import pytensor
 import pytensor.tensor as pt
 from pytensor.link.jax.linker import JAXLinker

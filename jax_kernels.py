@@ -12,9 +12,9 @@ import warnings
 
 import jax.numpy as jnp
 from jax.nn import logsumexp
-from pytensor.link.jax.dispatch import jax_funcify
 
-from softmax_kernel import SoftmaxCrossEntropy, SoftmaxCrossEntropyGrad
+from softmax_kernel import SoftmaxCrossEntropy, SoftmaxCrossEntropyGrad  # first: it sets PyTensor's flags
+from pytensor.link.jax.dispatch import jax_funcify  # noqa: E402
 
 
 def _forward(x, y):

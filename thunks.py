@@ -17,6 +17,8 @@ the numpy code below: PyTensor's own op classes are left as they are.
 import warnings
 
 import numpy as np
+
+import flags  # noqa: F401  (first: the process's PyTensor flags, before pytensor)
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.graph.rewriting.basic import node_rewriter

@@ -20,10 +20,16 @@ TINY_TRAIN = ["--embed_size=8", "--hidden_size=16", "--batch_size=8", "--eval_ex
               "--num_samples=2", "--max_decode_len=10", "--max_minutes=0", "--log_interval=1"]
 
 
+def user_env():
+    """The environment a user's shell gives the scripts: without the PYTENSOR_FLAGS this test
+    process set (flags.py), so that each script must set its own."""
+    return {k: v for k, v in os.environ.items() if k != "PYTENSOR_FLAGS"}
+
+
 def run_script(script, *args, stdin=None, check=True):
     """Run one of the project's scripts with `args`; with check, fail the test showing its output."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],
-                          input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=600)
+                          input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=600, env=user_env())
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -32,7 +38,7 @@ def run_script(script, *args, stdin=None, check=True):
 def run_command(cmd, check=True, env=None, timeout=600):
     """Run `cmd` in the repository root; with check, fail the test showing its output."""
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=env if env is not None else user_env())
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc

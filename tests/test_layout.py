@@ -10,6 +10,19 @@ from helpers import ROOT
 MODULES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "*.py")))
 
 
+def top_level_imports(name):
+    """The top-level modules `name`.py imports at its top level, in order."""
+    with open(os.path.join(ROOT, f"{name}.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    found = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            found += [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append(node.module.split(".")[0])
+    return found
+
+
 def project_imports(name):
     """The project's modules that `name`.py imports, anywhere in it (function-level imports too)."""
     with open(os.path.join(ROOT, f"{name}.py"), encoding="utf-8") as f:
@@ -58,3 +71,27 @@ def test_the_readme_layout_names_every_module():
     layout = layout[: layout.index("\n## ", 1)]
     missing = [m for m in MODULES if f"`{m}.py`" not in layout]
     assert not missing, missing
+
+
+def test_every_module_sets_the_pytensor_flags_before_pytensor_is_imported():
+    """Imported first, by itself, any module of the project loads flags.py (float32, the compile
+    cache) before pytensor: directly, or through a project module that does."""
+    memo = {}
+
+    def safe(name):  # (imports pytensor only after flags, loads flags)
+        if name not in memo:
+            memo[name] = (True, False)
+            loaded, ok = name == "flags", True
+            for module in top_level_imports(name):
+                if module == "flags":
+                    loaded = True
+                elif module == "pytensor":
+                    ok = ok and loaded
+                elif module in MODULES:
+                    sub_ok, sub_loads = safe(module)
+                    ok, loaded = ok and (loaded or sub_ok), loaded or sub_loads
+            memo[name] = (ok, loaded)
+        return memo[name]
+
+    unsafe = [m for m in MODULES if not safe(m)[0]]
+    assert not unsafe, f"these import pytensor before flags: {unsafe}"
