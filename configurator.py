@@ -111,3 +111,13 @@ def require(condition, message):
     """Raise ConfigError(message) unless `condition`; for impossible values."""
     if not condition:
         raise ConfigError(message)
+
+
+def available_memory():
+    """The bytes of memory this machine has free (MemAvailable), or None where unknown: what
+    the memory checks of settings compare against, before anything is allocated."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None

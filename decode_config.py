@@ -4,7 +4,7 @@ import math
 from dataclasses import dataclass
 
 import modes
-from configurator import require, setting
+from configurator import available_memory, require, setting
 from decode import MAX_BEAM, MAX_LEN
 
 
@@ -13,7 +13,8 @@ class DecodeConfig:
     dataset: str = setting("kjv", "the run of this dataset (out/<dataset>), unless out_dir is given")
     out_dir: str = setting("", "run folder whose checkpoint to load; empty = out/<dataset>")
     ckpt: str = setting("best", "best, latest, step<N>, or a path to an .npz")
-    beam_size: int = setting(1, f"1 = greedy decoding (or sampling, in sample.py); > 1 = beam search (at most {MAX_BEAM})")
+    beam_size: int = setting(1, f"1 = greedy decoding (or sampling, in sample.py); > 1 = beam search (at most {MAX_BEAM}, "
+                                "and what the free memory holds)")
     length_norm: float = setting(1.0, "beam ranks by log p / length**length_norm")
     no_repeat_ngram_size: int = setting(0, "n > 0: no output repeats an n-gram (a guard against loops)")
     unk_penalty: float = setting(math.inf, "subtracted from <unk>'s log-probability; inf = never emit <unk>")
@@ -36,3 +37,13 @@ class DecodeConfig:
         """decode.generate's settings of the search, as a dict."""
         return dict(beam_size=self.beam_size, length_norm=self.length_norm, unk_penalty=self.unk_penalty,
                     no_repeat_ngram_size=self.no_repeat_ngram_size)
+
+    def check_memory(self, model, n_sentences):
+        """ConfigError unless a beam of beam_size over n_sentences sentences at a time fits in the
+        memory free: every step holds (sentences x beam, target vocabulary) float32 scores, a few
+        times over (log-probabilities, candidate scores, their ranking)."""
+        need, free = 16 * n_sentences * self.beam_size * len(model.tgt_vocab), available_memory()
+        require(self.beam_size == 1 or free is None or need < free,
+                f"beam_size={self.beam_size}: a beam over {n_sentences:,} sentence(s) of a {len(model.tgt_vocab):,}-word "
+                f"vocabulary needs about {need / 2**30:,.1f} GiB a step; {free / 2**30:,.1f} GiB is free")
+

@@ -106,6 +106,7 @@ def main(argv):
     cfg.check()
     path = checkpoint_path(run_dir(cfg.out_dir, cfg.dataset), cfg.ckpt)
     model = Model.load(path, mode=cfg.mode)
+    cfg.check_memory(model, cfg.batch_size)
     if cfg.src_file:  # a file pair, tokenised by the checkpoint's own vocabularies
         reverse = model.checkpoint_state.get("data", {}).get("reverse_source", False)
         everything, all_refs = file_pairs(model, cfg.src_file, cfg.ref_file, reverse)

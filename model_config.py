@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import cells
 from attention import ATTENTIONS, attention_class, check_attention
-from configurator import ConfigError, require, setting
+from configurator import ConfigError, available_memory, require, setting
 
 # The settings that change training only, not the parameters: a run fine-tuned from another's
 # checkpoint (train.py --init_from=<checkpoint>) may set them anew.
@@ -97,10 +97,6 @@ class ModelConfig:
         """Refuse a model whose parameters, gradients and Adam moments alone exceed the memory
         this machine has free, before allocating any of it."""
         need = self.approx_param_count() * 4 * 5  # float32: params, gradients, 2 moments, a temporary
-        try:
-            with open("/proc/meminfo") as f:
-                free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-        except (OSError, StopIteration, ValueError):
-            return
-        require(need < free, f"hidden_size={self.hidden_size}, embed_size={self.embed_size}: the model needs about "
-                             f"{need / 2**30:,.1f} GiB for its weights and optimizer; {free / 2**30:,.1f} GiB is free")
+        free = available_memory()
+        require(free is None or need < free, f"hidden_size={self.hidden_size}, embed_size={self.embed_size}: the model "
+                f"needs about {need / 2**30:,.1f} GiB for its weights and optimizer; {free / 2**30:,.1f} GiB is free")

@@ -124,6 +124,7 @@ def main(argv):
     cfg.check(configure([cfg], argv, __doc__.strip()))
     path = checkpoint_path(run_dir(cfg.out_dir, cfg.dataset), cfg.ckpt)
     model = Model.load(path, mode=cfg.mode)
+    cfg.check_memory(model, 1)  # one input line at a time
     if model.src_vocab is None or model.tgt_vocab is None:
         raise CheckpointError(f"{path}: holds no vocabulary, so text cannot be encoded")
     require(not cfg.plot_attention or model.has_attention,

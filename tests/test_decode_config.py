@@ -30,3 +30,15 @@ def test_the_search_settings_reach_decode_generate():
     cfg = EvalConfig(beam_size=4, no_repeat_ngram_size=3)
     assert cfg.search() == dict(beam_size=4, length_norm=1.0, unk_penalty=math.inf, no_repeat_ngram_size=3)
     assert (SampleConfig().max_len, EvalConfig().max_len) == (60, 100)  # each script's own default
+
+
+def test_a_beam_is_bounded_by_the_memory_it_needs():
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(tgt_vocab=[None] * 6000)
+    DecodeConfig(beam_size=5).check_memory(model, 64)
+    DecodeConfig(beam_size=1).check_memory(model, 10**9)  # greedy holds no beam
+    with pytest.raises(ConfigError, match=r"beam_size=1000: a beam over 10,000,000 sentence\(s\) of a 6,000-word "
+                                          r"vocabulary needs about .* GiB a step; .* GiB is free"):
+        DecodeConfig(beam_size=1000).check_memory(model, 10**7)
+
