@@ -108,7 +108,7 @@ class ConsoleLog:
 
 def write_settings(path, configs, skip=("init_from", "out_dir", "overwrite")):
     """settings.toml: every setting of the dataclasses `configs` (not the derived ones nor
-    `skip`), a config file `python train.py <it>` reads back."""
+    `skip`), a config file `python train.py <it>` reads back; written with each ckpt_latest.npz."""
     def value(v):
         if isinstance(v, bool):
             return "true" if v else "false"
@@ -281,6 +281,8 @@ def save_run(run, name):
     state["data"] = {"dataset": run.cfg.dataset, "reverse_source": bool(run.meta.get("reverse_source")),
                      "prepared": prepared_facts(run.meta)}
     run.model.save(path, state)
+    if name == "latest":  # the settings of the run as its latest checkpoint holds it
+        write_settings(run.path("settings.toml"), [run.cfg, run.model.config])
 
 
 def evaluate_and_checkpoint(run, row):

@@ -40,7 +40,7 @@ from model import Model, ModelConfig
 from model_config import REGULARISERS
 from progress import Progress, notices
 from runs import (ConsoleLog, Run, RunError, RunFolder, TrainState, append_log, evaluate_and_checkpoint, learning_rate,
-                  read_log, run_dir, save_run, say_changes, write_log, write_settings)
+                  read_log, run_dir, save_run, say_changes, write_log)
 from scoring import print_val_samples, read_references
 
 # With skip_nonfinite, this many non-finite batches in a row mean the model has diverged.
@@ -301,9 +301,8 @@ def main(argv):
     distributed.check_same_settings(comm, {**dataclasses.asdict(cfg), **dataclasses.asdict(mcfg)})
     run = init_or_resume(cfg, mcfg, explicit, comm)
     cfg, model, state = run.cfg, run.model, run.state
-    if run.is_root:  # what the run says, and its settings, stay in its folder
+    if run.is_root:  # what the run says stays in its folder
         sys.stdout = ConsoleLog(sys.stdout, run.path("train.log"))
-        write_settings(run.path("settings.toml"), [cfg, model.config])
     say = print if run.is_root else (lambda *args, **kwargs: None)
     n_params = sum(p.get_value(borrow=True).size for p in model.params)
     ranks = f"; {comm.Get_size()} MPI ranks" if comm else ""
