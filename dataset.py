@@ -266,14 +266,17 @@ def pad_batch(seqs, bos_eos=False):
 class Batcher:
     """Batches of similar lengths, in an order fixed by (seed, epoch) so resume is exact.
 
-    Each epoch shuffles the pairs, sorts windows of `window` batches by length (so a batch
-    wastes little on padding), cuts them into batches and shuffles the batches.
+    Each epoch shuffles the pairs, sorts windows of `window` x `batch_size` pairs by length (so
+    a batch wastes little on padding), cuts them into batches and shuffles the batches. With
+    `max_tokens`, a batch is as many pairs as fit in that many padded tokens (rows x the
+    longest side of its longest pair; a longer pair alone), so short pairs come many to a step.
     """
 
-    def __init__(self, pairs, batch_size, seed, window=50):
+    def __init__(self, pairs, batch_size, seed, window=50, max_tokens=0):
         if not pairs:
             raise DataError("no training pairs")
         self.pairs, self.batch_size, self.seed, self.window = pairs, batch_size, seed, window
+        self.max_tokens = max_tokens
         self.lengths = np.array([max(len(s), len(t)) for s, t in pairs])
 
     def epoch(self, epoch):
@@ -284,9 +287,19 @@ class Batcher:
         batches = []
         for start in range(0, len(order), span):
             chunk = order[start : start + span]
-            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            batches += self._cut(chunk[np.argsort(self.lengths[chunk], kind="stable")])
         return [batches[i] for i in rng.permutation(len(batches))]
+
+    def _cut(self, chunk):
+        """A length-sorted chunk of indices as batches: of batch_size, or by max_tokens."""
+        if not self.max_tokens:
+            return [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        batches, start = [], 0
+        for end in range(1, len(chunk) + 1):  # chunk[end - 1] is the longest of chunk[start:end]
+            if end - 1 > start and (end - start) * self.lengths[chunk[end - 1]] > self.max_tokens:
+                batches.append(chunk[start : end - 1])
+                start = end - 1
+        return batches + [chunk[start:]]
 
     def batch(self, indices):
         """(src (Ts, B), tgt (Tt, B)) for a list of pair indices."""

@@ -3,6 +3,7 @@ one-line notes on the run's length (many epochs over a small corpus, a warm-up l
 half the run)."""
 import sys
 
+import numpy as np
 from tqdm import tqdm
 
 
@@ -43,10 +44,14 @@ def notices(run, elapsed_s):
     if cfg.max_minutes and state.step:  # the steps that fit in the time limit at this speed
         by_time = int(state.step * 60 * cfg.max_minutes / max(elapsed_s, 1e-9))
         steps = min(steps, by_time) if steps else by_time
-    epochs = steps * cfg.batch_size / max(1, n_train)
+    per_step = cfg.batch_size
+    if cfg.batch_tokens:  # pairs a step by tokens: about batch_tokens / the mean pair length
+        mean_length = float(np.mean([max(len(s), len(t)) for s, t in run.splits["train"]]))
+        per_step = max(1.0, cfg.batch_tokens / max(1.0, mean_length))
+    epochs = steps * per_step / max(1, n_train)
     about = "" if not cfg.max_minutes or cfg.max_iters else "about "
     if epochs > 20:
-        lines.append(f"note: {about}{steps:,} steps of {cfg.batch_size} are {epochs:.0f} epochs of {n_train:,} training "
+        lines.append(f"note: {about}{steps:,} steps of {per_step:.0f} are {epochs:.0f} epochs of {n_train:,} training "
                      "pairs; expect overfitting: --patience=N stops when val loss stops improving, and the model's "
                      "dropout settings regularise (--help)")
     if cfg.warmup_iters > steps / 2:

@@ -12,9 +12,8 @@
 Writes <out_dir> (out/<dataset> unless given): ckpt_latest.npz, ckpt_best.npz and the last
 keep_last ckpt_step<N>.npz (each written atomically; never with NaN/inf weights), log.jsonl
 (one JSON object per evaluation), steps.jsonl (the training loss every log_interval steps),
-loss.png, train.log (what the run printed) and settings.toml (its settings, a config file).
-A run holds a lock on its folder; a scratch run refuses a folder that holds another run
-unless --overwrite=true.
+loss.png, train.log (what the run printed) and settings.toml (its settings, a config file). A
+run locks its folder; a scratch run refuses a folder holding another run unless --overwrite=true.
 """
 import dataclasses
 import math
@@ -56,6 +55,7 @@ class TrainConfig:
                                         "a new run from its weights (fine-tuning)")
     overwrite: bool = setting(False, "scratch only: replace the run already in out_dir (its checkpoints and log)")
     batch_size: int = setting(64, "pairs per step")
+    batch_tokens: int = setting(0, "0 = batch_size pairs a step; N = as many as fit in N padded tokens (rows x longest)")
     optimizer: str = setting("adam", f"{' or '.join(optim.OPTIMIZERS)} (each module's getUpdates)")
     learning_rate: float = setting(5e-3, "peak learning rate")
     min_lr: float = setting(1e-4, "cosine decay ends here, at max_iters or at max_minutes, whichever comes first")
@@ -99,7 +99,7 @@ def check(cfg, mcfg):
     mcfg.check()
     require(cfg.learning_rate > 0, f"learning_rate={cfg.learning_rate}: must be positive")
     require(0 <= cfg.min_lr <= cfg.learning_rate, f"min_lr={cfg.min_lr}: must be in [0, learning_rate]")
-    for name in ("warmup_iters", "grad_clip", "max_minutes", "eval_exact_match", "eval_bleu", "num_samples",
+    for name in ("warmup_iters", "grad_clip", "max_minutes", "eval_exact_match", "eval_bleu", "num_samples", "batch_tokens",
                  "mpi_check_interval", "keep_last", "seed", "patience"):
         require(getattr(cfg, name) >= 0, f"{name}={getattr(cfg, name)}: must not be negative")
 
@@ -313,7 +313,7 @@ def main(argv):
         for line in notices(run, 0.0):
             say(line)
     t0 = time.time()
-    batcher = Batcher(run.splits["train"], cfg.batch_size, cfg.seed)
+    batcher = Batcher(run.splits["train"], cfg.batch_size, cfg.seed, max_tokens=cfg.batch_tokens)
     step_fn = distributed.training_step(model, run.comm, batcher, cfg.optimizer, cfg.grad_clip, cfg.mpi_check_interval)
     if run.is_root:
         model.compile_eval()

@@ -148,3 +148,16 @@ def test_meta_json_lists_every_file_with_its_size_and_hash(tmp_path):
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     assert sorted(meta["files"]) == ["test.npz", "test.ref.txt", "train.npz", "val.npz", "val.ref.txt"]
     assert all(meta["files"][n] == dataset.fingerprint(out / n) for n in meta["files"])
+
+
+def test_token_batches_hold_at_most_max_tokens_and_cover_every_pair_once():
+    rng = np.random.default_rng(1)
+    pairs = [(rng.integers(4, 9, n), rng.integers(4, 9, m)) for n, m in rng.integers(1, 40, (500, 2))]
+    batcher = Batcher(pairs, batch_size=16, seed=3, max_tokens=200)
+    epoch = batcher.epoch(0)
+    assert sorted(np.concatenate(epoch).tolist()) == list(range(500))
+    assert [b.tolist() for b in epoch] == [b.tolist() for b in Batcher(pairs, 16, 3, max_tokens=200).epoch(0)]
+    for b in epoch:
+        assert len(b) * batcher.lengths[b].max() <= 200 or len(b) == 1
+    sizes = {int(batcher.lengths[b].max()): len(b) for b in epoch}
+    assert sizes[min(sizes)] > sizes[max(sizes)]  # short pairs come many to a batch

@@ -26,3 +26,10 @@ def test_a_run_says_when_it_will_make_many_epochs_or_warm_up_too_long():
     # The bar counts minutes whenever there is a time limit, steps otherwise.
     assert Progress(fake_run(max_iters=20_000, max_minutes=10).cfg, TrainState(), 0.0, enabled=False).by_time
     assert not Progress(fake_run(max_iters=700).cfg, TrainState(), 0.0, enabled=False).by_time
+
+
+def test_the_epoch_estimate_counts_pairs_of_token_batches():
+    run = SimpleNamespace(cfg=TrainConfig(batch_size=64, batch_tokens=500, max_iters=700, warmup_iters=0),
+                          state=TrainState(step=100), splits={"train": [([1] * 5, [1] * 5)] * 1000})
+    assert notices(run, elapsed_s=0.0)[0].startswith("note: 700 steps of 100 are 70 epochs of 1,000")
+

@@ -71,6 +71,7 @@ def test_resume_continues_exactly(tiny_reverse, tmp_path):
     ("--init_from=resume", "ckpt_latest.npz: no such checkpoint"),
     ("--max_minutes=1e306", "max_minutes=1e+306: must be at most 525,600 (a year)"),
     ("--max_decode_len=1000000", "max_decode_len=1000000: must be at most 1000"),
+    ("--batch_tokens=-1", "batch_tokens=-1: must not be negative"),
 ])
 def test_train_rejects_bad_settings_in_one_line(flag, message, tmp_path):
     proc = run_script("train.py", f"--out_dir={tmp_path / 'none'}", flag, check=False)
