@@ -271,6 +271,16 @@ def save_model(model, path, state=None):
     save_arrays(path, arrays)
 
 
+def vocabularies(arrays, path):
+    """[source Vocab, target Vocab] of a checkpoint's arrays (None for a missing one), with
+    their SentencePiece models; CheckpointError naming `path` if one cannot be read."""
+    try:
+        return [Vocab(arrays[k].tolist(), spm=arrays[f"{k}_spm"].tobytes() if f"{k}_spm" in arrays else None)
+                if k in arrays else None for k in ("src_vocab", "tgt_vocab")]
+    except (ValueError, RuntimeError, TypeError) as err:
+        raise CheckpointError(f"{path}: unreadable vocabulary: {err}") from None
+
+
 def load_model(cls, config_cls, path, mode):
     """model.Model.load: the Model saved at `path`, with every part checked before use."""
     arrays = read_arrays(path)
@@ -291,11 +301,7 @@ def load_model(cls, config_cls, path, mode):
     if meta.get("format_version", 1) > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format version {meta['format_version']} is newer than this code's "
                               f"({FORMAT_VERSION}); update the code")
-    try:
-        vocabs = [Vocab(arrays[k].tolist(), spm=arrays[f"{k}_spm"].tobytes() if f"{k}_spm" in arrays else None)
-                  if k in arrays else None for k in ("src_vocab", "tgt_vocab")]
-    except (ValueError, RuntimeError, TypeError) as err:
-        raise CheckpointError(f"{path}: unreadable vocabulary: {err}") from None
+    vocabs = vocabularies(arrays, path)
     for vocab, size, side in zip(vocabs, (config.src_vocab_size, config.tgt_vocab_size), ("src", "tgt")):
         if vocab is not None and len(vocab) != size:
             raise CheckpointError(f"{path}: the {side} vocabulary has {len(vocab)} entries, the model config {size}")

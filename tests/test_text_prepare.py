@@ -269,3 +269,19 @@ def test_a_relative_out_dir_gets_a_dataset_path_train_py_finds(tmp_path, capsys,
     hint = capsys.readouterr().out.strip().splitlines()[-1]
     assert hint.endswith(f"next: python train.py --dataset={os.path.join('.', 'mybook')}")
     assert os.path.samefile(dataset.dataset_dir(hint.split("--dataset=")[1]), tmp_path / "mybook")
+
+
+def test_vocab_from_reuses_a_datasets_or_checkpoints_vocabulary(tmp_path):
+    """--vocab_from: another text prepared with the vocabularies of a dataset (or of a
+    checkpoint), so that its model can be fine-tuned on it; a bad path is one line."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert prepare("--pairs_tsv", write_pairs_tsv(tmp_path, seed=0), "--out_dir", first, "--min_held", 20) is None
+    other = tmp_path / "other.tsv"
+    other.write_text("".join(f"the light of day {i}\tla luz del dia {i}\n" for i in range(200)), encoding="utf-8")
+    assert prepare("--pairs_tsv", other, "--out_dir", second, "--min_held", 20, "--vocab_from", first) is None
+    _, src_a, tgt_a, _ = load_dataset(first)
+    _, src_b, tgt_b, splits = load_dataset(second)
+    assert (src_b, tgt_b) == (src_a, tgt_a)
+    assert len(splits["train"]) > 100  # words outside it are <unk>, as in any text
+    error = prepare("--pairs_tsv", other, "--out_dir", tmp_path / "third", "--vocab_from", tmp_path / "nowhere")
+    assert error == f"error: --vocab_from={tmp_path / 'nowhere'}: neither a checkpoint (.npz) nor a prepared dataset folder"

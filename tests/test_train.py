@@ -282,3 +282,14 @@ def test_a_run_fine_tuned_from_a_checkpoint_starts_from_its_weights_with_new_reg
     proc = run_script("train.py", f"--out_dir={tmp_path / 'wider'}", *common, "--hidden_size=32", check=False)
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].endswith(
         "a fine-tuned run keeps its model's architecture: hidden_size=32")
+
+
+def test_a_model_is_fine_tuned_on_other_text_prepared_with_its_vocabulary(smoke_run, tmp_path):
+    best = smoke_run[0] / "ckpt_best.npz"
+    text = tmp_path / "other.tsv"
+    text.write_text("".join(f"s{i % 7} s{i % 5} s3\ts3 s{i % 5} s{i % 7}\n" for i in range(120)), encoding="utf-8")
+    run_script(os.path.join("data", "text", "prepare.py"), "--pairs_tsv", text, "--out_dir", tmp_path / "other",
+               "--min_held", 10, "--vocab_from", best)
+    run_script("train.py", f"--dataset={tmp_path / 'other'}", f"--init_from={best}", f"--out_dir={tmp_path / 'run'}",
+               *TINY_TRAIN, "--max_iters=2", "--eval_interval=2")
+    assert [r["step"] for r in log_rows(tmp_path / "run")] == [2]

@@ -213,8 +213,9 @@ def train_sentencepiece(texts, vocab_size):
 
 def write_dataset(out_dir, text_splits, *, tokenizer="word", vocab_size=8000, tgt_vocab_size=None,
                   shared_vocab=True, max_len=60, long="truncate", reverse_source=False, references=False,
-                  overwrite=False, **facts):
-    """Tokenise {split: [(source text, target text)]}, build the vocabularies from train,
+                  overwrite=False, vocabs=None, **facts):
+    """Tokenise {split: [(source text, target text)]}, build the vocabularies from train (or
+    use `vocabs`, (source, target) Vocabs, e.g. a checkpoint's, to fine-tune it on this text),
     and write train/val/test.npz, meta.json (and {val,test}.ref.txt with `references`) to
     out_dir as a whole (dataset.publish; `overwrite` as there). `long` is what happens to
     a sentence over max_len tokens: truncate (counted), or skip (training pairs; counted).
@@ -226,8 +227,10 @@ def write_dataset(out_dir, text_splits, *, tokenizer="word", vocab_size=8000, tg
         if not text_splits.get(name):
             raise PrepareError(f"no {name} pairs")
     train = text_splits["train"]
-    src_vocab = tgt_vocab = None
-    if tokenizer == "sentencepiece":  # subword models come first: they define the tokens
+    src_vocab, tgt_vocab = vocabs or (None, None)
+    if vocabs:  # the given vocabularies' own tokenizer
+        tokenizer = "word" if src_vocab.spm is None else "sentencepiece"
+    if tokenizer == "sentencepiece" and not vocabs:  # subword models come first: they define the tokens
         src_texts = [s for s, _ in train] + ([t for _, t in train] if shared_vocab else [])
         src_vocab = train_sentencepiece(src_texts, vocab_size)
         tgt_vocab = src_vocab if shared_vocab else train_sentencepiece([t for _, t in train], tgt_vocab_size or vocab_size)
@@ -251,7 +254,7 @@ def write_dataset(out_dir, text_splits, *, tokenizer="word", vocab_size=8000, tg
     if not tokens["train"]:
         raise PrepareError(f"no training pair is left once those over --max_len {max_len} tokens and those also in "
                            "val or test are set aside")
-    if tokenizer == "word":  # word vocabularies: the most frequent training tokens
+    if tokenizer == "word" and not vocabs:  # word vocabularies: the most frequent training tokens
         train_tokens = tokens["train"]
         src_tokens = [s for s, _ in train_tokens] + ([t for _, t in train_tokens] if shared_vocab else [])
         src_vocab = Vocab.build(src_tokens, vocab_size)
@@ -308,17 +311,37 @@ def prepare(args):
         task, long, refs, facts = "translation", "skip", True, {}
     n_val, n_test = held_sizes(len(pairs), args.val_frac, args.test_frac, args.min_held, args.max_held)
     splits = contiguous_split(pairs, n_val, n_test, gap, what)
+    vocabs = vocabularies_of(args.vocab_from) if args.vocab_from else None
     return write_dataset(args.out_dir, splits, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                          shared_vocab=bool(args.input), max_len=args.max_len, long=long,
                          reverse_source=args.reverse_source, references=refs, task=task, overwrite=args.overwrite,
-                         corpus=what, exact_match=False, **facts)
+                         corpus=what, exact_match=False, vocabs=vocabs, **facts)
+
+
+def vocabularies_of(path):
+    """(source, target) Vocabs of a checkpoint (.npz) or of a prepared dataset folder."""
+    from checkpoint import CheckpointError, read_arrays, vocabularies
+    from dataset import DataError, load_dataset
+
+    if not path.endswith(".npz") and not os.path.isfile(os.path.join(path, "meta.json")):
+        raise PrepareError(f"--vocab_from={path}: neither a checkpoint (.npz) nor a prepared dataset folder")
+    try:
+        if path.endswith(".npz"):
+            src, tgt = vocabularies(read_arrays(path), path)
+            if src is None or tgt is None:
+                raise CheckpointError(f"{path}: holds no vocabulary")
+            return src, tgt
+        _, src, tgt, _ = load_dataset(path, need=())
+        return src, tgt
+    except (CheckpointError, DataError) as err:
+        raise PrepareError(f"--vocab_from: {err}") from None
 
 
 def notes(summary, args):
     """One line each for what a user may not have asked for: a SentencePiece vocabulary
     smaller than requested, and many training pairs over --max_len."""
     lines = []
-    if args.tokenizer == "sentencepiece" and max(summary["vocab_sizes"]) < args.vocab_size:
+    if args.tokenizer == "sentencepiece" and not args.vocab_from and max(summary["vocab_sizes"]) < args.vocab_size:
         lines.append(f"note: SentencePiece made {summary['vocab_sizes']} pieces, not the {args.vocab_size} asked for: "
                      f"the training text holds no more; --vocab_size={max(summary['vocab_sizes'])} says so")
     n_train, n_long = summary["pairs"]["train"], summary["n_over_max_len"]["train"]
@@ -347,6 +370,9 @@ def main(argv=None):
     ap.add_argument("--tokenizer", choices=("word", "sentencepiece"), default="word",
                     help="word: lowercased words; sentencepiece: subword units trained on the training split")
     ap.add_argument("--vocab_size", type=int, default=8000, help="vocabulary size per side, specials included")
+    ap.add_argument("--vocab_from", metavar="PATH", help="use the vocabularies of this checkpoint (.npz) or prepared "
+                    "dataset instead of building them, so that its model can be fine-tuned on this text "
+                    "(train.py --init_from); --tokenizer and --vocab_size then do not apply")
     ap.add_argument("--max_len", type=int, default=60, help="longest sentence in tokens (see above)")
     ap.add_argument("--val_frac", type=float, default=0.03, help="val block, as a fraction of the pairs")
     ap.add_argument("--test_frac", type=float, default=0.03, help="test block, as a fraction of the pairs")
@@ -375,7 +401,7 @@ def main(argv=None):
     print(f"{summary['corpus']}: {summary.get('n_sentences', '')} {args.unit}s; pairs {summary['pairs']}, "
           f"{summary['n_over_max_len']} over {args.max_len} tokens ({summary['long_sentences']}); removed from train "
           f"as in val or test: {summary['removed_from_train']}; "
-          f"vocab {summary['vocab_sizes']} ({args.tokenizer}); target <unk> rate {summary['tgt_unk_rate']}; "
+          f"vocab {summary['vocab_sizes']} ({summary['tokenizer']}); target <unk> rate {summary['tgt_unk_rate']}; "
           f"val unigram perplexity {summary['val_unigram_ppl']}")
     for line in notes(summary, args):
         print(line)
