@@ -37,7 +37,12 @@ vowels: $(VENV)/.installed
 sample: $(VENV)/.installed
 	$(PY) sample.py
 
-test: $(VENV)/.installed $(VENV)/.installed-jax
+# TensorBoard's writer is optional too; the tests of --tensorboard need it.
+$(VENV)/.installed-tensorboard: requirements-tensorboard.txt $(VENV)/.installed
+	$(PY) -m pip install --quiet -r requirements-tensorboard.txt
+	touch $@
+
+test: $(VENV)/.installed $(VENV)/.installed-jax $(VENV)/.installed-tensorboard
 	$(PY) -m pytest -q -n 2 tests
 
 clean:

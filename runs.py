@@ -82,6 +82,7 @@ class RunFolder:
             path = os.path.join(self.path, name)
             if os.path.isfile(path) and (name in RUN_FILES or (name.startswith("ckpt_") and name.endswith(".npz"))):
                 os.remove(path)
+        shutil.rmtree(os.path.join(self.path, "tensorboard"), ignore_errors=True)
         write_log(os.path.join(self.path, "log.jsonl"), [])
 
 
@@ -104,6 +105,15 @@ class ConsoleLog:
 
     def __getattr__(self, name):  # flush, isatty, encoding, ... as the stream's
         return getattr(self.stream, name)
+
+
+def tensorboard_installed():
+    """Whether TensorBoard's writer (tensorboardX, requirements-tensorboard.txt) imports."""
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def write_settings(path, configs, skip=("init_from", "out_dir", "overwrite")):
@@ -262,10 +272,24 @@ class Run:
     comm: object  # the MPI communicator, None in one process
     folder: RunFolder | None  # rank 0's locked out_dir; None on the other ranks
     run_id: str
+    tensorboard: object = None  # the TensorBoard writer, made at the first row (cfg.tensorboard)
 
     @property
     def is_root(self):
         return self.comm is None or self.comm.Get_rank() == 0
+
+    def log(self, name, row):
+        """Append `row` to the run's <name>.jsonl (log.jsonl, steps.jsonl) and, with
+        --tensorboard, write its numbers as TensorBoard scalars <name>/<key> at row["step"]."""
+        append_log(self.path(name), row)
+        if getattr(self.cfg, "tensorboard", False):
+            from tensorboardX import SummaryWriter
+
+            self.tensorboard = self.tensorboard or SummaryWriter(self.path("tensorboard"))
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                    self.tensorboard.add_scalar(f"{name.removesuffix('.jsonl')}/{key}", value, row["step"])
+            self.tensorboard.flush()
 
     def path(self, name):
         return checkpoint_path(self.cfg.out_dir, name) if name in ("latest", "best") else \
@@ -294,7 +318,7 @@ def evaluate_and_checkpoint(run, row):
     row.update(metrics, run_id=run.run_id, skipped_nonfinite=state.skipped_nonfinite)
     if not math.isfinite(metrics["val_loss"]):
         return f"stopped: step {state.step}: val loss {metrics['val_loss']}; neither logged nor checkpointed"
-    append_log(run.path("log.jsonl"), row)
+    run.log("log.jsonl", row)
     if state.best_val_loss is None or metrics["val_loss"] < state.best_val_loss:
         state.best_val_loss, state.best_step, state.evals_since_best = metrics["val_loss"], state.step, 0
         save_run(run, "best")

@@ -38,8 +38,8 @@ from dataset import Batcher, DataError, check_prepared_as, dataset_dir, load_dat
 from model import Model, ModelConfig
 from model_config import REGULARISERS
 from progress import Progress, notices
-from runs import (ConsoleLog, Run, RunError, RunFolder, TrainState, append_log, evaluate_and_checkpoint, learning_rate,
-                  read_log, run_dir, save_run, say_changes, write_log)
+from runs import (ConsoleLog, Run, RunError, RunFolder, TrainState, evaluate_and_checkpoint, learning_rate, read_log,
+                  run_dir, save_run, say_changes, tensorboard_installed, write_log)
 from scoring import print_val_samples, read_references
 
 # With skip_nonfinite, this many non-finite batches in a row mean the model has diverged.
@@ -68,6 +68,7 @@ class TrainConfig:
     patience: int = setting(0, "stop after this many evaluations without a better val loss; 0 = never")
     eval_interval: int = setting(200, "validate and checkpoint every this many steps")
     log_interval: int = setting(20, "append the mean training loss of every N steps to steps.jsonl; 0 = off")
+    tensorboard: bool = setting(False, "also write the logs as TensorBoard scalars to <out_dir>/tensorboard")
     keep_last: int = setting(2, "also keep the last N evaluations' checkpoints as ckpt_step<N>.npz; 0 = none")
     eval_exact_match: int = setting(500, "val pairs decoded for exact match (tasks that use it)")
     eval_bleu: int = setting(500, "val pairs translated greedily for BLEU and chrF (datasets with references)")
@@ -87,6 +88,7 @@ def check(cfg, mcfg):
     require(cfg.init_from in ("scratch", "resume") or cfg.init_from.endswith(".npz"),
             f"init_from={cfg.init_from!r}: use scratch, resume, or the path of a checkpoint (.npz) to fine-tune")
     require(cfg.optimizer in optim.OPTIMIZERS, f"optimizer={cfg.optimizer!r}: use {' or '.join(optim.OPTIMIZERS)}")
+    require(not cfg.tensorboard or tensorboard_installed(), "tensorboard=true: pip install -r requirements-tensorboard.txt")
     require(cfg.mode in modes.MODES, f"mode={cfg.mode!r}: use one of {', '.join(modes.MODES)}")
     modes.compile_mode(cfg.mode)  # mode=JAX without JAX: one line, before a run folder is made
     for name in ("batch_size", "eval_interval", "max_decode_len"):
@@ -230,8 +232,8 @@ def train(run, step_fn, batcher, bar):
             bar.update(state, elapsed(), loss=f"{loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.1e}")
             recent = [recent[0] + loss * n_tokens, recent[1] + n_tokens]
             if run.is_root and cfg.log_interval and state.step % cfg.log_interval == 0:
-                append_log(run.path("steps.jsonl"), {"step": state.step, "train_loss": recent[0] / max(1.0, recent[1]),
-                                                     "lr": lr, "tokens_per_s": rate, "elapsed_s": elapsed()})
+                run.log("steps.jsonl", {"step": state.step, "train_loss": recent[0] / max(1.0, recent[1]), "lr": lr,
+                                        "tokens_per_s": rate, "elapsed_s": elapsed()})
                 recent = [0.0, 0.0]
             if not noticed and run.is_root and state.step - first_step >= min(20, cfg.eval_interval):
                 noticed = [bar.write(line) for line in notices(run, elapsed())] or True  # speed known: say it early
@@ -309,9 +311,8 @@ def main(argv):
     say(f"{cfg.dataset}: {len(run.splits['train'])} train pairs, vocab {len(model.src_vocab)}/{len(model.tgt_vocab)}; "
         f"model {n_params / 1e6:.2f}M params{ranks}; run {run.run_id} in {cfg.out_dir}; compiling ({cfg.mode}) ...",
         flush=True)
-    if cfg.max_iters and not cfg.max_minutes:  # with a time limit, the steps that fit are known later
-        for line in notices(run, 0.0):
-            say(line)
+    for line in notices(run, 0.0) if cfg.max_iters and not cfg.max_minutes else []:  # else known after 20 steps
+        say(line)
     t0 = time.time()
     batcher = Batcher(run.splits["train"], cfg.batch_size, cfg.seed, max_tokens=cfg.batch_tokens)
     step_fn = distributed.training_step(model, run.comm, batcher, cfg.optimizer, cfg.grad_clip, cfg.mpi_check_interval)

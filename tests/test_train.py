@@ -293,3 +293,43 @@ def test_a_model_is_fine_tuned_on_other_text_prepared_with_its_vocabulary(smoke_
     run_script("train.py", f"--dataset={tmp_path / 'other'}", f"--init_from={best}", f"--out_dir={tmp_path / 'run'}",
                *TINY_TRAIN, "--max_iters=2", "--eval_interval=2")
     assert [r["step"] for r in log_rows(tmp_path / "run")] == [2]
+
+
+def tensorboard_scalars(folder):
+    """{(tag, step): value} of the TensorBoard event files in `folder` (TFRecord framing:
+    length, its CRC, the Event, its CRC)."""
+    import glob
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars = {}
+    for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
+        with open(path, "rb") as f:
+            data = f.read()
+        start = 0
+        while start < len(data):
+            (length,) = struct.unpack("<Q", data[start : start + 8])
+            event = event_pb2.Event.FromString(data[start + 12 : start + 12 + length])
+            scalars.update({(v.tag, event.step): v.simple_value for v in event.summary.value})
+            start += 12 + length + 4
+    return scalars
+
+
+def test_tensorboard_scalars_mirror_the_logs(tiny_reverse, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboardX", reason="pip install -r requirements-tensorboard.txt")
+    out = tmp_path / "tb"
+    run_script("train.py", f"--dataset={tiny_reverse}", f"--out_dir={out}", *TINY_TRAIN, "--max_iters=4",
+               "--eval_interval=2", "--tensorboard=true")
+    scalars = tensorboard_scalars(out / "tensorboard")
+    for row in log_rows(out):
+        assert scalars[("log/val_loss", row["step"])] == pytest.approx(row["val_loss"], rel=1e-6)
+    with open(out / "steps.jsonl", encoding="utf-8") as f:
+        for row in map(json.loads, f):
+            assert scalars[("steps/train_loss", row["step"])] == pytest.approx(row["train_loss"], rel=1e-6)
+    from model_config import ModelConfig
+    from train import TrainConfig, check
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as where it is not installed
+    with pytest.raises(Exception, match="^tensorboard=true: pip install -r requirements-tensorboard.txt$"):
+        check(TrainConfig(tensorboard=True), ModelConfig())
