@@ -12,7 +12,8 @@ The checkpoint is <out_dir>/ckpt_best.npz, out_dir defaulting to out/<dataset> a
 train.py. References come from <dataset>/<split>.ref.txt, written by the dataset's
 prepare.py (scoring.py says how BLEU tokenises). Writes
 eval_<checkpoint>_<split>_beam<k>[_norepeat<n>][_limit<N>].json, and .txt (the hypotheses)
-where there are references, beside the checkpoint, e.g. out/kjv_es/eval_best_test_beam5.json.
+where there are references, beside the checkpoint, e.g. out/kjv_es/eval_best_test_beam5.json;
+for a file pair, <split> is file-<name> and .ppl.txt holds each line's perplexity.
 """
 import json
 import math
@@ -29,7 +30,7 @@ from model import Model
 from runs import run_dir
 from decode import MAX_LEN
 from decode_config import DecodeConfig
-from scoring import bleu_tokenize, perplexity, read_references, score, translate
+from scoring import bleu_tokenize, perplexity, read_references, score, sentence_perplexities, translate
 
 
 @dataclass
@@ -120,6 +121,7 @@ def main(argv):
         result = {"split": cfg.split, "n_pairs": len(pairs), "of": len(everything), "checkpoint": path,
                   "step": model.checkpoint_state.get("step")}
         result.update(perplexity(model, pairs, cfg.batch_size, progress=bar.update))
+        per_sentence = sentence_perplexities(model, pairs, cfg.batch_size) if cfg.src_file else None
         if has_refs:
             how = cfg.search()
             hypotheses = translate(model, pairs, cfg.batch_size, cfg.max_len, progress=bar.update, **how)
@@ -135,8 +137,12 @@ def main(argv):
     if has_refs:
         with open(stem + ".txt", "w", encoding="utf-8") as f:
             f.writelines(h + "\n" for h in hypotheses)
+    if per_sentence is not None:  # a file pair: each line's perplexity, in the file's order
+        with open(stem + ".ppl.txt", "w", encoding="utf-8") as f:
+            f.writelines(f"{p:.4f}\n" for p in per_sentence)
+    where = f"{stem}.json" + (f"; each sentence's perplexity: {stem}.ppl.txt" if per_sentence else "")
     print(f"{cfg.split}: perplexity {result['ppl']:.2f} over {result['tokens']:,} target tokens of {len(pairs):,} pairs"
-          + (f"; BLEU {result['bleu']}, chrF {result['chrf']}" if has_refs else "") + f"  ({stem}.json)")
+          + (f"; BLEU {result['bleu']}, chrF {result['chrf']}" if has_refs else "") + f"  ({where})")
     return 0
 
 

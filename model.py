@@ -206,7 +206,7 @@ class Model:
         readout = self.modules["readout"](self.reg.drop(h, cfg.rnn_dropout, train, locked=True), emb, ctx)  # (T, B, E)
         logits = self.modules["ffout"](self.reg.drop(readout, cfg.readout_dropout, train))  # (T, B, V)
         flat = logits.reshape((-1, logits.shape[-1]))  # (T*B, V)
-        # One fused C pass per row, forward and backward (kernels.py, README Performance).
+        # One fused C pass per row, forward and backward (softmax_kernel.py, docs/performance.md).
         nll, objective = softmax_kernel.smoothed_cross_entropy(flat, tgt_out.flatten(), cfg.label_smoothing if train else 0)
         return [v.reshape(tgt_out.shape) * tgt_mask for v in (nll, tgt_mask, objective)]  # (T, B) each
 
@@ -269,6 +269,18 @@ class Model:
             return compiled.function([src, tgt], outs, self.mode, pad=True)
 
         return compiled.cached(self.functions, "eval", build)
+
+    def compile_sentence_nll(self):
+        """`f(src, tgt) -> (nll (B,), n_tokens (B,))`: each sentence's summed negative
+        log-likelihood and its count of target tokens (EOS included). Under JAX the batch may
+        come back padded: read the first B."""
+        def build():
+            src, tgt = pt.imatrix("src"), pt.imatrix("tgt")
+            nll, mask, _ = self.token_nll(src, tgt)
+            outs = [pt.sum(nll, axis=0, dtype=FLOATX), pt.sum(mask, axis=0, dtype=FLOATX)]
+            return compiled.function([src, tgt], outs, self.mode, pad=True)
+
+        return compiled.cached(self.functions, "sentence_nll", build)
 
     def compile_attention(self):
         """`f(src, tgt) -> weights (Tt-1, Ts, B)`: the teacher-forced attention weights of

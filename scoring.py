@@ -28,6 +28,20 @@ def perplexity(model, pairs, batch_size=64, progress=None):
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": int(n_tokens)}
 
 
+def sentence_perplexities(model, pairs, batch_size=64, progress=None):
+    """The perplexity of each pair's target given its source (per target token, EOS included),
+    in the order of `pairs`."""
+    sentence_nll = model.compile_sentence_nll()
+    out = [0.0] * len(pairs)
+    for idx in eval_batches(pairs, batch_size):
+        nll, n_tokens = sentence_nll(*make_batch([pairs[i] for i in idx]))
+        for i, total, n in zip(idx, nll[: len(idx)], n_tokens[: len(idx)]):
+            out[i] = math.exp(min(float(total) / max(float(n), 1.0), 50.0))
+        if progress:
+            progress(len(idx))
+    return out
+
+
 def decode_pairs(model, pairs, batch_size=64, max_len=100, progress=None, **how):
     """The decoded output ids for every pair's source, in the order of `pairs`; `how` are
     decode.generate's settings (beam_size, no_repeat_ngram_size, ...)."""

@@ -67,6 +67,9 @@ def test_padded_batch_loss_equals_sum_of_single_losses(model):
     singles = [eval_fn(*make_batch([p])) for p in pairs]
     assert float(n) == sum(len(t) + 1 for _, t in pairs)  # every target token plus EOS
     assert float(nll) == pytest.approx(sum(float(s[0]) for s in singles), rel=1e-5)
+    rows, counts = model.compile_sentence_nll()(*make_batch(pairs))  # each sentence's own, padded batch
+    np.testing.assert_allclose(rows, [float(s[0]) for s in singles], rtol=1e-5)
+    assert counts.tolist() == [len(t) + 1 for _, t in pairs]
 
 
 def test_gradients_match_finite_differences(model, batch):
