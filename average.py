@@ -46,10 +46,10 @@ def average(paths):
     newest = read_arrays(paths[-1])
     names = sorted(k for k in newest if k.startswith("param/"))
     total = {k: newest[k].astype(np.float64) for k in names}
-    config = json.loads(str(newest["meta"]))["model_config"]
+    meta = json.loads(str(newest["meta"]))
     for path in paths[:-1]:
         arrays = read_arrays(path)
-        if json.loads(str(arrays["meta"]))["model_config"] != config or sorted(
+        if json.loads(str(arrays["meta"]))["model_config"] != meta["model_config"] or sorted(
                 k for k in arrays if k.startswith("param/")) != names:
             raise CheckpointError(f"{path} and {paths[-1]} are checkpoints of different models; not averaged")
         for k in names:
@@ -58,7 +58,6 @@ def average(paths):
             total[k] += arrays[k]
     out = {k: v for k, v in newest.items() if not k.startswith("opt/")}
     out.update({k: (total[k] / len(paths)).astype(newest[k].dtype) for k in names})
-    meta = json.loads(str(newest["meta"]))
     meta["state"]["averaged"] = [os.path.basename(p) for p in paths]
     out["meta"] = np.array(json.dumps(meta))
     return out

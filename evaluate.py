@@ -30,7 +30,7 @@ from model import Model
 from runs import run_dir
 from decode import MAX_LEN
 from decode_config import DecodeConfig
-from scoring import bleu_tokenize, perplexity, read_references, score, sentence_perplexities, translate
+from scoring import bleu_tokenize, perplexity, read_references, score, translate
 
 
 @dataclass
@@ -120,8 +120,8 @@ def main(argv):
     with tqdm(total=len(pairs) * (2 if has_refs else 1), unit="pair", desc=f"{cfg.split}", dynamic_ncols=True) as bar:
         result = {"split": cfg.split, "n_pairs": len(pairs), "of": len(everything), "checkpoint": path,
                   "step": model.checkpoint_state.get("step")}
-        result.update(perplexity(model, pairs, cfg.batch_size, progress=bar.update))
-        per_sentence = sentence_perplexities(model, pairs, cfg.batch_size) if cfg.src_file else None
+        result.update(perplexity(model, pairs, cfg.batch_size, progress=bar.update, per_sentence=bool(cfg.src_file)))
+        per_sentence = result.pop("sentences", None)
         if has_refs:
             how = cfg.search()
             hypotheses = translate(model, pairs, cfg.batch_size, cfg.max_len, progress=bar.update, **how)

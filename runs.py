@@ -282,7 +282,7 @@ class Run:
         """Append `row` to the run's <name>.jsonl (log.jsonl, steps.jsonl) and, with
         --tensorboard, write its numbers as TensorBoard scalars <name>/<key> at row["step"]."""
         append_log(self.path(name), row)
-        if getattr(self.cfg, "tensorboard", False):
+        if self.cfg.tensorboard:
             from tensorboardX import SummaryWriter
 
             self.tensorboard = self.tensorboard or SummaryWriter(self.path("tensorboard"))

@@ -13,33 +13,30 @@ from dataset import DataError, eval_batches, make_batch, pad_batch
 from decode import generate
 
 
-def perplexity(model, pairs, batch_size=64, progress=None):
+def perplexity(model, pairs, batch_size=64, progress=None, per_sentence=False):
     """{"loss", "ppl", "tokens"}: the mean cross-entropy per target token (EOS included)
-    over `pairs`, its perplexity, and the token count. `progress(n)` is called after each
-    batch of n pairs."""
-    eval_fn = model.compile_eval()
+    over `pairs`, its perplexity, and the token count; with `per_sentence`, also "sentences":
+    each pair's own perplexity, in the order of `pairs`, from the same pass. `progress(n)` is
+    called after each batch of n pairs."""
+    score_fn = model.compile_sentence_nll() if per_sentence else model.compile_eval()
     nll = n_tokens = 0.0
+    sentences = [0.0] * len(pairs)
     for idx in eval_batches(pairs, batch_size):
-        batch_nll, batch_n = eval_fn(*make_batch([pairs[i] for i in idx]))
-        nll, n_tokens = nll + float(batch_nll), n_tokens + float(batch_n)
+        batch_nll, batch_n = score_fn(*make_batch([pairs[i] for i in idx]))
+        if per_sentence:  # (B,) each; under JAX the batch may come back padded
+            batch_nll, batch_n = batch_nll[: len(idx)], batch_n[: len(idx)]
+            for i, total, n in zip(idx, batch_nll, batch_n):
+                sentences[i] = _ppl(float(total), float(n))
+        nll, n_tokens = nll + float(batch_nll.sum()), n_tokens + float(batch_n.sum())
         if progress:
             progress(len(idx))
-    loss = nll / max(n_tokens, 1.0)
-    return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": int(n_tokens)}
+    result = {"loss": nll / max(n_tokens, 1.0), "ppl": _ppl(nll, n_tokens), "tokens": int(n_tokens)}
+    return {**result, "sentences": sentences} if per_sentence else result
 
 
-def sentence_perplexities(model, pairs, batch_size=64, progress=None):
-    """The perplexity of each pair's target given its source (per target token, EOS included),
-    in the order of `pairs`."""
-    sentence_nll = model.compile_sentence_nll()
-    out = [0.0] * len(pairs)
-    for idx in eval_batches(pairs, batch_size):
-        nll, n_tokens = sentence_nll(*make_batch([pairs[i] for i in idx]))
-        for i, total, n in zip(idx, nll[: len(idx)], n_tokens[: len(idx)]):
-            out[i] = math.exp(min(float(total) / max(float(n), 1.0), 50.0))
-        if progress:
-            progress(len(idx))
-    return out
+def _ppl(nll, n_tokens):
+    """exp(nll per token), capped at e^50."""
+    return math.exp(min(nll / max(n_tokens, 1.0), 50.0))
 
 
 def decode_pairs(model, pairs, batch_size=64, max_len=100, progress=None, **how):

@@ -159,8 +159,8 @@ def init_or_resume(cfg, mcfg, explicit, comm):
             raise DataError(f"{data_dir}: its vocabulary differs from the checkpoint's; "
                             "re-run its prepare.py with the settings the run used")
         check_prepared_as(data_dir, meta, model.checkpoint_state.get("data", {}))
-        for log in (os.path.join(cfg.out_dir, name) for name in ("log.jsonl", "steps.jsonl") if is_root):
-            write_log(log, read_log(log, upto=state.step))  # rows after the checkpoint would repeat
+        for name in ("log.jsonl", "steps.jsonl") if is_root else ():  # rows after the checkpoint would repeat
+            write_log(os.path.join(cfg.out_dir, name), read_log(os.path.join(cfg.out_dir, name), upto=state.step))
     else:
         require(not mcfg.tie_src_tgt or src_vocab == tgt_vocab,
                 f"tie_src_tgt=true needs one vocabulary for source and target; {data_dir} has "
