@@ -157,6 +157,9 @@ def test_any_batch_size_decodes_as_under_cvm(pair, B):
                                                                                     nbest=2)[0]
     np.testing.assert_allclose(jax.compile_attention()(src, tgt), cvm.compile_attention()(src, tgt), rtol=1e-4,
                                atol=1e-5)
+    rows = [fn(src, tgt) for fn in (cvm.compile_sentence_nll(), jax.compile_sentence_nll())]  # JAX pads the batch
+    for got, want in zip(rows[1], rows[0]):
+        np.testing.assert_allclose(got[:B], want, rtol=1e-4, atol=1e-4)
 
 
 def test_autoencoder_under_jax_equals_cvm(tmp_path):
