@@ -72,7 +72,11 @@ def compile_mode(name=DEFAULT_MODE):
     # Also without the flattening of add/mul chains (which the split below undoes) and without
     # in-place elementwise rewrites: with a buffer reused per op (below) they saved no time,
     # and cost a third of a cached compile.
-    mode = base.excluding("gemm_optimizer", "fusion", "add_mul_fusion", "inplace_elemwise")
+    # Without Dot22Scalar: `lr * (a.T @ dy)` in an update became its own matmul, computed
+    # again beside the `a.T @ dy` that the gradient's norm reads (the output layer's weight
+    # gradient twice per training step, 7% of it at the default size).
+    mode = base.excluding("gemm_optimizer", "fusion", "add_mul_fusion", "inplace_elemwise",
+                          "local_dot22_to_dot22scalar")
     mode = mode.register((in2out(_outer_product_as_mul, name="outer_product_as_mul"), 1.6))
     mode = mode.register((in2out(_binary_add_mul, name="binary_add_mul"), 49.1))
     if name == "JAX":

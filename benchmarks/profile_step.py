@@ -32,6 +32,7 @@ def main():
     ap.add_argument("--attention", default="none", help="none, bahdanau or luong (with a bidirectional encoder)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps, after one warm-up step")
     ap.add_argument("--ops", type=int, default=15, help="rows of the op table to print")
+    ap.add_argument("--nodes", type=int, default=0, help="rows of the table of single nodes (apply nodes) to print")
     ap.add_argument("--size", choices=("bench", *OTHER_SIZES), default="bench", help="bench_train.py's --size")
     args = ap.parse_args()
     SIZES.update(OTHER_SIZES.get(args.size, {}))
@@ -54,7 +55,7 @@ def main():
         step(src, tgt, np.float32(0.01))
         times.append(time.perf_counter() - t0)
     print(f"{'scan' if args.scan_gru else 'fused'} {args.cell}: {statistics.median(times):.3f} s/step (median of {args.steps})")
-    step.profile.summary(n_ops_to_print=args.ops, n_apply_to_print=0)
+    step.profile.summary(n_ops_to_print=args.ops, n_apply_to_print=args.nodes)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,21 @@ def test_add_chains_are_binary_and_outer_products_one_multiply():
     np.testing.assert_allclose(outer, args[3] @ args[4], rtol=1e-6)
 
 
+def test_a_scaled_gradient_matmul_is_computed_once():
+    """An SGD update with clipping reads a weight gradient twice, scaled by the learning rate
+    and in its norm: one matmul serves both (no Dot22Scalar beside the Dot22)."""
+    x, dy, w, lr = pt.matrix("x"), pt.matrix("dy"), pt.matrix("w"), pt.scalar("lr")
+    g = pt.dot(x.T, dy)
+    fn = pytensor.function([x, dy, w, lr], [w - lr * g * pt.minimum(1, 1 / pt.sqrt((g**2).sum()))],
+                           mode=modes.compile_mode())
+    assert [type(op).__name__ for op in ops_of(fn) if "Dot" in type(op).__name__] == ["Dot22"]
+    rng = np.random.default_rng(0)
+    a, d, w0 = (rng.standard_normal(s).astype("float32") for s in [(4, 3), (4, 5), (3, 5)])
+    grad = a.T @ d
+    np.testing.assert_allclose(fn(a, d, w0, np.float32(0.5))[0], w0 - 0.5 * grad * min(1, 1 / np.linalg.norm(grad)),
+                               rtol=1e-5)
+
+
 def test_other_modes_are_unchanged():
     """After the project's mode has compiled a function, PyTensor's own CVM mode still
     compiles an elementwise op to C, and fuses."""
