@@ -18,6 +18,7 @@ from pytensor.tensor.basic import MakeVector
 from pytensor.tensor.elemwise import Elemwise
 from pytensor.tensor.math import Dot
 from pytensor.tensor.shape import Reshape
+from pytensor.tensor.subtensor import IncSubtensor, get_idx_list
 
 import thunks
 from configurator import ConfigError
@@ -79,6 +80,7 @@ def compile_mode(name=DEFAULT_MODE):
                           "local_dot22_to_dot22scalar")
     mode = mode.register((in2out(_outer_product_as_mul, name="outer_product_as_mul"), 1.6))
     mode = mode.register((in2out(_binary_add_mul, name="binary_add_mul"), 49.1))
+    mode = mode.register((in2out(_column_blocks_as_join, name="column_blocks_as_join"), 49.15))
     if name == "JAX":
         mode = mode.register((in2out(_reshape_unknown_as_minus_one, name="reshape_unknown_as_minus_one"), 49.2))
     if python_thunks:  # the last rewrite: cheap ops run from Python (thunks.py)
@@ -134,4 +136,44 @@ def _binary_add_mul(fgraph, node):
     if len(node.inputs) <= 2 or not isinstance(scalar, (scalar_ops.Add, scalar_ops.Mul)) or node.op.inplace_pattern:
         return None
     out = functools.reduce(pt.add if isinstance(scalar, scalar_ops.Add) else pt.mul, node.inputs)
+    return [out] if out.type == node.outputs[0].type else None
+
+
+def _column_slice(node, n_columns):
+    """(start, stop) of an increment of x[:, start:stop] with constant bounds, else None."""
+    idx = get_idx_list([node.inputs[0], *node.inputs[2:]], node.op.idx_list)  # (x, y, *indices)
+    if len(idx) != 2 or idx[0] != slice(None) or not isinstance(idx[1], slice) or idx[1].step is not None:
+        return None
+    bounds = [default if v is None else int(v.data) if isinstance(v, Constant) else None
+              for v, default in ((idx[1].start, 0), (idx[1].stop, n_columns))]
+    return tuple(bounds) if None not in bounds and 0 <= bounds[0] < bounds[1] <= n_columns else None
+
+
+@node_rewriter([IncSubtensor])
+def _column_blocks_as_join(fgraph, node):
+    """inc(... inc(zeros(m, n)[:, a:b], y1) ..., yk) whose column blocks tile the n columns
+    -> concatenate(y's in column order, axis=1). The gradient of a step that slices its
+    gates (B, 4H) into blocks is such a chain: one concatenation instead of an allocation
+    and a copy of the whole array per block."""
+    blocks, x = [], node.outputs[0]
+    while x.owner is not None and isinstance(x.owner.op, IncSubtensor):
+        blocks.append(x.owner)
+        x = x.owner.inputs[0]
+    if x.owner is None or not isinstance(x.owner.op, pt.basic.Alloc) or x.type.ndim != 2:
+        return None
+    value, *shape = x.owner.inputs
+    if not (isinstance(value, Constant) and np.all(value.data == 0) and isinstance(shape[1], Constant)):
+        return None
+    n = int(shape[1].data)
+    pieces = []
+    for block in blocks:
+        y, cols = block.inputs[1], _column_slice(block, n)
+        if cols is None or y.type.ndim != 2 or any(y.type.broadcastable) or y.type.dtype != x.type.dtype:
+            return None
+        pieces.append((cols, y))
+    pieces.sort(key=lambda p: p[0])
+    if [c for c, _ in pieces] != list(zip([0] + [c[1] for c, _ in pieces[:-1]], [c[1] for c, _ in pieces])) \
+            or pieces[-1][0][1] != n:
+        return None
+    out = pt.specify_shape(pt.concatenate([y for _, y in pieces], axis=1), (None, n))
     return [out] if out.type == node.outputs[0].type else None

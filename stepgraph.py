@@ -230,7 +230,12 @@ class StepGraph:
         return ("saved", self.saved.index(var))
 
 
-def _compile(inputs, outputs, mode):
+def _compile(inputs, outputs, mode, borrow=False):
+    """`borrow`: outputs that are views of one another stay views (PyTensor would copy each
+    such output at every call); the caller only reads them, and every call returns new
+    arrays (the function clears its outputs' storage after each call)."""
+    if borrow:
+        outputs = [pytensor.Out(o, borrow=True) for o in outputs]
     fn = pytensor.function(inputs, outputs, mode=mode, on_unused_input="ignore", accept_inplace=True)
     fn.trust_input = True  # called thousands of times with arrays we made ourselves
     return fn
@@ -243,7 +248,9 @@ class _LoopFunction:
     a step's matmul 2x slower)."""
 
     def __init__(self, inputs, constants, outputs, mode):
-        only_constants = lambda v: _reads_only(v, constants)  # noqa: E731
+        # What reads the loop's constants and nothing else; an expression of literal
+        # constants alone stays in the step, where the compiler folds it.
+        only_constants = lambda v: _reads_only(v, constants) and not _reads_only(v, [])  # noqa: E731
         hoisted = []
         for var in ancestors(outputs):
             node = var.owner
@@ -255,7 +262,7 @@ class _LoopFunction:
         hoisted += [o for o in outputs if only_constants(o) and not isinstance(o, Constant) and o not in hoisted]
         self.constants_in = [v.type() for v in hoisted]
         outputs = clone_replace(outputs, replace=dict(zip(hoisted, self.constants_in)))
-        self.step = _compile([*inputs, *self.constants_in], outputs, mode)
+        self.step = _compile([*inputs, *self.constants_in], outputs, mode, borrow=True)
         self.make_constants = _compile(list(constants), hoisted, mode) if hoisted else None
         self.constants = []
 

@@ -25,16 +25,17 @@ from pytensor.graph.rewriting.basic import node_rewriter
 from pytensor.raise_op import Assert
 from pytensor.scalar.basic import Add, Composite
 from pytensor.scalar.math import Sigmoid
-from pytensor.tensor.basic import Alloc, AllocEmpty, ARange, MakeVector, ScalarFromTensor
+from pytensor.tensor.basic import Alloc, AllocEmpty, ARange, Join, MakeVector, ScalarFromTensor
 from pytensor.tensor.elemwise import CAReduce, DimShuffle, Elemwise
 from pytensor.tensor.shape import Reshape, Shape, Shape_i, SpecifyShape
 from pytensor.tensor.subtensor import AdvancedSubtensor1, IncSubtensor, Subtensor
 
 warnings.filterwarnings("ignore", category=RuntimeWarning, module=__name__)
 
-# Ops that only move views and shapes (and checks): always from Python.
+# Ops that only move views and shapes (and checks), and concatenations (one numpy call):
+# always from Python.
 _VIEW_AND_SHAPE_OPS = (Shape, Shape_i, Reshape, SpecifyShape, MakeVector, ScalarFromTensor, Alloc, AllocEmpty,
-                       ARange, DimShuffle, Subtensor, IncSubtensor, AdvancedSubtensor1, Assert)
+                       ARange, DimShuffle, Subtensor, IncSubtensor, AdvancedSubtensor1, Assert, Join)
 
 
 class FromPython(Op):
@@ -105,7 +106,7 @@ def _ufunc_thunk(op, node, storage_map, compute_map):
         ufunc = sigmoid
     inputs, output = [storage_map[v] for v in node.inputs], storage_map[node.outputs[0]]
     done = compute_map[node.outputs[0]] if compute_map is not None else None
-    last_shapes = [None]
+    last = [None, None]  # the input shapes of the previous call, and its output's shape
 
     def thunk():
         args = [i[0] for i in inputs]
@@ -114,9 +115,11 @@ def _ufunc_thunk(op, node, storage_map, compute_map):
         else:
             shapes = [a.shape for a in args]
             target = output[0]
-            if target is None or shapes != last_shapes[0]:
-                target = np.empty(np.broadcast_shapes(*shapes), dtype)
-                last_shapes[0] = shapes
+            if shapes != last[0]:
+                last[:] = shapes, np.broadcast_shapes(*shapes)
+                target = None
+            if target is None:  # (intermediates are freed between calls)
+                target = np.empty(last[1], dtype)
         # As PyTensor's own Python implementation: numpy's result, cast to the output type.
         ufunc(*args, out=target, casting="unsafe")
         output[0] = target

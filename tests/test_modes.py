@@ -56,6 +56,24 @@ def test_a_scaled_gradient_matmul_is_computed_once():
                                rtol=1e-5)
 
 
+@pytest.mark.parametrize("blocks, joined", [([(0, 3), (3, 5), (5, 8)], True), ([(0, 3), (5, 8)], False)])
+def test_gradient_blocks_tiling_the_columns_become_one_concatenation(blocks, joined):
+    """The gradient of a step that slices its gates into column blocks: one Join when the
+    blocks cover every column, the increments into zeros otherwise; the same values."""
+    x = pt.matrix("x", shape=(None, 8))
+    g = pt.sigmoid(x)
+    cost = sum(pt.tanh(g[:, a:b] * (k + 1)).sum() for k, (a, b) in enumerate(blocks))
+    fn = pytensor.function([x], pytensor.grad(cost, x), mode=modes.compile_mode())
+    names = [type(op).__name__ for op in ops_of(fn)]
+    assert ("Join" in names, "IncSubtensor" in names) == (joined, not joined), names
+    value = np.random.default_rng(0).standard_normal((3, 8)).astype("float32")
+    s = 1 / (1 + np.exp(-value))
+    expected = np.zeros_like(value)
+    for k, (a, b) in enumerate(blocks):
+        expected[:, a:b] = (k + 1) * (1 - np.tanh((k + 1) * s[:, a:b]) ** 2) * s[:, a:b] * (1 - s[:, a:b])
+    np.testing.assert_allclose(fn(value), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_other_modes_are_unchanged():
     """After the project's mode has compiled a function, PyTensor's own CVM mode still
     compiles an elementwise op to C, and fuses."""

@@ -42,3 +42,28 @@ def test_weight_matmuls_are_cut_and_the_forward_step_is_the_step(reset_after, n_
     xs, hs = pt.matrix("x"), pt.matrix("h")
     want = pytensor.function([xs, hs], gru.recur(xs, hs), mode=MODE)(x, h)
     np.testing.assert_allclose(graph.forward(x, h)[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_lstm_step_functions_copy_nothing_and_join_the_gates_gradient():
+    """The forward step returns views of its own arrays without copying them (they are
+    borrowed: every call returns new ones, tested against scan in test_recurrence); literal
+    constants stay in the step, so the gradient of the four gate blocks is one Join."""
+    lstm = cells.LSTM(I, H, name="lstm", rng=np.random.default_rng(0))
+    graph = StepGraph(lstm, lstm.recur, 2, [], MODE)
+    graph.compile(())
+    names = lambda fn: [type(getattr(n.op, "op", n.op)).__name__ for n in fn.step.maker.fgraph.apply_nodes]  # noqa: E731
+    assert "DeepCopyOp" not in names(graph.forward)
+    backward = names(graph.backward[()][0])
+    assert "IncSubtensor" not in backward and backward.count("Join") == 2, backward  # [i f o] and [ifo g]
+    rng = np.random.default_rng(1)
+    x, h, c = (rng.standard_normal((B, n)).astype("float32") for n in (4 * H, H, H))
+    graph.forward.bind([lstm.U.get_value()])
+    out = graph.forward(x, h, c)
+    first = [a.copy() for a in out]
+    graph.forward(-x, c, h)  # a second call leaves the first call's arrays as they were
+    for a, b in zip(out, first):
+        np.testing.assert_array_equal(a, b)
+    xs, hs, cs = pt.matrix("x"), pt.matrix("h"), pt.matrix("c")
+    want = pytensor.function([xs, hs, cs], lstm.recur(xs, hs, cs), mode=MODE)(x, h, c)
+    for got, w in zip(first[:2], want):
+        np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6)
