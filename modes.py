@@ -75,9 +75,12 @@ def compile_mode(name=DEFAULT_MODE):
     # and cost a third of a cached compile.
     # Without Dot22Scalar: `lr * (a.T @ dy)` in an update became its own matmul, computed
     # again beside the `a.T @ dy` that the gradient's norm reads (the output layer's weight
-    # gradient twice per training step, 7% of it at the default size).
+    # gradient twice per training step, 7% of it at the default size). Without lifting a
+    # reshape above elementwise ops: dot(tanh(k), v) over a (Ts, B, A) array reshapes k's
+    # tanh for the product, and lifted, the reshape made a second tanh beside the one the
+    # gradient reads (attention's scores: two tanh passes over (Ts, B, A) per step).
     mode = base.excluding("gemm_optimizer", "fusion", "add_mul_fusion", "inplace_elemwise",
-                          "local_dot22_to_dot22scalar")
+                          "local_dot22_to_dot22scalar", "local_reshape_lift")
     mode = mode.register((in2out(_outer_product_as_mul, name="outer_product_as_mul"), 1.6))
     mode = mode.register((in2out(_binary_add_mul, name="binary_add_mul"), 49.1))
     mode = mode.register((in2out(_column_blocks_as_join, name="column_blocks_as_join"), 49.15))

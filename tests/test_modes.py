@@ -74,6 +74,21 @@ def test_gradient_blocks_tiling_the_columns_become_one_concatenation(blocks, joi
     np.testing.assert_allclose(fn(value), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_a_tensor_vector_product_and_its_gradient_share_one_tanh():
+    """Additive attention's scores, dot(tanh(keys + q), v) over (Ts, B, A): the product runs
+    on the reshaped tanh, the gradient reads the tanh itself; with the reshape lifted above
+    the tanh there were two tanh ops over the whole (Ts, B, A) array at every step."""
+    k, v = pt.tensor3("k"), pt.vector("v")
+    scores = pt.dot(pt.tanh(k), v)
+    fn = pytensor.function([k, v], [scores, pytensor.grad(scores.sum(), k)], mode=modes.compile_mode())
+    assert [str(op) for op in ops_of(fn)].count("Tanh") == 1, ops_of(fn)
+    rng = np.random.default_rng(0)
+    kv, vv = rng.standard_normal((3, 2, 4)).astype("float32"), rng.standard_normal(4).astype("float32")
+    got_scores, got_grad = fn(kv, vv)
+    np.testing.assert_allclose(got_scores, np.tanh(kv) @ vv, rtol=1e-5)
+    np.testing.assert_allclose(got_grad, (1 - np.tanh(kv) ** 2) * vv, rtol=1e-5)
+
+
 def test_other_modes_are_unchanged():
     """After the project's mode has compiled a function, PyTensor's own CVM mode still
     compiles an elementwise op to C, and fuses."""
