@@ -79,6 +79,7 @@ class StepLoop(Op):
         extras = [np.empty((T,) + (0,) * t.ndim, t.dtype) for t in graph.extra_types]
         tape = []
         prev = list(init)
+        full = _unpadded(mask)
         for t in range(T):
             out = graph.forward(x[t], *prev)
             if t == 0:
@@ -88,6 +89,9 @@ class StepLoop(Op):
             tape.append(out[n_out:])
             m = mask[t][:, None]  # (B, 1)
             for k in range(n):
+                if full[t]:
+                    seqs[k][t] = out[k]
+                    continue
                 # s_t = s_{t-1} + m * (new - s_{t-1}): padding carries the state through
                 np.subtract(out[k], prev[k], out=seqs[k][t])
                 seqs[k][t] *= m
@@ -164,16 +168,24 @@ class StepLoopGrad(Op):
         d_weights = [np.zeros_like(w) for w in weights]
         n_mm = graph.n_matmuls
         per_step = [self.memory_grads.index(k) for k in graph.memory_per_step if k in self.memory_grads]
+        full = _unpadded(mask)
         for t in range(T - 1, -1, -1):
             m = mask[t][:, None]  # (B, 1)
             prev = [s[t - 1] if t > 0 else s0 for s, s0 in zip(seqs, init)]
             for k in range(n):
                 d_state[k] += g_seqs[k][t]
-                np.multiply(d_state[k], m, out=d_new[k])  # through the new state ...
-                d_state[k] -= d_new[k]  # ... and (1 - m) straight to the previous one
-            out = backward(x[t], *prev, *tape[t], *d_new, *(g[t] for g in g_extra))
+                if not full[t]:
+                    np.multiply(d_state[k], m, out=d_new[k])  # through the new state ...
+                    d_state[k] -= d_new[k]  # ... and (1 - m) straight to the previous one
+            # (with no padding at t, all of d_state goes through the new state: passed as it
+            # is, then replaced by what reaches the previous state; no output views an input)
+            d_through = d_state if full[t] else d_new
+            out = backward(x[t], *prev, *tape[t], *d_through, *(g[t] for g in g_extra))
             for k in range(n):
-                d_state[k] += out[k]
+                if full[t]:
+                    np.copyto(d_state[k], out[k])
+                else:
+                    d_state[k] += out[k]
             dx[t] = out[n]
             for steps, g in zip(d_matmul, out[n + 1 : n + 1 + n_mm]):
                 steps.append(g)
@@ -197,6 +209,12 @@ class StepLoopGrad(Op):
                 acc += g
         for k, value in enumerate([dx, *d_state, *d_memory, *d_weights]):
             outputs[k][0] = value
+
+
+def _unpadded(mask):
+    """Per timestep of a (T, B) mask, whether no sequence is padded there (the loops then
+    skip the masking arithmetic)."""
+    return (mask.min(axis=1) == 1).tolist() if mask.size else [True] * mask.shape[0]
 
 
 def step_loop(owner, step, n_states, x_proj, mask, init, memory=(), n_extra=0, mode=modes.DEFAULT_MODE,
