@@ -121,10 +121,12 @@ class StepGraph:
         w_exprs = []
         for var in ancestors(out):
             node = var.owner
-            # A matrix-vector product (attention's scores against v, one output column) is not
-            # cut: its per-step weight gradient costs no more than stacking its input.
+            # A matrix-vector product (attention's scores against v, one output column) and an
+            # outer product (coverage's cov w_c, one inner column) are not cut: their per-step
+            # weight gradient costs no more than stacking their operands, which would hold a
+            # (Ts, B, A) array per step.
             if (node is not None and _is_matmul(node) and constant(node.inputs[1])
-                    and not node.inputs[1].type.broadcastable[-1]
+                    and not node.inputs[1].type.broadcastable[-1] and not node.inputs[0].type.broadcastable[-1]
                     and not constant(node.inputs[0]) and node.inputs[1] not in w_exprs):
                 w_exprs.append(node.inputs[1])
         cut = [e.type() for e in w_exprs]
