@@ -67,3 +67,18 @@ def test_the_lstm_step_functions_copy_nothing_and_join_the_gates_gradient():
     want = pytensor.function([xs, hs, cs], lstm.recur(xs, hs, cs), mode=MODE)(x, h, c)
     for got, w in zip(first[:2], want):
         np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6)
+
+
+def test_an_outer_product_with_a_weight_stays_in_the_step():
+    """(B, 1) @ (1, H), coverage's cov w_c: not cut (stacking its per-step gradient would hold
+    a (B, H) array per step for a weight gradient that costs as little inside the step); the
+    matmul with U still is."""
+    gru = cells.GRU(I, H, name="gru", rng=np.random.default_rng(0))
+    w = gru.add_param("w_col", np.full(H, 0.5, dtype="float32"))
+
+    def step(x, h):
+        return gru.recur(x, h) + pt.dot(h[:, 0][:, None], w[None, :])
+
+    graph = StepGraph(gru, step, 1, [], MODE)
+    assert len(graph._cut[1]) == 2  # Cho's two matmuls with U only
+    assert [g.name for g in graph.W] == ["w.gru.U", "w.gru.w_col"] and graph.direct == [1]
