@@ -21,7 +21,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS")
 
 
-
 def keep_large_arrays_mapped(limit=1 << 30):
     """Serve arrays up to `limit` bytes from malloc's heap and keep freed memory mapped
     (glibc only; elsewhere a no-op). By default glibc maps every array over 32 MB afresh and
