@@ -5,6 +5,7 @@
     python benchmarks/profile_step.py --cell=lstm     # another cell (recurrence.StepLoop)
     python benchmarks/profile_step.py --attention=bahdanau   # bidirectional encoder, attention decoder
     python benchmarks/profile_step.py --size=default --cell=lstm   # make train's model size
+    python benchmarks/profile_step.py --size=default --cell=lstm --nodes=25   # and the 25 costliest nodes
 
 Prints seconds per step (median) and `pytensor.function(..., profile=True)`'s table of ops by
 time, summed over the timed steps: where a step's time goes.
