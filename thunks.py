@@ -1,10 +1,10 @@
 """Fewer C modules to compile: cheap ops run from Python, chosen by a rewrite of the graph.
 
 Every distinct C op costs one gcc run on a cold cache. Ops that only move views and shapes,
-and elementwise ops that map to one numpy ufunc (all of them, in modes.compile_mode's modes),
-run as fast from Python, so they skip compilation. A ufunc writes into its previous output
-buffer, or in place into the input the graph lets it destroy: a fresh (T, B, V) array per
-call cost more than the operation itself. Overflow in exp and the like gives inf or NaN
+concatenations, and elementwise ops that map to one numpy ufunc (all of them, in
+modes.compile_mode's modes), run as fast from Python, so they skip compilation. A ufunc
+writes into its previous output buffer, or in place into the input the graph lets it
+destroy: a fresh (T, B, V) array per call cost more than the operation itself. Overflow in exp and the like gives inf or NaN
 silently, as the C code does: the non-finite guards in training check for them. Sums over the
 last (contiguous) axis run as one numpy reduction with the same accumulator, faster than
 PyTensor's C loop there; other reductions keep their C code, faster over leading axes. The
