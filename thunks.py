@@ -4,11 +4,12 @@ Every distinct C op costs one gcc run on a cold cache. Ops that only move views 
 concatenations, and elementwise ops that map to one numpy ufunc (all of them, in
 modes.compile_mode's modes), run as fast from Python, so they skip compilation. A ufunc
 writes into its previous output buffer, or in place into the input the graph lets it
-destroy: a fresh (T, B, V) array per call cost more than the operation itself. Overflow in exp and the like gives inf or NaN
-silently, as the C code does: the non-finite guards in training check for them. Sums over the
-last (contiguous) axis run as one numpy reduction with the same accumulator, faster than
-PyTensor's C loop there; other reductions keep their C code, faster over leading axes. The
-measurements are in docs/performance.md ("Fewer C modules", "Cold compile").
+destroy: a fresh (T, B, V) array per call cost more than the operation itself. Overflow in
+exp and the like gives inf or NaN silently, as the C code does: the non-finite guards in
+training check for them. Sums over the last (contiguous) axis run as one numpy reduction
+with the same accumulator, faster than PyTensor's C loop there; other reductions keep their
+C code, faster over leading axes. The measurements are in docs/performance.md ("Fewer C
+modules", "Cold compile").
 
 `run_from_python`, the last rewrite of compile_mode's C modes, wraps each such node's op in
 `FromPython`, an op with the same inputs, outputs, views and in-place writes, whose thunk is
