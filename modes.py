@@ -175,8 +175,8 @@ def _column_blocks_as_join(fgraph, node):
             return None
         pieces.append((cols, y))
     pieces.sort(key=lambda p: p[0])
-    if [c for c, _ in pieces] != list(zip([0] + [c[1] for c, _ in pieces[:-1]], [c[1] for c, _ in pieces])) \
-            or pieces[-1][0][1] != n:
+    starts, stops = [a for (a, _), _ in pieces], [b for (_, b), _ in pieces]
+    if starts != [0, *stops[:-1]] or stops[-1] != n:  # each block starts where the last stopped
         return None
     out = pt.specify_shape(pt.concatenate([y for _, y in pieces], axis=1), (None, n))
     return [out] if out.type == node.outputs[0].type else None
