@@ -199,6 +199,14 @@ def softmax_cross_entropy(logits, targets):
     return SoftmaxCrossEntropy()(logits, targets)[0]
 
 
+def log_softmax(logits):
+    """log softmax(`logits` (N, V)) along each row: logits - logsumexp, the logsumexp from the
+    same fused pass (its targets are unused; PyTensor's own graph of it ran max, exp and sum
+    as three single-threaded passes, a third of a beam search step)."""
+    lse = SoftmaxCrossEntropy()(logits, pt.zeros((logits.shape[0],), dtype="int32"))[1]
+    return _f32(logits) - lse[:, None]
+
+
 def smoothed_cross_entropy(logits, targets, smoothing=0.0):
     """(nll (N,), loss (N,)): the negative log-likelihood of `targets` under softmax(logits),
     and the label-smoothed loss, the cross-entropy against (1 - e) onehot(y) + e / V:

@@ -1,5 +1,5 @@
 """The fused softmax cross-entropy (C, and its numpy perform) against numpy/scipy: values,
-gradients, threads, strided input, bad targets, non-finite logits kept visible."""
+gradients, threads, strided input, bad targets, non-finite logits kept visible; log_softmax."""
 import numpy as np
 import pytest
 import scipy.special
@@ -72,3 +72,12 @@ def test_softmax_cross_entropy_keeps_nan_and_inf_visible(sce):
     assert not np.isfinite(nll[:2]).any() and not np.isfinite(grad[:2]).all(axis=1).any()
     np.testing.assert_allclose(nll[2:], [np.log(4), 0.0], atol=1e-6)
     assert np.isfinite(grad[2:]).all()
+
+
+def test_log_softmax_matches_reference():
+    x = pt.matrix("x")
+    f = pytensor.function([x], softmax_kernel.log_softmax(x), mode=MODE)
+    for n, v in [(1, 1), (4, 9), (300, 6000)]:  # the last on OpenMP's threads
+        logits = (np.random.default_rng(v).standard_normal((n, v)) * 8).astype("float32")
+        np.testing.assert_allclose(f(logits), scipy.special.log_softmax(logits.astype(np.float64), axis=1),
+                                   rtol=1e-5, atol=1e-5)
