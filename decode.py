@@ -83,6 +83,24 @@ def candidate_scores(logp, unk_penalty=math.inf):
     return scores
 
 
+def top_k_columns(x, k, block=64):
+    """Column indices (R, min(k, V)) of the k largest entries of each row of x (R, V), in no
+    order. Each row's best k lie in its k blocks of `block` columns with the largest maxima,
+    so one pass of block maxima narrows the search to k * block columns a row (a full
+    argpartition of the (R, V) scores was most of a beam search step)."""
+    R, V = x.shape
+    n_blocks = V // block
+    if k >= V or n_blocks <= k:
+        k = min(k, V)
+        return np.argpartition(-x, k - 1, axis=1)[:, :k] if k < V else np.broadcast_to(np.arange(V), (R, V))
+    full = n_blocks * block  # the last V - full columns (under one block) are always searched
+    blocks = np.argpartition(-x[:, :full].reshape(R, n_blocks, block).max(axis=2), k - 1, axis=1)[:, :k]
+    cols = (blocks[:, :, None] * block + np.arange(block)).reshape(R, k * block)
+    cols = np.concatenate([cols, np.broadcast_to(np.arange(full, V), (R, V - full))], axis=1)
+    best = np.argpartition(-np.take_along_axis(x, cols, axis=1), k - 1, axis=1)[:, :k]
+    return np.take_along_axis(cols, best, axis=1)
+
+
 def banned_tokens(tokens, n):
     """The tokens that would repeat an n-gram of `tokens` if emitted next."""
     if n <= 0 or len(tokens) < n - 1:
@@ -180,7 +198,9 @@ def beam_search(model, src, beam_size=5, max_len=60, length_norm=1.0, no_repeat_
         padded = np.r_[np.arange(R), np.zeros(B * beam_size - R, int)] if model.mode_name == "JAX" else np.arange(R)
         # c is (B, C); the time-major entries (annotations, keys, src_mask) have B on axis 1.
         sentences = sentence_of_row[padded]
-        mem = [m[sentences] if key == "c" else m[:, sentences] for key, m in zip(mem_keys, memory)]
+        if t == 0 or not np.array_equal(sentences, gathered):  # (most steps keep every row's sentence)
+            mem = [m[sentences] if key == "c" else m[:, sentences] for key, m in zip(mem_keys, memory)]
+            gathered = sentences
         out = f_next(y_prev[padded], *(s[padded] for s in states), *mem)
         logp, new_states = out[0][:R], [s[:R] for s in out[1:]]
         V = logp.shape[1]
@@ -190,23 +210,30 @@ def beam_search(model, src, beam_size=5, max_len=60, length_norm=1.0, no_repeat_
             for r, (_, _, (tokens, _, _)) in enumerate(rows):
                 cand[r, banned_tokens(tokens, no_repeat_ngram_size)] = -np.inf
         cand += np.array([score for _, _, (_, score, _) in rows])[:, None]
-        # Every sentence's candidates side by side, (B, beam * V), -inf where it has fewer rows.
-        table = np.full((B, beam_size * V), -np.inf)
-        slot = np.array([i * beam_size + k for i, k, _ in rows])
-        table.reshape(B * beam_size, V)[slot] = cand
+        # A sentence's best beam_size candidates are among its rows' best beam_size each: those
+        # side by side, (B, beam * k), as ids hypothesis * V + token; -inf where it has fewer rows.
+        tokens_r = top_k_columns(cand, beam_size)  # (R, k)
+        k = tokens_r.shape[1]
+        table = np.full((B, beam_size * k), -np.inf)
+        ids = np.zeros((B, beam_size * k), dtype=np.int64)
+        slot = np.array([i * beam_size + k_ for i, k_, _ in rows])
+        table.reshape(B * beam_size, k)[slot] = np.take_along_axis(cand, tokens_r, axis=1)
+        ids.reshape(B * beam_size, k)[slot] = (slot % beam_size)[:, None] * V + tokens_r
         k = min(beam_size, table.shape[1])
         top = np.argpartition(-table, k - 1, axis=1)[:, :k]  # (B, k), in no order
-        top_scores = np.take_along_axis(table, top, axis=1)
-        best = np.take_along_axis(top, np.lexsort((top, -top_scores), axis=1), axis=1)  # by score, then index
+        top_scores, top_ids = np.take_along_axis(table, top, axis=1), np.take_along_axis(ids, top, axis=1)
+        order = np.lexsort((top_ids, -top_scores), axis=1)  # by score, then id
+        best = np.take_along_axis(top_ids, order, axis=1)
+        best_scores = np.take_along_axis(top_scores, order, axis=1)
         row_of = {(i, k_): r for r, (i, k_, _) in enumerate(rows)}
         keep, next_live, next_y = [], [[] for _ in range(B)], []
         for i in range(B):
-            for index in best[i, : beam_size - len(finished[i])] if live[i] else []:
-                score = table[i, index]
+            n = beam_size - len(finished[i]) if live[i] else 0
+            for index, score in zip(best[i, :n].tolist(), best_scores[i, :n].tolist()):
                 if score == -np.inf:
                     break
                 r = row_of[(i, index // V)]
-                token, (tokens, _, total) = int(index % V), rows[r][2]
+                token, (tokens, _, total) = index % V, rows[r][2]
                 hyp = (tokens + [token], float(score), total + float(logp[r, token]))
                 if token == EOS_ID:
                     finished[i].append(hyp)
@@ -328,7 +355,7 @@ def compile_step(model):
         states = [s.type(f"state{i}") for i, s in enumerate(init)]
         mem_in = {k: memory[k].type(k) for k in keys}
         new, logits, _ = model.decoder_step(y_prev, states, mem_in)
-        logp = logits - pt.logsumexp(logits, axis=1, keepdims=True)  # (B, V)
+        logp = softmax_kernel.log_softmax(logits)  # (B, V)
         f_next = compiled.function([y_prev, *states, *(mem_in[k] for k in keys)], [logp, *new], model.mode,
                                   batch_axes=([0] * (1 + len(states)) + axes, [0] * (1 + len(new))))
         return f_init, f_next

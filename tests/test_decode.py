@@ -1,12 +1,12 @@
 """decode.py: the no-repeat-n-gram guard, step-by-step decoding that follows the scan, top-k
-and nucleus sampling, the one <unk> rule, and n-best beams."""
+and nucleus sampling, the one <unk> rule, n-best beams, and the beam's top-k."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dataset import pad_batch
-from decode import banned_tokens, beam_search, generate, sampling_probabilities, step_decode
+from decode import banned_tokens, beam_search, generate, sampling_probabilities, step_decode, top_k_columns
 from model import Model, ModelConfig
 from vocab import UNK_ID
 
@@ -35,6 +35,21 @@ def test_banned_tokens_are_exactly_those_that_repeat_an_ngram(tokens, token, n):
     if has_repeat(tokens, n):
         return  # the guard keeps outputs free of repeats, so only those are extended
     assert (token in banned_tokens(tokens, n)) == has_repeat(tokens + [token], n)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 300), st.integers(1, 8), st.integers(1, 40), st.integers(0, 2**31),
+       st.booleans())
+def test_top_k_columns_are_the_k_largest_of_each_row(R, V, k, block, seed, ties):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 4, (R, V)).astype(float) if ties else rng.standard_normal((R, V))
+    x[rng.random((R, V)) < 0.2] = -np.inf  # banned tokens
+    cols = top_k_columns(x, k, block)
+    k = min(k, V)
+    assert cols.shape == (R, k) and all(len(set(row)) == k for row in cols.tolist())
+    # the same values as a full sort's k largest (which of equal values is free)
+    np.testing.assert_array_equal(np.sort(np.take_along_axis(x, cols, axis=1), axis=1),
+                                  np.sort(x, axis=1)[:, V - k :])
 
 
 def test_without_the_guard_step_decoding_is_the_scan(model, src):
