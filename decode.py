@@ -12,11 +12,8 @@ is never emitted, so a beam of 1 is greedy decoding). Reported log-probabilities
 model's own, without the penalty.
 
 The guard, no_repeat_ngram_size = n as in fairseq: an output never contains the same n-gram
-twice. At each step, every token that would complete an n-gram already in the output is
-banned (n = 1 bans every token already emitted).
-
-Sampling: the next token is drawn from softmax(log p / temperature) restricted to the top_k
-most probable tokens (0 = all) and to the nucleus (Holtzman et al. 2020): the fewest most
+twice (n = 1: no token twice). Sampling draws from softmax(log p / temperature) over the
+top_k most probable tokens (0 = all) and the nucleus (Holtzman et al. 2020): the fewest most
 probable tokens whose probability sums to at least top_p (1 = all).
 
 Beam search: each sentence keeps up to `beam_size` live hypotheses. At every step all live
@@ -26,8 +23,7 @@ hypothesis that emits EOS is finished (so the beam narrows, as in dl4mt-tutorial
 Nematus). A sentence is done when all its hypotheses have finished; the search stops when
 every sentence is done, or at max_len, where live hypotheses are finished as they are.
 Hypotheses rank by score / length**length_norm (length counts EOS): 0 ranks by total
-log-probability, 1 by log-probability per token. With beam_size 1 this is greedy decoding.
-"""
+log-probability, 1 by log-probability per token. With beam_size 1 this is greedy decoding."""
 import math
 
 import numpy as np
@@ -89,10 +85,9 @@ def top_k_columns(x, k, block=64):
     so one pass of block maxima narrows the search to k * block columns a row (a full
     argpartition of the (R, V) scores was most of a beam search step)."""
     R, V = x.shape
-    n_blocks = V // block
-    if k >= V or n_blocks <= k:
-        k = min(k, V)
-        return np.argpartition(-x, k - 1, axis=1)[:, :k] if k < V else np.broadcast_to(np.arange(V), (R, V))
+    k, n_blocks = min(k, V), V // block
+    if n_blocks <= k:  # narrow rows: searched whole
+        return np.argpartition(-x, k - 1, axis=1)[:, :k]
     full = n_blocks * block  # the last V - full columns (under one block) are always searched
     blocks = np.argpartition(-x[:, :full].reshape(R, n_blocks, block).max(axis=2), k - 1, axis=1)[:, :k]
     cols = (blocks[:, :, None] * block + np.arange(block)).reshape(R, k * block)
@@ -102,7 +97,8 @@ def top_k_columns(x, k, block=64):
 
 
 def banned_tokens(tokens, n):
-    """The tokens that would repeat an n-gram of `tokens` if emitted next."""
+    """The tokens that would repeat an n-gram of `tokens` if emitted next: those that would
+    complete an n-gram already in it."""
     if n <= 0 or len(tokens) < n - 1:
         return []
     if n == 1:
@@ -138,10 +134,9 @@ def step_decode(model, src, max_len=60, temperature=0.0, rng=None, no_repeat_ngr
     rng = rng if rng is not None else np.random.default_rng(0)
     noise = rng.random((max_len, src.shape[1]), dtype=np.float32)  # drawn as Model.decode does
     f_init, f_next = model.compile_step()
-    n_mem = len(model.memory_names())
+    n_mem, B = len(model.memory_names()), src.shape[1]
     init = f_init(src)
     memory, states = init[:n_mem], init[n_mem:]
-    B = src.shape[1]
     outputs, logps, done = [[] for _ in range(B)], np.zeros(B), np.zeros(B, dtype=bool)
     y_prev = np.full(B, BOS_ID, dtype=np.int32)
     for t in range(max_len):
@@ -181,14 +176,12 @@ def beam_search(model, src, beam_size=5, max_len=60, length_norm=1.0, no_repeat_
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"nbest must be between 1 and beam_size ({beam_size}), got {nbest}")
     f_init, f_next = model.compile_step()
-    mem_keys = model.memory_names()
+    mem_keys, B = model.memory_names(), src.shape[1]
     init = f_init(src)
     memory, states = init[: len(mem_keys)], init[len(mem_keys) :]
-    B = src.shape[1]
     # live[i]: sentence i's live hypotheses as (tokens, rank score, log-probability), in the
     # order of their rows in the step's batch; rows go sentence by sentence.
-    live = [[([], 0.0, 0.0)] for _ in range(B)]
-    finished = [[] for _ in range(B)]
+    live, finished = [[([], 0.0, 0.0)] for _ in range(B)], [[] for _ in range(B)]
     sentence_of_row = np.arange(B)
     y_prev = np.full(B, BOS_ID, dtype=np.int32)
     for t in range(max_len):
@@ -199,8 +192,7 @@ def beam_search(model, src, beam_size=5, max_len=60, length_norm=1.0, no_repeat_
         # c is (B, C); the time-major entries (annotations, keys, src_mask) have B on axis 1.
         sentences = sentence_of_row[padded]
         if t == 0 or not np.array_equal(sentences, gathered):  # (most steps keep every row's sentence)
-            # (np.take, not m[:, sentences]: numpy lays that out transposed, which made every
-            # op reading the keys and annotations 2-3x slower)
+            # (np.take: numpy lays m[:, sentences] out transposed, 2-3x slower for the step to read)
             mem = [np.take(m, sentences, axis=0 if key == "c" else 1) for key, m in zip(mem_keys, memory)]
             gathered = sentences
         out = f_next(y_prev[padded], *(s[padded] for s in states), *mem)
@@ -215,19 +207,14 @@ def beam_search(model, src, beam_size=5, max_len=60, length_norm=1.0, no_repeat_
         # A sentence's best beam_size candidates are among its rows' best beam_size each: those
         # side by side, (B, beam * k), as ids hypothesis * V + token; -inf where it has fewer rows.
         tokens_r = top_k_columns(cand, beam_size)  # (R, k)
-        k = tokens_r.shape[1]
-        table = np.full((B, beam_size * k), -np.inf)
-        ids = np.zeros((B, beam_size * k), dtype=np.int64)
-        slot = np.array([i * beam_size + k_ for i, k_, _ in rows])
-        table.reshape(B * beam_size, k)[slot] = np.take_along_axis(cand, tokens_r, axis=1)
-        ids.reshape(B * beam_size, k)[slot] = (slot % beam_size)[:, None] * V + tokens_r
-        k = min(beam_size, table.shape[1])
-        top = np.argpartition(-table, k - 1, axis=1)[:, :k]  # (B, k), in no order
-        top_scores, top_ids = np.take_along_axis(table, top, axis=1), np.take_along_axis(ids, top, axis=1)
-        order = np.lexsort((top_ids, -top_scores), axis=1)  # by score, then id
-        best = np.take_along_axis(top_ids, order, axis=1)
-        best_scores = np.take_along_axis(top_scores, order, axis=1)
-        row_of = {(i, k_): r for r, (i, k_, _) in enumerate(rows)}
+        slot = np.array([i * beam_size + k for i, k, _ in rows])
+        table = np.full((B * beam_size, tokens_r.shape[1]), -np.inf)  # (B * beam, k)
+        ids = np.zeros(table.shape, dtype=np.int64)
+        table[slot], ids[slot] = np.take_along_axis(cand, tokens_r, axis=1), (slot % beam_size)[:, None] * V + tokens_r
+        table, ids = table.reshape(B, -1), ids.reshape(B, -1)  # (B, beam * k)
+        order = np.lexsort((ids, -table), axis=1)[:, :beam_size]  # (B, beam): by score, then id
+        best, best_scores = np.take_along_axis(ids, order, axis=1), np.take_along_axis(table, order, axis=1)
+        row_of = {(i, k): r for r, (i, k, _) in enumerate(rows)}
         keep, next_live, next_y = [], [[] for _ in range(B)], []
         for i in range(B):
             n = beam_size - len(finished[i]) if live[i] else 0
@@ -269,8 +256,7 @@ def decode_graph(model, src, noise, temperature=None):
     src (Ts, B); noise (T_max, B) uniform [0, 1) draws, one per step and sentence, which also
     fix the longest output. Returns ids (T, B) and their log-probabilities (T, B) under the
     model at temperature 1; PAD and 0 after a sentence's EOS. The scan stops early once every
-    sentence has produced EOS. PAD, <unk> and BOS are never emitted.
-    """
+    sentence has produced EOS. PAD, <unk> and BOS are never emitted."""
     memory = model.encode(src)
     keys = model.memory_names()
     B = src.shape[1]
@@ -299,8 +285,7 @@ def decode_graph(model, src, noise, temperature=None):
             return [*new, y, done_new, y_logp]
         return [*new, y, done_new, y_logp], until(pt.all(done_new))
 
-    y0 = pt.full((B,), BOS_ID, dtype="int32")
-    done0 = pt.zeros((B,), dtype="bool")
+    y0, done0 = pt.full((B,), BOS_ID, dtype="int32"), pt.zeros((B,), dtype="bool")
     extra = [] if temperature is None else [temperature]
     outputs = pytensor.scan(step, sequences=[noise], outputs_info=[*init, y0, done0, None],
                             non_sequences=[*(memory[k] for k in keys), *extra], name="decode.scan",
