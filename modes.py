@@ -1,6 +1,6 @@
 """The compile modes a config may name, and the rewrites that make them the project's: dot
-products through numpy's BLAS, one numpy ufunc per elementwise op, cheap ops run from Python
-(thunks.py). `compile_mode(name)` is the one door to them; `fast_loops(name)` says whether the
+products through numpy's BLAS, groups of elementwise ops as one generated C loop
+(elemwise_kernel.py), single ones as one numpy ufunc, cheap ops run from Python (thunks.py). `compile_mode(name)` is the one door to them; `fast_loops(name)` says whether the
 project's own loop ops (recurrence.py, gru_kernel.py) run under a mode."""
 import functools
 
@@ -11,15 +11,17 @@ import pytensor
 import pytensor.scalar.basic as scalar_ops
 import pytensor.tensor as pt
 from pytensor.graph.basic import Constant
-from pytensor.graph.rewriting.basic import in2out, node_rewriter
+from pytensor.graph.features import ReplaceValidate
+from pytensor.graph.rewriting.basic import GraphRewriter, in2out, node_rewriter
 from pytensor.link.jax.linker import JAXLinker
 from pytensor.link.vm import VMLinker
 from pytensor.tensor.basic import MakeVector
 from pytensor.tensor.elemwise import Elemwise
 from pytensor.tensor.math import Dot
 from pytensor.tensor.shape import Reshape
-from pytensor.tensor.subtensor import IncSubtensor, get_idx_list
+from pytensor.tensor.subtensor import IncSubtensor, Subtensor, get_idx_list
 
+import elemwise_kernel
 import thunks
 from configurator import ConfigError
 
@@ -51,9 +53,10 @@ def compile_mode(name=DEFAULT_MODE):
 
     Without the Gemm rewrite: with no BLAS linked to its C code, PyTensor's Gemm goes through
     numpy's C API with extra copies, slower than Dot22 (numpy.dot) and an elementwise op.
-    Without elementwise fusion, and with n-ary adds and multiplies split into binary ones:
-    every elementwise op is then one numpy ufunc, run from Python (thunks.py), so it needs no
-    C module of its own and runs numpy's vectorised loops. Pass the mode to scan too, whose
+    Without PyTensor's elementwise fusion (its C loops call scalar libm functions) and with
+    n-ary adds and multiplies split into binary ones: connected groups of float32 elementwise
+    ops become one generated loop each (elemwise_kernel.py, _fusion_groups), and every other
+    elementwise op is one numpy ufunc run from Python (thunks.py). Pass the mode to scan too, whose
     step function otherwise gets scan's own default rewrites. All of this is the mode's:
     functions compiled with any other mode, in the same process, are built as PyTensor builds
     them. docs/performance.md has the measurements behind each choice."""
@@ -86,6 +89,9 @@ def compile_mode(name=DEFAULT_MODE):
     mode = mode.register((in2out(_column_blocks_as_join, name="column_blocks_as_join"), 49.15))
     if name == "JAX":
         mode = mode.register((in2out(_reshape_unknown_as_minus_one, name="reshape_unknown_as_minus_one"), 49.2))
+    if python_thunks:  # groups of elementwise ops as one generated C loop (elemwise_kernel.py)
+        mode = mode.register((in2out(_lift_slices, name="lift_slices"), 49.4))
+        mode = mode.register((_FuseElementwise(), 49.5))
     if python_thunks:  # the last rewrite: cheap ops run from Python (thunks.py)
         mode = mode.register((in2out(thunks.run_from_python, name="run_from_python"), 99))
     return mode
@@ -180,3 +186,78 @@ def _column_blocks_as_join(fgraph, node):
         return None
     out = pt.specify_shape(pt.concatenate([y for _, y in pieces], axis=1), (None, n))
     return [out] if out.type == node.outputs[0].type else None
+
+
+def _fusion_groups(fgraph):
+    """Groups (lists of nodes in graph order, two or more) to fuse: connected, of one output
+    broadcast pattern, and convex (no path between two members through a non-member)."""
+    order = fgraph.toposort()
+    index = {node: i for i, node in enumerate(order)}
+    ancestors = {}  # node -> bitset of the nodes it depends on
+    for node in order:
+        bits = 0
+        for v in node.inputs:
+            if v.owner is not None:
+                bits |= ancestors[v.owner] | (1 << index[v.owner])
+        ancestors[node] = bits
+    taken, groups = set(), []
+    for sink in reversed(order):
+        if sink in taken or not elemwise_kernel.supports(sink):
+            continue
+        pattern = sink.outputs[0].type.broadcastable
+        members, bits, frontier = [sink], 1 << index[sink], [sink]
+        while frontier:
+            node = frontier.pop()
+            neighbours = [v.owner for v in node.inputs if v.owner is not None]
+            neighbours += [c for c, _ in fgraph.clients[node.outputs[0]]]
+            for other in neighbours:
+                if (other in members or other in taken or not elemwise_kernel.supports(other)
+                        or other.outputs[0].type.broadcastable != pattern):
+                    continue
+                grown = bits | (1 << index[other])
+                # convex: no input from outside the group depends on a member
+                if all(not (ancestors[v.owner] & grown) for m in members + [other] for v in m.inputs
+                       if v.owner is not None and not (grown >> index[v.owner]) & 1):
+                    members.append(other)
+                    bits = grown
+                    frontier.append(other)
+        if len(members) > 1:
+            taken.update(members)
+            groups.append(sorted(members, key=index.get))
+    return groups
+
+
+@node_rewriter([Subtensor])
+def _lift_slices(fgraph, node):
+    """elemwise(a, b)[slices] -> elemwise(a[slices], b[slices]) when every client of the
+    elementwise output is such a slice: the gates of a stacked matmul, z = x + h @ U cut into
+    blocks, are then computed block by block, each fused with what reads it, not as one
+    unfused pass over all blocks first. Slices of broadcast axes are not taken."""
+    x = node.inputs[0]
+    if x.owner is None or not elemwise_kernel.supports(x.owner) or x in fgraph.outputs:
+        return None
+    if not all(isinstance(c.op, Subtensor) for c, _ in fgraph.clients[x]):
+        return None
+    idx = get_idx_list(node.inputs, node.op.idx_list)
+    if not all(isinstance(i, slice) for i in idx):
+        return None
+    idx = list(idx) + [slice(None)] * (x.type.ndim - len(idx))
+    pieces = [v if all(v.type.broadcastable) else v[tuple(slice(None) if b else i for b, i in zip(v.type.broadcastable, idx))]
+              for v in x.owner.inputs]
+    out = x.owner.op(*pieces)
+    return [out] if out.type == node.outputs[0].type else None
+
+
+class _FuseElementwise(GraphRewriter):
+    """Each group of _fusion_groups as one generated C loop (elemwise_kernel.FusedElemwise)."""
+
+    def add_requirements(self, fgraph):
+        fgraph.attach_feature(ReplaceValidate())
+
+    def apply(self, fgraph):
+        if not elemwise_kernel.COMPILER:
+            return  # no C compiler: the ops run one by one
+        for members in _fusion_groups(fgraph):
+            node, replaced = elemwise_kernel.fused_node(fgraph, members)
+            if node is not None:  # (None: more inputs, outputs or axes than the kernels take)
+                fgraph.replace_all_validate(list(zip(replaced, node.outputs)), reason="fuse_elementwise")
