@@ -156,39 +156,62 @@ def fused_node(fgraph, members):
 _BUILT = {}  # source -> the loaded library (kept loaded)
 
 
-def _build(source, name, extension=False):
-    """Compile C `source` with gcc into the compile directory once (into a temporary file, then
-    renamed: parallel processes may race), or find it there; returns the library's path. A
-    kernel is plain C (0.1 s to build); the glue, a Python extension, is built once."""
-    # (PyTensor's compile arguments spell out this CPU's -march=native: a compile directory
-    # shared by machines holds one build per CPU)
+def _path(name, source, suffix=".so"):
+    """Where the build of `source` lives in the compile directory. (PyTensor's compile
+    arguments spell out this CPU's -march=native: a directory shared by machines holds one
+    build per CPU.)"""
     key = "\n".join([source, *_FLAGS, *GCC_compiler.compile_args()])
-    folder = os.path.join(pytensor.config.compiledir, "fused")
-    suffix = sysconfig.get_config_var("EXT_SUFFIX") if extension else ".so"
-    path = os.path.join(folder, f"{name}_{hashlib.sha256(key.encode()).hexdigest()[:20]}{suffix}")
-    if not os.path.exists(path):
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder) as tmp:
-            with open(os.path.join(tmp, "source.c"), "w") as f:
-                f.write(source)
-            includes = [f"-I{sysconfig.get_paths()['include']}", f"-I{np.get_include()}"] if extension else []
-            command = [COMPILER, *_FLAGS, *includes, f.name, "-o", os.path.join(tmp, "built.so"), "-lm"]
-            result = subprocess.run(command, capture_output=True, text=True)
-            if result.returncode:
-                raise RuntimeError(f"building a fused elementwise kernel failed ({' '.join(command)}):\n{result.stderr}")
-            os.replace(os.path.join(tmp, "built.so"), path)
-    return path
+    return os.path.join(pytensor.config.compiledir, "fused", f"{name}_{hashlib.sha256(key.encode()).hexdigest()[:20]}{suffix}")
+
+
+def _build(source, path, extension=False):
+    """Compile C `source` with gcc to `path`, unless it is there: into a temporary file, then
+    renamed (parallel processes may race)."""
+    if os.path.exists(path):
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
+        with open(os.path.join(tmp, "source.c"), "w") as f:
+            f.write(source)
+        includes = [f"-I{sysconfig.get_paths()['include']}", f"-I{np.get_include()}"] if extension else []
+        command = [COMPILER, *_FLAGS, *includes, f.name, "-o", os.path.join(tmp, "built.so"), "-lm"]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode:
+            raise RuntimeError(f"building a fused elementwise kernel failed ({' '.join(command)}):\n{result.stderr}")
+        os.replace(os.path.join(tmp, "built.so"), path)
+
+
+def _symbol(body):
+    return "kernel_" + hashlib.sha256(body.encode()).hexdigest()[:20]
+
+
+def build_kernels(bodies):
+    """Build the kernels of `bodies` that the compile directory lacks with one gcc run (a
+    function's kernels together: one compiler start, about 0.1 s, not one each), each then
+    found under a name of its own (a link to the library that holds it)."""
+    missing = [b for b in dict.fromkeys(bodies) if not os.path.exists(_path("kernel", b))]
+    if not missing:
+        return
+    source = _HEADER + "\n".join(b.replace("KERNEL", _symbol(b)) for b in missing)
+    library = _path("kernels", source)
+    _build(source, library)
+    for b in missing:
+        link = f"{_path('kernel', b)}.{os.getpid()}.tmp"
+        os.symlink(os.path.basename(library), link)
+        os.replace(link, _path("kernel", b))
 
 
 def _kernel_address(body):
     if body not in _BUILT:
-        _BUILT[body] = ctypes.CDLL(_build(body, "kernel"))
-    return ctypes.cast(_BUILT[body].kernel, ctypes.c_void_p).value
+        build_kernels([body])
+        _BUILT[body] = ctypes.CDLL(_path("kernel", body))
+    return ctypes.cast(getattr(_BUILT[body], _symbol(body)), ctypes.c_void_p).value
 
 
 def _glue():
     if _GLUE not in _BUILT:
-        path = _build(_GLUE, "elemwise_glue", extension=True)
+        path = _path("elemwise_glue", _GLUE, sysconfig.get_config_var("EXT_SUFFIX"))
+        _build(_GLUE, path, extension=True)
         spec = importlib.util.spec_from_file_location("elemwise_glue", path)
         _BUILT[_GLUE] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(_BUILT[_GLUE])
@@ -202,19 +225,20 @@ _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-shared",
 COMPILER = shutil.which("gcc") or shutil.which("cc")
 MAX_ARRAYS, MAX_AXES = 64, 16  # the glue's bounds
 
-_KERNEL = r"""#include <math.h>
+_HEADER = r"""#include <math.h>
 #include <stdint.h>
 /* glibc's vector variants (libmvec), as math-vector.h declares them under -ffast-math */
 #define VECTOR __attribute__((simd("notinbranch")))
 float expf(float) VECTOR; float logf(float) VECTOR; float tanhf(float) VECTOR;
 float log1pf(float) VECTOR; float expm1f(float) VECTOR;
-#define NI {NI}
-#define ND {ND}
+"""
 
-/* out[k] (rows, cols) from in[k], whose row r starts where `strides` (NI x (ND - 1), in
-   elements, 0 along broadcast axes) place it */
-void kernel(intptr_t rows, intptr_t cols, const intptr_t* shape, const float* const* in,
+# One kernel: out[k] (rows, cols) from in[k], whose row r starts where `strides` (NI x (ND - 1),
+# in elements, 0 along broadcast axes) place it. KERNEL becomes its symbol.
+_KERNEL = r"""
+void KERNEL(intptr_t rows, intptr_t cols, const intptr_t* shape, const float* const* in,
             const intptr_t* strides, float* const* out) {{
+    enum {{ NI = {NI}, ND = {ND} }};
     for (intptr_t r = 0; r < rows; ++r) {{
         intptr_t offset[NI > 0 ? NI : 1] = {{0}}, rest = r;
         for (int d = ND - 2; d >= 0; --d) {{  /* row r's index along each leading axis */

@@ -236,11 +236,11 @@ def _lift_slices(fgraph, node):
     x = node.inputs[0]
     if x.owner is None or not elemwise_kernel.supports(x.owner) or x in fgraph.outputs:
         return None
-    if not all(isinstance(c.op, Subtensor) for c, _ in fgraph.clients[x]):
+    slices = lambda c: isinstance(c.op, Subtensor) and all(  # noqa: E731
+        isinstance(i, slice) for i in get_idx_list(c.inputs, c.op.idx_list))
+    if not all(slices(c) for c, _ in fgraph.clients[x]):
         return None
     idx = get_idx_list(node.inputs, node.op.idx_list)
-    if not all(isinstance(i, slice) for i in idx):
-        return None
     idx = list(idx) + [slice(None)] * (x.type.ndim - len(idx))
     pieces = [v if all(v.type.broadcastable) else v[tuple(slice(None) if b else i for b, i in zip(v.type.broadcastable, idx))]
               for v in x.owner.inputs]
@@ -257,7 +257,10 @@ class _FuseElementwise(GraphRewriter):
     def apply(self, fgraph):
         if not elemwise_kernel.COMPILER:
             return  # no C compiler: the ops run one by one
+        bodies = []
         for members in _fusion_groups(fgraph):
             node, replaced = elemwise_kernel.fused_node(fgraph, members)
             if node is not None:  # (None: more inputs, outputs or axes than the kernels take)
                 fgraph.replace_all_validate(list(zip(replaced, node.outputs)), reason="fuse_elementwise")
+                bodies.append(node.op.body)
+        elemwise_kernel.build_kernels(bodies)
