@@ -67,8 +67,8 @@ def supports(node):
 
 
 class FusedElemwise(Op):
-    """One fused group: (inputs) -> (outputs), all of one shape, computed by the generated
-    module whose kernel is `body` (see _source)."""
+    """One fused group: (inputs) -> (outputs), all of one shape, computed by the generated C
+    function `body` (fused_node writes it from _KERNEL)."""
 
     __props__ = ("body", "shapes")
 
@@ -153,7 +153,7 @@ def fused_node(fgraph, members):
     return op.make_node(*inputs), outputs
 
 
-_BUILT = {}  # source -> the loaded library (kept loaded)
+_BUILT = {}  # a kernel's body (or the glue's source) -> its loaded library, kept loaded
 
 
 def _path(name, source, suffix=".so"):
