@@ -165,12 +165,18 @@ def _path(name, source, suffix=".so"):
 
 
 def _build(source, path, extension=False):
-    """Compile C `source` with gcc to `path`, unless it is there: into a temporary file, then
-    renamed (parallel processes may race)."""
+    """Compile C `source` with gcc to `path`, unless it is there: into a temporary folder
+    beside it, then renamed (parallel processes may race)."""
     if os.path.exists(path):
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
+    while True:  # (PyTensor's cache refresh removes empty folders: one may go in between)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            tmp = tempfile.mkdtemp(dir=os.path.dirname(path))
+            break
+        except FileNotFoundError:
+            continue
+    try:
         with open(os.path.join(tmp, "source.c"), "w") as f:
             f.write(source)
         includes = [f"-I{sysconfig.get_paths()['include']}", f"-I{np.get_include()}"] if extension else []
@@ -179,6 +185,8 @@ def _build(source, path, extension=False):
         if result.returncode:
             raise RuntimeError(f"building a fused elementwise kernel failed ({' '.join(command)}):\n{result.stderr}")
         os.replace(os.path.join(tmp, "built.so"), path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _symbol(body):
