@@ -2,12 +2,10 @@
 graph becomes one generated C loop, vectorised within each row of its output.
 
 Run one numpy ufunc at a time (thunks.py), an LSTM step's gates are eight passes over (B, H)
-arrays, each from Python, each on one thread; PyTensor's own fused C loops call scalar libm
-functions, and on those gates ran 11x slower than numpy's ufuncs one by one. The loop
-generated for a group reads each input once, keeps every intermediate in a register, writes
-the outputs the rest of the graph reads, and calls glibc's vector math (libmvec: exp, log
-and tanh, 8 or 16 lanes at a time), with IEEE semantics kept (no -ffast-math): NaN and inf
-propagate as numpy's do.
+arrays, each from Python; PyTensor's own fused C loops call scalar libm and on those gates ran
+11x slower than numpy's ufuncs. The loop generated for a group reads each input once, keeps
+intermediates in registers, writes the outputs the graph reads, and calls glibc's vector math
+(libmvec: exp, log, tanh), IEEE semantics kept (no -ffast-math): NaN and inf as numpy's.
 
 modes.compile_mode's C modes find the groups (modes._fusion_groups): elementwise ops that
 `supports` (a C expression below, float32 throughout), with outputs of one broadcast pattern,
@@ -17,6 +15,7 @@ in PyTensor's compile directory under the hash of its source, called through one
 extension (`_GLUE`, built once) that checks the shapes and allocates the outputs.
 """
 import ctypes
+import functools
 import hashlib
 import importlib.util
 import os
@@ -154,13 +153,14 @@ def fused_node(fgraph, members):
 
 
 _BUILT = {}  # a kernel's body (or the glue's source) -> its loaded library, kept loaded
+_flags = functools.cache(lambda: "".join("\n" + f for f in [*_FLAGS, *GCC_compiler.compile_args()]))
 
 
 def _path(name, source, suffix=".so"):
     """Where the build of `source` lives in the compile directory. (PyTensor's compile
     arguments spell out this CPU's -march=native: a directory shared by machines holds one
     build per CPU.)"""
-    key = "\n".join([source, *_FLAGS, *GCC_compiler.compile_args()])
+    key = source + _flags()
     return os.path.join(pytensor.config.compiledir, "fused", f"{name}_{hashlib.sha256(key.encode()).hexdigest()[:20]}{suffix}")
 
 
