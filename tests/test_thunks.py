@@ -85,3 +85,19 @@ print(sum(c.__dict__.get("make_thunk") is not before[c] for c in classes))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=flags.ROOT)
     assert out.stdout.strip() == "0", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("shape, axis", [((5, 3, 7), (0, 1)), ((5, 3, 7), (1, 0)), ((6, 4), (0,)), ((0, 3, 2), (0, 1)),
+                                         ((5, 3, 7), (1,))])
+def test_float32_sums_over_leading_axes_are_one_blas_product(shape, axis):
+    """A bias gradient's sum over the leading axes runs from Python as ones @ rows (float32
+    accumulation), equal to numpy's float64 sum; a sum over a middle axis is left to C."""
+    x = pt.tensor("x", dtype="float32", shape=(None,) * len(shape))
+    fn = pytensor.function([x], x.sum(axis=axis), mode=modes.compile_mode())
+    leading = sorted(axis) == list(range(len(axis)))
+    assert thunk_kinds(fn)["Sum"] == ({"Python"} if leading else {"C"})
+    value = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    for v in (value, value[::-1]):  # contiguous, and a reversed view
+        got = fn(v)
+        assert got.dtype == np.float32 and got.shape == np.sum(v, axis=axis).shape
+        np.testing.assert_allclose(got, np.sum(v.astype(np.float64), axis=axis), rtol=1e-5, atol=1e-5)
