@@ -19,6 +19,7 @@ import math
 import warnings
 
 import numpy as np
+import scipy.sparse
 
 import flags  # noqa: F401  (first: the process's PyTensor flags, before pytensor)
 from pytensor.graph.basic import Apply
@@ -30,7 +31,7 @@ from pytensor.scalar.math import Sigmoid
 from pytensor.tensor.basic import Alloc, AllocEmpty, ARange, Join, MakeVector, ScalarFromTensor
 from pytensor.tensor.elemwise import CAReduce, DimShuffle, Elemwise
 from pytensor.tensor.shape import Reshape, Shape, Shape_i, SpecifyShape
-from pytensor.tensor.subtensor import AdvancedSubtensor1, IncSubtensor, Subtensor
+from pytensor.tensor.subtensor import AdvancedIncSubtensor1, AdvancedSubtensor1, IncSubtensor, Subtensor
 
 warnings.filterwarnings("ignore", category=RuntimeWarning, module=__name__)
 
@@ -66,6 +67,8 @@ class FromPython(Op):
             return _ufunc_thunk(self.op, node, storage_map, compute_map)
         if isinstance(self.op, CAReduce):
             return _sum_thunk(self.op, node, storage_map, compute_map)
+        if isinstance(self.op, AdvancedIncSubtensor1):
+            return _rows_add_thunk(self.op, node, storage_map, compute_map)
         return super().make_thunk(node, storage_map, compute_map, no_recycling, impl="py")
 
 
@@ -74,7 +77,8 @@ def run_from_python(fgraph, node):
     """Wrap the op of a node that runs as fast from Python (above) in FromPython."""
     op = node.op
     if not (isinstance(op, _VIEW_AND_SHAPE_OPS) or (isinstance(op, Elemwise) and _one_numpy_ufunc(node))
-            or (isinstance(op, CAReduce) and (_sums_last_axis(node) or _sums_leading_axes(node)))):
+            or (isinstance(op, CAReduce) and (_sums_last_axis(node) or _sums_leading_axes(node)))
+            or _adds_rows(node)):
         return None
     wrapped = Apply(FromPython(op), list(node.inputs), [o.type() for o in node.outputs])
     return wrapped.outputs
@@ -84,6 +88,13 @@ def _sums_last_axis(node):
     op = node.op
     axes = range(node.inputs[0].type.ndim) if op.axis is None else op.axis
     return isinstance(op.scalar_op, Add) and node.inputs[0].type.ndim > 0 and node.inputs[0].type.ndim - 1 in axes
+
+
+def _adds_rows(node):
+    """x[idx] += y for a float32 table x (V, E) and rows y (N, E): an embedding's gradient."""
+    x, y, idx = node.inputs if isinstance(node.op, AdvancedIncSubtensor1) else (None, None, None)
+    return x is not None and not node.op.set_instead_of_inc and x.type.ndim == y.type.ndim == 2 \
+        and x.dtype == y.dtype == "float32" and not any(y.type.broadcastable)
 
 
 def _sums_leading_axes(node, op=None):
@@ -168,6 +179,32 @@ def _sum_thunk(op, node, storage_map, compute_map):
             output[0] = np.dot(ones, value.reshape(n, math.prod(rest))).reshape(rest)
         else:
             output[0] = np.asarray(np.add.reduce(inputs[0][0], axis=axis, dtype=acc), dtype=dtype)
+        if done is not None:
+            done[0] = True
+
+    thunk.inputs, thunk.outputs, thunk.lazy = inputs, [output], False
+    return thunk
+
+
+def _rows_add_thunk(op, node, storage_map, compute_map):
+    """x[idx] += y with repeated indices summed, as a sparse (distinct rows, N) matrix of ones
+    times y: 0.8 ms against 6.9 for np.add.at on a (10,000, 256) table and 1,920 rows."""
+    inputs, output = [storage_map[v] for v in node.inputs], storage_map[node.outputs[0]]
+    done = compute_map[node.outputs[0]] if compute_map is not None else None
+
+    def thunk():
+        x, y, idx = (i[0] for i in inputs)
+        x = x if op.inplace else x.copy()
+        if y.shape != (len(idx), x.shape[1]):
+            np.add.at(x, idx, y)  # (broadcast rows: numpy's own rules and errors)
+        elif len(idx):
+            rows, which = np.unique(np.where(idx < 0, idx + len(x), idx), return_inverse=True)
+            if rows[0] < 0 or rows[-1] >= len(x):
+                raise IndexError(f"index {rows[0] if rows[0] < 0 else rows[-1]} is out of bounds for {len(x)} rows")
+            ones = scipy.sparse.csr_matrix((np.ones(len(idx), x.dtype), (which.ravel(), np.arange(len(idx)))),
+                                           shape=(len(rows), len(idx)))
+            x[rows] += ones @ y
+        output[0] = x
         if done is not None:
             done[0] = True
 

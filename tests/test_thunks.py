@@ -42,7 +42,7 @@ def model():
 
 def test_cheap_ops_run_from_python_and_the_rest_in_c(model):
     """Views, shapes, matmuls and every elementwise op (one numpy ufunc each) run from
-    Python; what stays C is the fused kernels, reductions, the embedding gradient and casts."""
+    Python; what stays C is the fused kernels, some reductions and casts."""
     allowed_c = {"SoftmaxCrossEntropy", "SoftmaxCrossEntropyGrad", "Sum", "All", "AdvancedIncSubtensor1", "Elemwise",
                  "Argmax", "Scan"}
     for fn in (model.compile_train("adam", 1.0), decode.compile_decode(model, greedy=True)):
@@ -101,3 +101,23 @@ def test_float32_sums_over_leading_axes_are_one_blas_product(shape, axis):
         got = fn(v)
         assert got.dtype == np.float32 and got.shape == np.sum(v, axis=axis).shape
         np.testing.assert_allclose(got, np.sum(v.astype(np.float64), axis=axis), rtol=1e-5, atol=1e-5)
+
+
+def test_rows_added_to_a_table_sum_repeated_indices_as_numpy_add_at():
+    """x[idx] += y (an embedding's gradient) runs from Python as a sparse product: repeated
+    and negative indices summed as np.add.at does, x left as it was, a bad index refused."""
+    x, y, idx = pt.matrix("x", dtype="float32"), pt.matrix("y", dtype="float32"), pt.vector("idx", dtype="int64")
+    fn = pytensor.function([x, y, idx], pt.inc_subtensor(x[idx], y), mode=modes.compile_mode())
+    assert thunk_kinds(fn)["AdvancedIncSubtensor1"] == {"Python"}
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((6, 3)).astype("float32")
+    for ids in ([1, 4, 1, -1, 5, 0, 1], [], [2]):
+        ids = np.array(ids, "int64")
+        rows = rng.standard_normal((len(ids), 3)).astype("float32")
+        want = table.copy()
+        np.add.at(want, ids, rows)
+        np.testing.assert_allclose(fn(table, rows, ids), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(table, np.random.default_rng(0).standard_normal((6, 3)).astype("float32"))
+    for bad in (6, -7):
+        with pytest.raises(IndexError, match="out of bounds"):
+            fn(table, np.ones((2, 3), "float32"), np.array([0, bad], "int64"))
