@@ -43,9 +43,9 @@ def guarded_updates(params, grads, grad_clip, make_updates):
     clipped, norm = clip_by_global_norm(grads, grad_clip)
     pairs = make_updates(clipped)
     # One lazy condition for all: no pass over every weight to select its old or new value.
-    new, old = [new for _, new in pairs], [var for var, _ in pairs]
-    kept = ifelse(pt.isfinite(norm), new, old, name="finite") if pairs else []
-    updates = [(var, new) for (var, _), new in zip(pairs, kept)]
+    variables = [var for var, _ in pairs]
+    kept = ifelse(pt.isfinite(norm), [new for _, new in pairs], variables, name="finite") if pairs else []
+    updates = list(zip(variables, kept))
     param_ids = {id(p) for p in params}
     return updates, norm, [var for var, _ in updates if id(var) not in param_ids]
 

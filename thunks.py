@@ -94,9 +94,10 @@ def _sums_last_axis(node):
 
 def _adds_rows(node):
     """x[idx] += y for a float32 table x (V, E) and rows y (N, E): an embedding's gradient."""
-    x, y, idx = node.inputs if isinstance(node.op, AdvancedIncSubtensor1) else (None, None, None)
-    return x is not None and not node.op.set_instead_of_inc and x.type.ndim == y.type.ndim == 2 \
-        and x.dtype == y.dtype == "float32" and not any(y.type.broadcastable)
+    if not isinstance(node.op, AdvancedIncSubtensor1) or node.op.set_instead_of_inc:
+        return False
+    x, y, _ = node.inputs
+    return x.type.ndim == y.type.ndim == 2 and x.dtype == y.dtype == "float32" and not any(y.type.broadcastable)
 
 
 def _blas_sum(node, op=None):
@@ -183,12 +184,11 @@ def _sum_thunk(op, node, storage_map, compute_map):
             nonlocal ones
             value = inputs[0][0]
             k = len(axis) if side == "leading" else value.ndim - len(axis)
-            n, m = math.prod(value.shape[:k]), math.prod(value.shape[k:])
-            if len(ones) != (n if side == "leading" else m):
-                ones = np.ones(n if side == "leading" else m, dtype)
-            rows = value.reshape(n, m)
-            kept = value.shape[k:] if side == "leading" else value.shape[:k]
-            output[0] = (np.dot(ones, rows) if side == "leading" else np.dot(rows, ones)).reshape(kept)
+            rows = value.reshape(math.prod(value.shape[:k]), math.prod(value.shape[k:]))
+            rows, kept = (rows, value.shape[k:]) if side == "leading" else (rows.T, value.shape[:k])
+            if len(ones) != len(rows):
+                ones = np.ones(len(rows), dtype)
+            output[0] = np.dot(ones, rows).reshape(kept)
         else:
             output[0] = np.asarray(np.add.reduce(inputs[0][0], axis=axis, dtype=acc), dtype=dtype)
         if done is not None:
