@@ -28,6 +28,7 @@ from pytensor.graph.replace import clone_replace
 from pytensor.graph.rewriting.basic import MergeOptimizer
 from pytensor.graph.traversal import ancestors, graph_inputs
 from pytensor.scalar.basic import Second
+from pytensor.tensor.blas import BatchedDot
 from pytensor.tensor.blockwise import Blockwise
 from pytensor.tensor.elemwise import Elemwise
 from pytensor.tensor.math import Dot
@@ -201,7 +202,7 @@ class StepGraph:
         function's compile calls this)."""
         constants = [*self.W, *self.memory]
         if self.forward is None:
-            self.forward = _LoopFunction([self.x, *self.states], constants, self._forward_out, self.mode)
+            self.forward = _LoopFunction([self.x, *self.states], constants, self._forward_out, self.mode, views=True)
         if memory_grads is None or memory_grads in self.backward:
             return
         outs, n_fixed, n_step = self._backward_out, self._n_fixed, len(self.memory_per_step)
@@ -232,12 +233,16 @@ class StepGraph:
         return ("saved", self.saved.index(var))
 
 
-def _compile(inputs, outputs, mode, borrow=False):
+def _compile(inputs, outputs, mode, borrow=False, views=False):
     """`borrow`: outputs that are views of one another stay views (PyTensor would copy each
     such output at every call); the caller only reads them, and every call returns new
-    arrays (the function clears its outputs' storage after each call)."""
+    arrays (the function clears its outputs' storage after each call). `views`: outputs may
+    also view the inputs (else copied at every call: U, or a state that a step passes on);
+    for callers that leave those inputs unchanged while they read the outputs."""
     if borrow:
         outputs = [pytensor.Out(o, borrow=True) for o in outputs]
+    if views:
+        inputs = [pytensor.In(v, borrow=True) for v in inputs]
     fn = pytensor.function(inputs, outputs, mode=mode, on_unused_input="ignore", accept_inplace=True)
     fn.trust_input = True  # called thousands of times with arrays we made ourselves
     return fn
@@ -247,9 +252,12 @@ class _LoopFunction:
     """A per-step function whose parts that read only the loop's constants (weights, memory)
     are computed once per loop: `bind(constants)`, then `f(*step_inputs)` runs a step. The
     slices and transposes of U are made contiguous for the BLAS (a strided U[:, :2H].T made
-    a step's matmul 2x slower)."""
+    a step's matmul 2x slower); the others are the weights and memory themselves, or views
+    of them, not copies: they are only read, while the loop runs. `views`: the step's
+    outputs may view its inputs (the forward step: its inputs, slices of the loop's
+    sequences, stay as they are until the backward pass has read them)."""
 
-    def __init__(self, inputs, constants, outputs, mode):
+    def __init__(self, inputs, constants, outputs, mode, views=False):
         # What reads the loop's constants and nothing else; an expression of literal
         # constants alone stays in the step, where the compiler folds it.
         only_constants = lambda v: _reads_only(v, constants) and not _reads_only(v, [])  # noqa: E731
@@ -264,14 +272,22 @@ class _LoopFunction:
         hoisted += [o for o in outputs if only_constants(o) and not isinstance(o, Constant) and o not in hoisted]
         self.constants_in = [v.type() for v in hoisted]
         outputs = clone_replace(outputs, replace=dict(zip(hoisted, self.constants_in)))
-        self.step = _compile([*inputs, *self.constants_in], outputs, mode, borrow=True)
-        self.make_constants = _compile(list(constants), hoisted, mode) if hoisted else None
+        self.step = _compile([*inputs, *self.constants_in], outputs, mode, borrow=True, views=views)
+        self.make_constants = _compile(list(constants), hoisted, mode, borrow=True, views=True) if hoisted else None
+        # A batched matmul takes a strided (B, k, n) operand as it is (the attention's
+        # annotations transposed: as fast as a copy per step, and numpy's transposing copy
+        # of them took 5 ms a loop); everything else is made contiguous.
+        fgraph = self.step.maker.fgraph
+        strided_ok = lambda node: isinstance(getattr(node.op, "op", node.op), (BatchedDot, Shape, Shape_i))  # noqa: E731
+        self.contiguous = [var.type.ndim < 3 or not all(strided_ok(node) for node, _ in fgraph.clients[var])
+                           for var in fgraph.inputs[len(inputs):]]
         self.constants = []
 
     def bind(self, constants):
         if self.make_constants is not None:
             # (np.ascontiguousarray makes a 0-d array 1-d)
-            self.constants = [np.ascontiguousarray(c) if np.ndim(c) else c for c in self.make_constants(*constants)]
+            self.constants = [np.ascontiguousarray(c) if keep and np.ndim(c) else c
+                              for c, keep in zip(self.make_constants(*constants), self.contiguous)]
 
     def __call__(self, *inputs):
         return self.step(*inputs, *self.constants)

@@ -8,6 +8,7 @@ import pytest
 
 import cells
 import modes
+from attention import batched_vector_matrix
 from stepgraph import StepGraph, UnsupportedStep
 
 MODE = modes.compile_mode("CVM")
@@ -82,3 +83,32 @@ def test_an_outer_product_with_a_weight_stays_in_the_step():
     graph = StepGraph(gru, step, 1, [], MODE)
     assert len(graph._cut[1]) == 2  # Cho's two matmuls with U only
     assert [g.name for g in graph.W] == ["w.gru.U", "w.gru.w_col"] and graph.direct == [1]
+
+
+def test_the_loop_constants_are_the_weights_and_memory_not_copies():
+    """Once per loop: U (the LSTM's one matmul weight) is passed as it is, its transpose (the
+    backward's d gates @ U^T) made contiguous once; a (B, k, n) memory that only batched
+    matmuls read stays a strided view (numpy's transposing copy cost 5 ms a loop); the steps
+    still compute what scan computes (test_recurrence, test_attention)."""
+    lstm = cells.LSTM(I, H, name="lstm", rng=np.random.default_rng(0))
+    U = lstm.U.get_value(borrow=True)
+    graph = StepGraph(lstm, lstm.recur, 2, [], MODE)
+    graph.compile(())
+    graph.forward.bind([U])
+    assert [c is U for c in graph.forward.constants] == [True]
+    backward = graph.backward[()][0]
+    backward.bind([U])
+    (UT,) = backward.constants
+    assert UT.flags.c_contiguous and not np.shares_memory(UT, U)
+    np.testing.assert_array_equal(UT, U.T)
+
+    def step(x, h, memory):  # h (B, H) reads memory (Ts, B, H) transposed to (B, H, Ts)
+        scores = batched_vector_matrix(h, memory.dimshuffle(1, 2, 0))  # (B, Ts)
+        return pt.tanh(x[:, :H] + pt.dot(h, lstm.U[:, :H]) + scores.sum(1, keepdims=True))
+
+    graph = StepGraph(lstm, step, 1, [pt.tensor3().type], MODE)
+    graph.compile()
+    memory = np.random.default_rng(1).standard_normal((5, B, H)).astype("float32")
+    graph.forward.bind([U, memory])
+    views = [c for c in graph.forward.constants if c.ndim == 3]
+    assert len(views) == 1 and np.shares_memory(views[0], memory) and not views[0].flags.c_contiguous
