@@ -16,7 +16,7 @@ from pytensor.graph.rewriting.basic import GraphRewriter, in2out, node_rewriter
 from pytensor.link.jax.linker import JAXLinker
 from pytensor.link.vm import VMLinker
 from pytensor.tensor.basic import MakeVector
-from pytensor.tensor.elemwise import Elemwise
+from pytensor.tensor.elemwise import DimShuffle, Elemwise
 from pytensor.tensor.math import Dot
 from pytensor.tensor.shape import Reshape
 from pytensor.tensor.subtensor import IncSubtensor, Subtensor, get_idx_list
@@ -90,6 +90,7 @@ def compile_mode(name=DEFAULT_MODE):
     if name == "JAX":
         mode = mode.register((in2out(_reshape_unknown_as_minus_one, name="reshape_unknown_as_minus_one"), 49.2))
     if python_thunks:  # groups of elementwise ops as one generated C loop (elemwise_kernel.py)
+        mode = mode.register((in2out(_unflattened_outer_product, name="unflattened_outer_product"), 49.3))
         mode = mode.register((in2out(_lift_slices, name="lift_slices"), 49.4))
         mode = mode.register((_FuseElementwise(), 49.5))
     if python_thunks:  # the last rewrite: cheap ops run from Python (thunks.py)
@@ -117,6 +118,32 @@ def _outer_product_as_mul(fgraph, node):
         out = x * y
         return [out] if out.type == node.outputs[0].type else None
     return None
+
+
+@node_rewriter([Reshape])
+def _unflattened_outer_product(fgraph, node):
+    """reshape(ravel(s)[:, None] * r, (d_1, ..., d_k, n)) for s of k axes and a row r (1, n)
+    -> specify_shape(s, (d_1, ..., d_k))[..., None] * r[0]. The gradient of dot(x, v) for x of
+    three axes (attention's scores against v) is such a reshape: as one elementwise product
+    it joins the generated loop that reads it (the tanh's gradient), instead of a (Ts * B, A)
+    array written at every step. The shape check keeps the reshape's order exact."""
+    product = node.inputs[0].owner
+    if product is None or not isinstance(product.op, Elemwise) or not isinstance(product.op.scalar_op, scalar_ops.Mul) \
+            or len(product.inputs) != 2:
+        return None
+    col, row = sorted(product.inputs, key=lambda v: v.type.broadcastable == (True, False))
+    if row.type.broadcastable != (True, False) or col.type.broadcastable != (False, True) or col.owner is None:
+        return None
+    if isinstance(col.owner.op, DimShuffle) and tuple(col.owner.op.new_order) == (0, "x"):
+        col = col.owner.inputs[0]  # ravel(s)[:, None], else reshape(s, (-1, 1))
+    if col.owner is None or not isinstance(col.owner.op, Reshape):
+        return None
+    s, k = col.owner.inputs[0], node.outputs[0].type.ndim - 1
+    if s.type.ndim != k or k < 2:
+        return None
+    s = pt.specify_shape(s, tuple(node.inputs[1][i] for i in range(k)))
+    out = pt.shape_padright(s) * row[0]
+    return [out] if node.outputs[0].type.is_super(out.type) else None
 
 
 @node_rewriter([Reshape])

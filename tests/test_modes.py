@@ -91,6 +91,26 @@ def test_a_tensor_vector_product_and_its_gradient_share_one_tanh():
     np.testing.assert_allclose(got_grad, (1 - np.tanh(kv) ** 2) * vv, rtol=1e-5)
 
 
+def test_the_gradient_of_a_tensor_vector_product_is_one_elementwise_loop():
+    """The (Ts * B, A) outer product d scores x v and its reshape to (Ts, B, A) become one
+    broadcast product, fused with the tanh's gradient that reads it; a reshape that would
+    order the rows otherwise stops at the shape check instead of computing something else."""
+    k, v = pt.tensor3("k"), pt.vector("v")
+    fn = pytensor.function([k, v], pytensor.grad(pt.dot(pt.tanh(k), v).sum(), k), mode=modes.compile_mode())
+    assert not [n for n in fn.maker.fgraph.apply_nodes if "Reshape" in str(n.op) and n.outputs[0].ndim == 3]
+    assert sum(isinstance(op, elemwise_kernel.FusedElemwise) for op in ops_of(fn)) == 1
+    rng = np.random.default_rng(0)
+    kv, vv = rng.standard_normal((3, 2, 4)).astype("float32"), rng.standard_normal(4).astype("float32")
+    np.testing.assert_allclose(fn(kv, vv), (1 - np.tanh(kv) ** 2) * vv, rtol=1e-5)
+    s, r, shape = pt.matrix("s"), pt.row("r"), pt.lvector("shape")
+    product = pytensor.function([s, r, shape], pt.reshape(s.ravel()[:, None] * r, shape, ndim=3),
+                                mode=modes.compile_mode())
+    sv, rv = rng.standard_normal((2, 3)).astype("float32"), rng.standard_normal((1, 4)).astype("float32")
+    np.testing.assert_allclose(product(sv, rv, [2, 3, 4]), sv[..., None] * rv[0], rtol=1e-6)
+    with pytest.raises(AssertionError, match="SpecifyShape"):
+        product(sv, rv, [3, 2, 4])
+
+
 def test_other_modes_are_unchanged():
     """After the project's mode has compiled a function, PyTensor's own CVM mode still
     compiles an elementwise op to C, and fuses."""
