@@ -187,8 +187,9 @@ class StepLoopGrad(Op):
                 else:
                     d_state[k] += out[k]
             dx[t] = out[n]
-            for steps, g in zip(d_matmul, out[n + 1 : n + 1 + n_mm]):
-                steps.append(g)
+            for steps, g, same in zip(d_matmul, out[n + 1 : n + 1 + n_mm], graph.dot_is_x):
+                if not same:
+                    steps.append(g)
             for i, g in zip(per_step, out[n + 1 + n_mm : n + 1 + n_mm + len(per_step)]):
                 d_memory[i] += g
             for k, g in zip(graph.direct, out[n + 1 + n_mm + len(per_step) :]):
@@ -204,7 +205,8 @@ class StepLoopGrad(Op):
                     A.append(np.concatenate([s0[None], s[:-1]], axis=0))
                 else:
                     A.append(np.stack([step[source[1]] for step in tape]))
-            stacked = [stack_rows(a) for a in A] + [stack_rows(np.stack(steps[::-1])) for steps in d_matmul]
+            stacked = [stack_rows(a) for a in A] + [stack_rows(dx if same else np.stack(steps[::-1]))
+                                                    for steps, same in zip(d_matmul, graph.dot_is_x)]
             for acc, g in zip(d_weights + d_memory, after(*stacked, *weights, *memory)):
                 acc += g
         for k, value in enumerate([dx, *d_state, *d_memory, *d_weights]):

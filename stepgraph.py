@@ -33,6 +33,7 @@ from pytensor.tensor.blockwise import Blockwise
 from pytensor.tensor.elemwise import Elemwise
 from pytensor.tensor.math import Dot
 from pytensor.tensor.shape import Shape, Shape_i
+import thunks
 
 
 
@@ -153,6 +154,10 @@ class StepGraph:
         # Gradients rebuild some forward values (sigmoid'(x) makes a new sigmoid(x)): merge
         # them into the forward graph's, so that they are saved, not computed again.
         out, back_out, self.matmul_inputs = self._merged(out, back_out, self.matmul_inputs, cut)
+        # A matmul whose output is added to x_t whole (the LSTM's gates x_t + h U) has x_t's
+        # gradient: the loop stacks d x_t, not a second copy of it.
+        n = len(self.states)
+        self.dot_is_x = [back_out[n + 1 + k] is back_out[n] for k in range(len(dots))]
         # Saved: the forward values the backward graph reads, and each matmul's `a`.
         inputs = {self.x, *self.states, *self.memory, *self.W, *self.d_new, *self.d_extra}
         forward_vars = set(ancestors(out))
@@ -286,7 +291,7 @@ class _LoopFunction:
     def bind(self, constants):
         if self.make_constants is not None:
             # (np.ascontiguousarray makes a 0-d array 1-d)
-            self.constants = [np.ascontiguousarray(c) if keep and np.ndim(c) else c
+            self.constants = [thunks.contiguous(c) if keep and np.ndim(c) else c
                               for c, keep in zip(self.make_constants(*constants), self.contiguous)]
 
     def __call__(self, *inputs):

@@ -17,7 +17,11 @@ docs/performance.md ("Fewer C modules", "Cold compile", "Round five").
 `FromPython`, an op with the same inputs, outputs, views and in-place writes, whose thunk is
 the numpy code below: PyTensor's own op classes are left as they are.
 """
+import ctypes
+import functools
+import glob
 import math
+import os
 import warnings
 
 import numpy as np
@@ -222,3 +226,34 @@ def _rows_add_thunk(op, node, storage_map, compute_map):
 
     thunk.inputs, thunk.outputs, thunk.lazy = inputs, [output], False
     return thunk
+
+
+def contiguous(a):
+    """`a` as a C-contiguous array. A float32 matrix stored transposed (U.T, a view) goes
+    through OpenBLAS's blocked out-of-place transpose, 0.4 against 3.3 ms for numpy's strided
+    copy of a 512 x 2048 one; anything else, or without that OpenBLAS, through numpy."""
+    if a.ndim == 2 and a.dtype == np.float32 and a.flags.f_contiguous and not a.flags.c_contiguous and _omatcopy():
+        rows, cols = a.shape  # a.T: C-contiguous (cols, rows)
+        out = np.empty(a.shape, np.float32)
+        _omatcopy()(101, 112, cols, rows, 1.0, a.ctypes.data, rows, out.ctypes.data, cols)  # row-major, transposed
+        return out
+    return np.ascontiguousarray(a)
+
+
+@functools.cache
+def _omatcopy():
+    """cblas_somatcopy (64-bit integers) of the OpenBLAS in numpy's wheel, already loaded by
+    numpy; None where numpy has another BLAS."""
+    for path in glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas64*")):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_cblas_somatcopy64_", "cblas_somatcopy64_"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = None
+                fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_float,
+                               ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
+                return fn
+    return None

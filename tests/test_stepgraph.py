@@ -33,7 +33,7 @@ def test_weight_matmuls_are_cut_and_the_forward_step_is_the_step(reset_after, n_
     is cut out of the per-step gradient. Forward computes what the step computes."""
     gru = cells.GRU(I, H, name="gru", rng=np.random.default_rng(0), reset_after=reset_after)
     graph = StepGraph(gru, gru.recur, 1, [], MODE)
-    assert len(graph._cut[1]) == n_matmuls
+    assert len(graph._cut[1]) == n_matmuls and graph.dot_is_x == [False] * n_matmuls
     assert [w.name for w in graph.W] == ["w.gru.U"]
     graph.compile()
     graph.forward.bind([gru.U.get_value()])
@@ -51,6 +51,7 @@ def test_the_lstm_step_functions_copy_nothing_and_join_the_gates_gradient():
     constants stay in the step, so the gradient of the four gate blocks is one Join."""
     lstm = cells.LSTM(I, H, name="lstm", rng=np.random.default_rng(0))
     graph = StepGraph(lstm, lstm.recur, 2, [], MODE)
+    assert graph.dot_is_x == [True]  # gates = x_t + h U: the loop stacks d x_t for U's gradient
     graph.compile(())
     names = lambda fn: [type(getattr(n.op, "op", n.op)).__name__ for n in fn.step.maker.fgraph.apply_nodes]  # noqa: E731
     assert "DeepCopyOp" not in names(graph.forward)

@@ -123,3 +123,17 @@ def test_rows_added_to_a_table_sum_repeated_indices_as_numpy_add_at():
     for bad in (6, -7):
         with pytest.raises(IndexError, match="out of bounds"):
             fn(table, np.ones((2, 3), "float32"), np.array([0, bad], "int64"))
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (64, 1), (1, 7), (257, 130), (0, 4)])
+@pytest.mark.parametrize("blas", [True, False])
+def test_a_matrix_stored_transposed_is_made_contiguous_as_numpy_does(shape, blas, monkeypatch):
+    """thunks.contiguous (the loops' U^T, once per loop): OpenBLAS's transpose where numpy's
+    wheel has it, numpy's copy otherwise; other arrays as np.ascontiguousarray."""
+    if not blas:
+        monkeypatch.setattr(thunks, "_omatcopy", lambda: None)
+    a = np.random.default_rng(0).standard_normal(shape[::-1]).astype("float32")
+    for x in (a.T, a, a.astype("float64").T, a[:, ::2].T):
+        got = thunks.contiguous(x)
+        assert got.flags.c_contiguous and got.dtype == x.dtype
+        np.testing.assert_array_equal(got, x)
