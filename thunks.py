@@ -11,7 +11,10 @@ gradient, a dot with a vector) is one BLAS product with ones, accumulated in flo
 sums that include the last axis are one numpy reduction with the op's accumulator (both
 faster than PyTensor's C loop); the remaining reductions keep their C code. An embedding's
 gradient (rows added to a table) is one sparse product. The measurements are in
-docs/performance.md ("Fewer C modules", "Cold compile", "Round five").
+docs/performance.md ("Fewer C modules", "Cold compile", "Round five", "Round six").
+
+`contiguous`, for the loops' U^T once per loop (stepgraph.py), transposes a matrix with
+OpenBLAS's blocked copy from numpy's own wheel, about 8x faster than numpy's strided one.
 
 `run_from_python`, the last rewrite of compile_mode's C modes, wraps each such node's op in
 `FromPython`, an op with the same inputs, outputs, views and in-place writes, whose thunk is
