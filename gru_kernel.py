@@ -15,7 +15,7 @@ from pytensor.gradient import DisconnectedType
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 
-from thunks import sigmoid
+from thunks import contiguous, sigmoid
 
 
 def _f32(x):
@@ -103,7 +103,7 @@ class GRUSequenceGrad(Op):
         mask, h0, U, states, gates, cand, aux, g_states = inputs
         T, B, H = states.shape
         dx = np.empty((T, B, 3 * H), np.float32)  # also the pre-activation gradients
-        U_T = np.ascontiguousarray(U.T)  # (3H, H)
+        U_T = contiguous(U.T)  # (3H, H)
         dh = np.zeros((B, H), np.float32)
         d_new, d_tilde, tmp = (np.empty((B, H), np.float32) for _ in range(3))
         d_gate = np.empty((B, 2 * H), np.float32)

@@ -290,7 +290,7 @@ class _LoopFunction:
 
     def bind(self, constants):
         if self.make_constants is not None:
-            # (np.ascontiguousarray makes a 0-d array 1-d)
+            # (np.ascontiguousarray, contiguous's fallback, makes a 0-d array 1-d)
             self.constants = [thunks.contiguous(c) if keep and np.ndim(c) else c
                               for c, keep in zip(self.make_constants(*constants), self.contiguous)]
 
