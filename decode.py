@@ -270,15 +270,15 @@ def decode_graph(model, src, noise, temperature=None):
         states, (y_prev, done), rest = args[:n_states], args[n_states : n_states + 2], args[n_states + 2 :]
         mem = dict(zip(keys, rest))
         new, logits, _ = model.decoder_step(y_prev, states, mem)  # logits (B, V)
+        # y (B,) and log p(y) as trained; greedy: both from one fused op over the logits
         if temperature is None:
-            y = pt.argmax(logits[:, first:], axis=1) + first  # (B,)
+            y, y_logp = softmax_kernel.greedy_pick(logits, first)
         else:
             probs = pt.special.softmax(logits[:, first:] / rest[-1], axis=1)  # (B, V - first)
             y = pt.sum(pt.lt(pt.cumsum(probs, axis=1), u_t[:, None]), axis=1)
-            y = pt.minimum(y, probs.shape[1] - 1) + first
-        y = y.astype("int32")
-        # log p(y) as trained: -(cross-entropy of y), one fused pass over the logits
-        y_logp = pt.switch(done, np.float32(0.0), -softmax_kernel.softmax_cross_entropy(logits, y))  # (B,)
+            y = (pt.minimum(y, probs.shape[1] - 1) + first).astype("int32")
+            y_logp = -softmax_kernel.softmax_cross_entropy(logits, y)  # one fused pass
+        y_logp = pt.switch(done, np.float32(0.0), y_logp)  # (B,)
         y = pt.switch(done, PAD_ID, y).astype("int32")
         done_new = pt.or_(done, pt.eq(y, EOS_ID))
         if model.mode_name == "JAX":  # lax.scan has no early exit: finished rows emit PAD
@@ -295,7 +295,7 @@ def decode_graph(model, src, noise, temperature=None):
 
 def compile_decode(model, greedy=True):
     """`f(src, noise) -> (ids, logps)` (greedy) or `f(src, noise, temperature)`; see
-    decode_graph. Greedy decoding has its own graph: an argmax, no softmax or cumsum."""
+    decode_graph. Greedy decoding has its own graph: softmax_kernel.greedy_pick, no cumsum."""
     def build():
         src, noise = pt.imatrix("src"), pt.matrix("noise", dtype=FLOATX)
         inputs = [src, noise] if greedy else [src, noise, pt.scalar("temperature", dtype=FLOATX)]

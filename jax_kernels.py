@@ -2,9 +2,10 @@
 
 Under `--mode=JAX` every graph is lowered to JAX, and an op of our own needs a JAX function
 of its own (`jax_funcify.register`), or compilation stops at "No JAX conversion". These are
-the equations of SoftmaxCrossEntropy and its gradient, in jax.numpy; XLA fuses them. The
-loop ops (recurrence.StepLoop, gru_kernel.GRUSequence) have none: under JAX they step aside
-and every cell runs under pytensor.scan, which becomes one jax.lax.scan (modes.fast_loops).
+the equations of SoftmaxCrossEntropy, its gradient and GreedyPick, in jax.numpy; XLA fuses
+them. The loop ops (recurrence.StepLoop, gru_kernel.GRUSequence) have none: under JAX they
+step aside and every cell runs under pytensor.scan, which becomes one jax.lax.scan
+(modes.fast_loops).
 
 `register()` is called by modes.compile_mode("JAX"), so jax is only needed by those who choose it.
 """
@@ -13,7 +14,7 @@ import warnings
 import jax.numpy as jnp
 from jax.nn import logsumexp
 
-from softmax_kernel import SoftmaxCrossEntropy, SoftmaxCrossEntropyGrad  # first: it sets PyTensor's flags
+from softmax_kernel import GreedyPick, SoftmaxCrossEntropy, SoftmaxCrossEntropyGrad  # first: it sets PyTensor's flags
 from pytensor.link.jax.dispatch import jax_funcify  # noqa: E402
 
 
@@ -29,6 +30,14 @@ def _backward(x, y, lse, g_nll, g_lse):
     return probs.at[jnp.arange(x.shape[0]), y].add(-g_nll)
 
 
+def _greedy(first):
+    """x (N, V) -> (each row's argmax over ids >= first (N,) int32, its log-probability (N,))."""
+    def pick(x):
+        ids = jnp.argmax(x[:, first:], axis=1).astype("int32") + first
+        return ids, jnp.take_along_axis(x, ids[:, None], axis=1)[:, 0] - logsumexp(x, axis=1)
+    return pick
+
+
 def register():
     """Register the JAX versions of the project's ops (idempotent)."""
     # Expected under JAX, said once in the README instead of at every compilation: the dropout
@@ -38,3 +47,4 @@ def register():
         warnings.filterwarnings("ignore", message=message)
     jax_funcify.register(SoftmaxCrossEntropy)(lambda op, **kwargs: _forward)
     jax_funcify.register(SoftmaxCrossEntropyGrad)(lambda op, **kwargs: _backward)
+    jax_funcify.register(GreedyPick)(lambda op, **kwargs: _greedy(op.first))

@@ -1,7 +1,8 @@
 """A hand-written kernel for the part of a training step PyTensor runs slowly on this model
 (docs/performance.md): the softmax cross-entropy, an op with its own backward pass.
 
-softmax_cross_entropy(logits, targets) is one C pass per row (OpenMP over rows). Written out
+softmax_cross_entropy(logits, targets) is one C pass per row (OpenMP over rows); greedy_pick
+(greedy decoding's argmax and its log-probability) shares its code. Written out
 as max / exp / sum / log elementwise ops, the (T*B, V) log-softmax and its gradient took about
 a third of a training step: five or six single-threaded passes over a 77 MB matrix.
 
@@ -31,12 +32,12 @@ _SUPPORT = r"""
 /* Below this many logits one thread is faster: waking the team costs more than it saves. */
 #define SCE_PARALLEL_MIN (1 << 20)
 
-static PyArrayObject* sce_output(PyArrayObject* out, int nd, npy_intp N, npy_intp V) {
-    if (out && PyArray_NDIM(out) == nd && PyArray_DIMS(out)[0] == N
+static PyArrayObject* sce_output(PyArrayObject* out, int nd, npy_intp N, npy_intp V, int type) {
+    if (out && PyArray_NDIM(out) == nd && PyArray_DIMS(out)[0] == N && PyArray_TYPE(out) == type
         && (nd == 1 || PyArray_DIMS(out)[1] == V) && PyArray_IS_C_CONTIGUOUS(out)) return out;
     npy_intp dims[2] = {N, V};
     Py_XDECREF(out);
-    return (PyArrayObject*)PyArray_EMPTY(nd, dims, NPY_FLOAT32, 0);
+    return (PyArrayObject*)PyArray_EMPTY(nd, dims, type, 0);
 }
 
 /* Check that y holds one id in [0, V) per row of x; return a C-contiguous x (new ref). */
@@ -62,8 +63,8 @@ static int sce_forward(PyArrayObject* x, PyArrayObject* y, PyArrayObject** nll, 
     PyArrayObject* xc = sce_inputs(x, y);
     if (!xc) return -1;
     npy_intp N = PyArray_DIMS(xc)[0], V = PyArray_DIMS(xc)[1];
-    *nll = sce_output(*nll, 1, N, V);
-    *lse = sce_output(*lse, 1, N, V);
+    *nll = sce_output(*nll, 1, N, V, NPY_FLOAT32);
+    *lse = sce_output(*lse, 1, N, V, NPY_FLOAT32);
     if (!*nll || !*lse) { Py_DECREF(xc); return -1; }
     const float* X = (const float*)PyArray_DATA(xc);
     float *NLL = (float*)PyArray_DATA(*nll), *LSE = (float*)PyArray_DATA(*lse);
@@ -92,7 +93,7 @@ static int sce_backward(PyArrayObject* x, PyArrayObject* y, PyArrayObject* lse, 
         Py_DECREF(xc);
         return -1;
     }
-    *dx = sce_output(*dx, 2, N, V);
+    *dx = sce_output(*dx, 2, N, V, NPY_FLOAT32);
     if (!*dx) { Py_DECREF(xc); return -1; }
     const float* X = (const float*)PyArray_DATA(xc);
     float* DX = (float*)PyArray_DATA(*dx);
@@ -106,6 +107,40 @@ static int sce_backward(PyArrayObject* x, PyArrayObject* y, PyArrayObject* lse, 
         #pragma omp simd
         for (npy_intp j = 0; j < V; ++j) drow[j] = expf(row[j] - shift) * scale;
         drow[*(npy_int32*)PyArray_GETPTR1(y, i)] -= gn;
+    }
+    Py_DECREF(xc);
+    return 0;
+}
+
+/* Greedy decoding's pick: each row's first argmax over [first, V) (a vectorised max, then a
+   scan to where it is) and its log-probability under the whole row's softmax. */
+static int sce_greedy(PyArrayObject* x, int first, PyArrayObject** ids, PyArrayObject** logp) {
+    npy_intp N = PyArray_DIMS(x)[0], V = PyArray_DIMS(x)[1];
+    if (first < 0 || first >= V) {
+        PyErr_Format(PyExc_ValueError, "greedy_pick: %ld logits per row, none from id %d on", (long)V, first);
+        return -1;
+    }
+    PyArrayObject* xc = PyArray_GETCONTIGUOUS(x);
+    *ids = sce_output(*ids, 1, N, V, NPY_INT32);
+    *logp = sce_output(*logp, 1, N, V, NPY_FLOAT32);
+    if (!xc || !*ids || !*logp) { Py_XDECREF(xc); return -1; }
+    const float* X = (const float*)PyArray_DATA(xc);
+    npy_int32* IDS = (npy_int32*)PyArray_DATA(*ids);
+    float* LOGP = (float*)PyArray_DATA(*logp);
+    #pragma omp parallel for schedule(static) if (N * V >= SCE_PARALLEL_MIN)
+    for (npy_intp i = 0; i < N; ++i) {
+        const float* row = X + i * V;
+        float best = row[first], top;
+        for (npy_intp j = first + 1; j < V; ++j) best = row[j] > best ? row[j] : best;
+        npy_intp at = first;
+        while (at < V - 1 && row[at] != best) ++at;
+        top = best;
+        for (npy_intp j = 0; j < first; ++j) top = row[j] > top ? row[j] : top;
+        float total = 0.0f;
+        #pragma omp simd reduction(+:total)
+        for (npy_intp j = 0; j < V; ++j) total += expf(row[j] - top);
+        IDS[i] = (npy_int32)at;
+        LOGP[i] = row[at] - top - logf(total);
     }
     Py_DECREF(xc);
     return 0;
@@ -128,7 +163,7 @@ class _Kernel(COp):
         return _SUPPORT
 
     def c_code_cache_version(self):
-        return (3,)
+        return (4,)
 
 
 def _f32(x):
@@ -192,6 +227,47 @@ class SoftmaxCrossEntropyGrad(_Kernel):
     def c_code(self, node, name, inputs, outputs, sub):
         (x, y, lse, g_nll, g_lse), (dx,) = inputs, outputs
         return f"if (sce_backward({x}, {y}, {lse}, {g_nll}, {g_lse}, &{dx})) {{ {sub['fail']} }}"
+
+
+class GreedyPick(_Kernel):
+    """logits (N, V) -> (ids (N,) int32, logp (N,)): each row's argmax over the ids from
+    `first` on, and its log-probability under the softmax of the whole row, in one op (greedy
+    decoding's argmax and log p(y) were an argmax and a cross-entropy: two passes). Not
+    differentiable."""
+
+    __props__ = ("first",)
+
+    def __init__(self, first=0):
+        self.first = int(first)
+
+    def make_node(self, x):
+        x = _f32(x)
+        if x.type.ndim != 2:
+            raise ValueError(f"greedy_pick wants (N, V) logits, got {x.type}")
+        return Apply(self, [x], [pt.vector(dtype="int32"), pt.vector(dtype=FLOATX)])
+
+    def perform(self, node, inputs, outputs):
+        (x,) = inputs
+        if not 0 <= self.first < x.shape[1]:
+            raise ValueError(f"greedy_pick: {x.shape[1]} logits per row, none from id {self.first} on")
+        ids = x[:, self.first :].argmax(axis=1) + self.first
+        top = x.max(axis=1)
+        lse = np.log(np.exp(x - top[:, None]).sum(axis=1)) + top
+        outputs[0][0] = ids.astype(np.int32)
+        outputs[1][0] = (x[np.arange(len(x)), ids] - lse).astype(np.float32)
+
+    def infer_shape(self, fgraph, node, shapes):
+        return [shapes[0][:1], shapes[0][:1]]
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        (x,), (ids, logp) = inputs, outputs
+        return f"if (sce_greedy({x}, {self.first}, &{ids}, &{logp})) {{ {sub['fail']} }}"
+
+
+def greedy_pick(logits, first=0):
+    """(ids (N,), log p(ids) (N,)): each row of `logits` (N, V)'s argmax over ids >= first,
+    and its log-probability under the softmax of the whole row. See GreedyPick."""
+    return GreedyPick(first)(logits)
 
 
 def softmax_cross_entropy(logits, targets):

@@ -1,12 +1,12 @@
 """The JAX version of the fused softmax cross-entropy (jax_kernels.py) against the op's own
-numpy implementation: values and the gradient, with weights on both outputs."""
+numpy implementation: values and the gradient, with weights on both outputs; the greedy pick."""
 import numpy as np
 import pytest
 
 pytest.importorskip("jax")
 
 import jax_kernels  # noqa: E402
-from softmax_kernel import SoftmaxCrossEntropy, SoftmaxCrossEntropyGrad  # noqa: E402
+from softmax_kernel import GreedyPick, SoftmaxCrossEntropy, SoftmaxCrossEntropyGrad  # noqa: E402
 
 
 def perform(op, *inputs):
@@ -26,3 +26,13 @@ def test_forward_and_backward_equal_the_ops_numpy_perform():
     np.testing.assert_allclose(jax_lse, lse, rtol=1e-5, atol=1e-5)
     (dx,) = perform(SoftmaxCrossEntropyGrad(), x, y, lse, g_nll, g_lse)
     np.testing.assert_allclose(jax_kernels._backward(x, y, lse, g_nll, g_lse), dx, rtol=1e-5, atol=1e-6)
+
+
+def test_greedy_pick_equals_the_ops_numpy_perform():
+    x = (np.random.default_rng(1).standard_normal((5, 11)) * 5).astype("float32")
+    x[0, :4] = 100.0  # the row's largest logits are below `first`: not picked, but in the softmax
+    ids, logp = perform(GreedyPick(3), x)
+    jax_ids, jax_logp = jax_kernels._greedy(3)(x)
+    np.testing.assert_array_equal(jax_ids, ids)
+    assert jax_ids.dtype == np.int32 and ids[0] >= 3
+    np.testing.assert_allclose(jax_logp, logp, rtol=1e-5, atol=1e-5)

@@ -1,5 +1,6 @@
 """The fused softmax cross-entropy (C, and its numpy perform) against numpy/scipy: values,
-gradients, threads, strided input, bad targets, non-finite logits kept visible; log_softmax."""
+gradients, threads, strided input, bad targets, non-finite logits kept visible; log_softmax;
+greedy_pick."""
 import numpy as np
 import pytest
 import scipy.special
@@ -81,3 +82,39 @@ def test_log_softmax_matches_reference():
         logits = (np.random.default_rng(v).standard_normal((n, v)) * 8).astype("float32")
         np.testing.assert_allclose(f(logits), scipy.special.log_softmax(logits.astype(np.float64), axis=1),
                                    rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def pick():
+    """f(x) -> (ids, logp) of greedy_pick(x, first=3), compiled (C) and as numpy (Python)."""
+    x = pt.matrix("x")
+    outs = list(softmax_kernel.greedy_pick(x, 3))
+    python = pytensor.compile.mode.Mode(linker=pytensor.link.vm.VMLinker(c_thunks=False), optimizer="fast_run")
+    return pytensor.function([x], outs, mode=MODE), pytensor.function([x], outs, mode=python)
+
+
+@pytest.mark.parametrize("n, v", [(1, 4), (5, 9), (70, 5000), (300, 6000)])  # the last on OpenMP's threads
+def test_greedy_pick_is_the_argmax_from_first_and_its_log_probability(pick, n, v):
+    rng = np.random.default_rng(v)
+    x = (rng.standard_normal((n, v)) * 8).astype("float32")
+    x[0, :3] = 1e3  # the row's largest logits lie below `first`: never picked, but in the softmax
+    x[-1, 3:] = 2.0  # a tie: the first of the maxima, as np.argmax
+    want_ids = x[:, 3:].argmax(axis=1) + 3
+    want_logp = scipy.special.log_softmax(x.astype(np.float64), axis=1)[np.arange(n), want_ids]
+    for f in pick:  # the C kernel and the numpy perform
+        ids, logp = f(x)
+        assert ids.dtype == np.int32
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_allclose(logp, want_logp, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(pick[0](np.asfortranarray(x))[0], want_ids)  # strided input
+
+
+def test_greedy_pick_keeps_non_finite_logits_visible_and_rejects_too_few_ids(pick):
+    x = np.zeros((3, 6), "float32")
+    x[0, 4], x[1, 1], x[2, 5] = np.nan, np.inf, -np.inf
+    ids, logp = pick[0](x)
+    assert not np.isfinite(logp[:2]).any()
+    assert ids[2] == 3 and np.isclose(logp[2], -np.log(5))
+    for f in pick:
+        with pytest.raises(ValueError, match="3 logits per row, none from id 3 on"):
+            f(np.zeros((2, 3), "float32"))
