@@ -135,14 +135,12 @@ class GRU(Recurrent):
     # recur(x_proj_t, h_prev): x_proj_t (B, 3H) is this step's input projection.
     def recur(self, x_t, h_prev):
         H = self.hiddenSize
+        # one matmul for the gates: (B, 3H) reset after, (B, 2H) for z and r before
+        hu = pt.dot(h_prev, self.U if self.reset_after else self.U[:, : 2 * H])
+        z, r = (pt.sigmoid(x_t[:, k * H : (k + 1) * H] + hu[:, k * H : (k + 1) * H]) for k in range(2))
         if self.reset_after:
-            hu = pt.dot(h_prev, self.U)  # (B, 3H), one matmul for all gates
-            zr = pt.sigmoid(x_t[:, : 2 * H] + hu[:, : 2 * H])
-            z, r = zr[:, :H], zr[:, H:]
             h_tilde = pt.tanh(x_t[:, 2 * H :] + r * hu[:, 2 * H :])
         else:
-            zr = pt.sigmoid(x_t[:, : 2 * H] + pt.dot(h_prev, self.U[:, : 2 * H]))
-            z, r = zr[:, :H], zr[:, H:]
             h_tilde = pt.tanh(x_t[:, 2 * H :] + pt.dot(r * h_prev, self.U[:, 2 * H :]))
         return z * h_prev + (1.0 - z) * h_tilde
 
@@ -173,8 +171,7 @@ class LSTM(Recurrent):
     def recur(self, x_t, h_prev, c_prev):
         H = self.hiddenSize
         gates = x_t + pt.dot(h_prev, self.U)  # (B, 4H), one matmul for all gates
-        ifo = pt.sigmoid(gates[:, : 3 * H])
-        i, f, o = ifo[:, :H], ifo[:, H : 2 * H], ifo[:, 2 * H :]
+        i, f, o = (pt.sigmoid(gates[:, k * H : (k + 1) * H]) for k in range(3))
         g = pt.tanh(gates[:, 3 * H :])
         c = f * c_prev + i * g
         h = o * pt.tanh(c)
