@@ -112,8 +112,9 @@ static int sce_backward(PyArrayObject* x, PyArrayObject* y, PyArrayObject* lse, 
     return 0;
 }
 
-/* Greedy decoding's pick: each row's first argmax over [first, V) (a vectorised max, then a
-   scan to where it is) and its log-probability under the whole row's softmax. */
+/* Greedy decoding's pick: each row's first argmax over [first, V) (the vectorised maxima of
+   blocks of 64, then a scan of the block with the largest) and its log-probability under the
+   whole row's softmax. */
 static int sce_greedy(PyArrayObject* x, int first, PyArrayObject** ids, PyArrayObject** logp) {
     npy_intp N = PyArray_DIMS(x)[0], V = PyArray_DIMS(x)[1];
     if (first < 0 || first >= V) {
@@ -131,8 +132,13 @@ static int sce_greedy(PyArrayObject* x, int first, PyArrayObject** ids, PyArrayO
     for (npy_intp i = 0; i < N; ++i) {
         const float* row = X + i * V;
         float best = row[first], top;
-        for (npy_intp j = first + 1; j < V; ++j) best = row[j] > best ? row[j] : best;
         npy_intp at = first;
+        for (npy_intp b0 = first; b0 < V; b0 += 64) {
+            const npy_intp b1 = b0 + 64 < V ? b0 + 64 : V;
+            float m = row[b0];
+            for (npy_intp j = b0 + 1; j < b1; ++j) m = row[j] > m ? row[j] : m;
+            if (m > best) { best = m; at = b0; }
+        }
         while (at < V - 1 && row[at] != best) ++at;
         top = best;
         for (npy_intp j = 0; j < first; ++j) top = row[j] > top ? row[j] : top;
@@ -163,7 +169,7 @@ class _Kernel(COp):
         return _SUPPORT
 
     def c_code_cache_version(self):
-        return (4,)
+        return (7,)
 
 
 def _f32(x):
