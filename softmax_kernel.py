@@ -40,6 +40,14 @@ static PyArrayObject* sce_output(PyArrayObject* out, int nd, npy_intp N, npy_int
     return (PyArrayObject*)PyArray_EMPTY(nd, dims, type, 0);
 }
 
+/* log(sum_j exp(row[j] - top)) + top: a row's log-sum-exp, given its largest logit `top`. */
+static inline float sce_logsumexp(const float* row, npy_intp V, float top) {
+    float total = 0.0f;
+    #pragma omp simd reduction(+:total)
+    for (npy_intp j = 0; j < V; ++j) total += expf(row[j] - top);
+    return logf(total) + top;
+}
+
 /* Check that y holds one id in [0, V) per row of x; return a C-contiguous x (new ref). */
 static PyArrayObject* sce_inputs(PyArrayObject* x, PyArrayObject* y) {
     npy_intp N = PyArray_DIMS(x)[0], V = PyArray_DIMS(x)[1];
@@ -73,10 +81,7 @@ static int sce_forward(PyArrayObject* x, PyArrayObject* y, PyArrayObject** nll, 
         const float* row = X + i * V;
         float top = row[0];
         for (npy_intp j = 1; j < V; ++j) top = row[j] > top ? row[j] : top;
-        float total = 0.0f;
-        #pragma omp simd reduction(+:total)
-        for (npy_intp j = 0; j < V; ++j) total += expf(row[j] - top);
-        LSE[i] = logf(total) + top;
+        LSE[i] = sce_logsumexp(row, V, top);
         NLL[i] = LSE[i] - row[*(npy_int32*)PyArray_GETPTR1(y, i)];
     }
     Py_DECREF(xc);
@@ -131,7 +136,7 @@ static int sce_greedy(PyArrayObject* x, int first, PyArrayObject** ids, PyArrayO
     #pragma omp parallel for schedule(static) if (N * V >= SCE_PARALLEL_MIN)
     for (npy_intp i = 0; i < N; ++i) {
         const float* row = X + i * V;
-        float best = row[first], top;
+        float best = row[first];
         npy_intp at = first;
         for (npy_intp b0 = first; b0 < V; b0 += 64) {
             const npy_intp b1 = b0 + 64 < V ? b0 + 64 : V;
@@ -140,13 +145,10 @@ static int sce_greedy(PyArrayObject* x, int first, PyArrayObject** ids, PyArrayO
             if (m > best) { best = m; at = b0; }
         }
         while (at < V - 1 && row[at] != best) ++at;
-        top = best;
+        float top = best;
         for (npy_intp j = 0; j < first; ++j) top = row[j] > top ? row[j] : top;
-        float total = 0.0f;
-        #pragma omp simd reduction(+:total)
-        for (npy_intp j = 0; j < V; ++j) total += expf(row[j] - top);
         IDS[i] = (npy_int32)at;
-        LOGP[i] = row[at] - top - logf(total);
+        LOGP[i] = row[at] - sce_logsumexp(row, V, top);
     }
     Py_DECREF(xc);
     return 0;
@@ -169,7 +171,7 @@ class _Kernel(COp):
         return _SUPPORT
 
     def c_code_cache_version(self):
-        return (7,)
+        return (8,)
 
 
 def _f32(x):
