@@ -129,7 +129,7 @@ class GRU(Recurrent):
         the generic op; 3-5% in round seven, docs/performance.md), for the stock GRU's own
         `recur`. A subclass that overrides `recur` gets the generic op, built from its own
         `recur`."""
-        if getattr(step, "__func__", None) is not GRU.recur or set(weights) - {self.U}:
+        if getattr(step, "__func__", None) is not GRU.recur or set(weights) - {self.U} or not gru_kernel.available():
             return None
         return [gru_kernel.gru_sequence(x_proj, mask, init[0], weights.get(self.U, self.U), self.reset_after)]
 

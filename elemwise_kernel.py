@@ -12,8 +12,10 @@ modes.compile_mode's C modes find the groups (modes._fusion_groups): elementwise
 and no path from the group back into it through another op. Each group becomes a
 FusedElemwise node (`fused_node`): a plain C loop built once with gcc (about 0.1 s) and kept
 in PyTensor's compile directory under the hash of its source, called through one small Python
-extension (`_GLUE`, built once) that checks the shapes and allocates the outputs.
+extension (`_GLUE`, built once) that checks the shapes and allocates the outputs. `library`
+builds and loads other C the same way (gru_kernel.py's loop).
 """
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -84,11 +86,9 @@ class FusedElemwise(Op):
         return Apply(self, list(inputs), [TensorType(FLOAT32, shape=s)() for s in self.shapes])
 
     def infer_shape(self, fgraph, node, shapes):
-        shape = []
-        for d, b in enumerate(self.broadcastable):
-            dims = [s[d] for s, v in zip(shapes, node.inputs) if not v.type.broadcastable[d]]
-            shape.append(dims[0] if dims else 1)
-        return [tuple(shape)] * len(self.shapes)
+        dims = [[s[d] for s, v in zip(shapes, node.inputs) if not v.type.broadcastable[d]]
+                for d in range(len(self.broadcastable))]
+        return [tuple(n[0] if n else 1 for n in dims)] * len(self.shapes)
 
     def _kernel(self, node):
         """(glue run function, the kernel's address, its spec: the inputs', outputs' and axes'
@@ -119,9 +119,7 @@ class FusedElemwise(Op):
 
 def _literal(value):
     value = float(np.float32(value))
-    if np.isnan(value):
-        return "NAN"
-    return ("-INFINITY" if value < 0 else "INFINITY") if np.isinf(value) else f"{value.hex()}f"
+    return "NAN" if np.isnan(value) else ("-INFINITY" if value < 0 else "INFINITY") if np.isinf(value) else f"{value.hex()}f"
 
 
 def fused_node(fgraph, members):
@@ -157,9 +155,8 @@ _flags = functools.cache(lambda: "".join("\n" + f for f in [*_FLAGS, *GCC_compil
 
 
 def _path(name, source, suffix=".so"):
-    """Where the build of `source` lives in the compile directory. (PyTensor's compile
-    arguments spell out this CPU's -march=native: a directory shared by machines holds one
-    build per CPU.)"""
+    """Where the build of `source` lives in the compile directory (one build per CPU: PyTensor's
+    compile arguments spell out -march=native)."""
     key = source + _flags()
     return os.path.join(pytensor.config.compiledir, "fused", f"{name}_{hashlib.sha256(key.encode()).hexdigest()[:20]}{suffix}")
 
@@ -169,13 +166,11 @@ def _build(source, path, extension=False):
     beside it, then renamed (parallel processes may race)."""
     if os.path.exists(path):
         return
-    while True:  # (PyTensor's cache refresh removes empty folders: one may go in between)
+    tmp = None
+    while tmp is None:  # (PyTensor's cache refresh removes empty folders: one may go in between)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             tmp = tempfile.mkdtemp(dir=os.path.dirname(path))
-            break
-        except FileNotFoundError:
-            continue
     try:
         with open(os.path.join(tmp, "source.c"), "w") as f:
             f.write(source)
@@ -189,6 +184,12 @@ def _build(source, path, extension=False):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def library(name, source):
+    """The C `source`, built once under `name` in the compile directory, loaded with ctypes."""
+    _build(source, _path(name, source))
+    return ctypes.CDLL(_path(name, source))
+
+
 def _symbol(body):
     return "kernel_" + hashlib.sha256(body.encode()).hexdigest()[:20]
 
@@ -200,12 +201,12 @@ def build_kernels(bodies):
     missing = [b for b in dict.fromkeys(bodies) if not os.path.exists(_path("kernel", b))]
     if not missing:
         return
-    source = _HEADER + "\n".join(b.replace("KERNEL", _symbol(b)) for b in missing)
-    library = _path("kernels", source)
-    _build(source, library)
+    source = HEADER + "\n".join(b.replace("KERNEL", _symbol(b)) for b in missing)
+    shared = _path("kernels", source)
+    _build(source, shared)
     for b in missing:
         link = f"{_path('kernel', b)}.{os.getpid()}.tmp"
-        os.symlink(os.path.basename(library), link)
+        os.symlink(os.path.basename(shared), link)
         os.replace(link, _path("kernel", b))
 
 
@@ -233,7 +234,7 @@ _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-shared",
 COMPILER = shutil.which("gcc") or shutil.which("cc")
 MAX_ARRAYS, MAX_AXES = 64, 16  # the glue's bounds
 
-_HEADER = r"""#include <math.h>
+HEADER = r"""#include <math.h>
 #include <stdint.h>
 /* glibc's vector variants (libmvec), as math-vector.h declares them under -ffast-math */
 #define VECTOR __attribute__((simd("notinbranch")))

@@ -244,19 +244,28 @@ def contiguous(a):
 
 
 @functools.cache
-def _omatcopy():
-    """cblas_somatcopy (64-bit integers) of the OpenBLAS in numpy's wheel, already loaded by
-    numpy; None where numpy has another BLAS."""
+def openblas(name):
+    """The CBLAS function `name` (64-bit integers) of the OpenBLAS in numpy's wheel, already
+    loaded by numpy, as a ctypes function without argument types; None where numpy has
+    another BLAS."""
     for path in glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas64*")):
         try:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for name in ("scipy_cblas_somatcopy64_", "cblas_somatcopy64_"):
-            fn = getattr(lib, name, None)
+        for symbol in (f"scipy_{name}64_", f"{name}64_"):
+            fn = getattr(lib, symbol, None)
             if fn is not None:
-                fn.restype = None
-                fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_float,
-                               ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
                 return fn
     return None
+
+
+@functools.cache
+def _omatcopy():
+    """cblas_somatcopy, with its argument types; None where numpy has another BLAS."""
+    fn = openblas("cblas_somatcopy")
+    if fn is not None:
+        fn.restype = None
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_float,
+                       ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
+    return fn
