@@ -32,8 +32,8 @@ DEFAULT_MODE = "CVM"
 
 
 def fast_loops(name):
-    """Whether the project's own loop ops (recurrence.StepLoop, gru_kernel.GRUSequence), numpy
-    loops driven from Python, run in compile mode `name`. Numba and JAX compile
+    """Whether the project's own loop ops (recurrence.StepLoop, a numpy loop driven from
+    Python; gru_kernel.GRUSequence, a C loop) run in compile mode `name`. Numba and JAX compile
     pytensor.scan themselves (JAX to one lax.scan), so there every cell runs under scan."""
     return name in ("CVM", "FAST_COMPILE")
 

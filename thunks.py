@@ -165,8 +165,8 @@ def _ufunc_thunk(op, node, storage_map, compute_map):
 
 
 def sigmoid(x, out, casting=None):
-    """The logistic function in place as 0.5 * tanh(0.5 x) + 0.5, for the Python-run sigmoid
-    and gru_kernel.py: numpy's float32 tanh is vectorised, scipy's expit is not."""
+    """The logistic function in place as 0.5 * tanh(0.5 x) + 0.5, for the Python-run sigmoid:
+    numpy's float32 tanh is vectorised, scipy's expit is not."""
     np.multiply(x, np.float32(0.5), out=out)
     np.tanh(out, out=out)
     np.multiply(out, np.float32(0.5), out=out)
