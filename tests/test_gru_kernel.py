@@ -94,3 +94,24 @@ def test_without_the_c_loop_the_gru_takes_the_generic_loop(monkeypatch):
     fn = pytensor.function([x, m, h0], states, mode=MODE)
     assert gru_kernel.GRUSequence not in ops_of(fn)
     assert any(isinstance(node.op, StepLoop) for node in fn.maker.fgraph.apply_nodes)
+
+
+def test_the_c_loop_takes_empty_sequences_and_batches():
+    """No timesteps: no states, zero gradients for h0 and U; an empty batch: empty arrays."""
+    rng = np.random.default_rng(5)
+    U = rng.standard_normal((H, 3 * H)).astype("float32")
+    for T, B in ((0, 2), (3, 0)):
+        x, mask = np.zeros((T, B, 3 * H), "float32"), np.ones((T, B), "float32")
+        h0 = rng.standard_normal((B, H)).astype("float32")
+        for reset_after in (False, True):
+            forward = [[None] for _ in range(4)]
+            gru_kernel.GRUSequence(reset_after).perform(None, [x, mask, h0, U], forward)
+            assert forward[0][0].shape == (T, B, H)
+            grads = [[None] for _ in range(3)]
+            g_states = np.ones((T, B, H), "float32")
+            inputs = [mask, h0, U, *(f[0] for f in forward), g_states]
+            gru_kernel.GRUSequenceGrad(reset_after).perform(None, inputs, grads)
+            assert grads[0][0].shape == (T, B, 3 * H) and grads[1][0].shape == (B, H)
+            np.testing.assert_array_equal(grads[2][0], np.zeros_like(U))
+            if T == 0:
+                np.testing.assert_array_equal(grads[1][0], np.zeros_like(h0))
