@@ -1,5 +1,5 @@
 """gru_sequence(x_proj, mask, h0, U): cells.GRU's whole masked time loop as one C function,
-with a hand-written backward pass whose weight gradient is one matmul over all timesteps.
+with a hand-written backward pass whose weight gradient is computed once, over all timesteps.
 
 Under scan, each GRU timestep runs as several small ops with per-op overhead. These two ops
 run the time loop in C, with the equations of cells.GRU (either reset convention) and its
@@ -31,9 +31,9 @@ typedef void (*gemm_fn)(int, int, int, int64_t, int64_t, int64_t, float, const f
                         const float*, int64_t, float, float*, int64_t);
 static gemm_fn gemm;
 void set_gemm(void* f) { gemm = (gemm_fn)f; }
-/* C (M, N) = beta C + A (M, K) @ B (K, N), or @ B^T where B is stored (N, K); ld: row strides */
-static void mm(I M, I N, I K, const float* A, I lda, const float* B, I ldb, int trans_b, float beta, float* C, I ldc) {
-    gemm(101, 111, trans_b ? 112 : 111, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+/* C (M, N) = beta C + A (M, K) @ B (K, N); ld: row strides (101: row-major, 111/112: as is/transposed) */
+static void mm(I M, I N, I K, const float* A, I lda, const float* B, I ldb, float beta, float* C, I ldc) {
+    gemm(101, 111, 111, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
 }
 /* C (M, N) = beta C + A^T @ B (K, N), where A is stored (K, M) */
 static void mm_at(I M, I N, I K, const float* A, const float* B, I ldb, float beta, float* C, I ldc) {
@@ -47,8 +47,8 @@ void gru_forward(I T, I B, I H, int after, const float* x, const float* mask, co
     for (I t = 0; t < T; ++t) {
         const float *xt = x + t * B * 3 * H, *m = mask + t * B;
         float *zr = gates + t * B * 2 * H, *c = cand + t * B * H, *a = aux + t * B * H, *out = states + t * B * H;
-        if (after) mm(B, 3 * H, H, h, H, U, 3 * H, 0, 0.0f, hu, 3 * H);      /* hu = h U */
-        else mm(B, 2 * H, H, h, H, U, 3 * H, 0, 0.0f, zr, 2 * H);           /* zr = h U_zr */
+        if (after) mm(B, 3 * H, H, h, H, U, 3 * H, 0.0f, hu, 3 * H);      /* hu = h U */
+        else mm(B, 2 * H, H, h, H, U, 3 * H, 0.0f, zr, 2 * H);           /* zr = h U_zr */
         for (I b = 0; b < B; ++b) {  /* z, r = sigmoid(x + h U_zr); aux = h U_h, or r * h */
             const float *xb = xt + b * 3 * H, *hb = h + b * H, *ub = after ? hu + b * 3 * H : zr + b * 2 * H;
             float *g = zr + b * 2 * H, *ab = a + b * H;
@@ -57,7 +57,7 @@ void gru_forward(I T, I B, I H, int after, const float* x, const float* mask, co
             #pragma omp simd
             for (I j = 0; j < H; ++j) ab[j] = after ? ub[2 * H + j] : g[H + j] * hb[j];
         }
-        if (!after) mm(B, H, H, a, H, U + 2 * H, 3 * H, 0, 0.0f, c, H);    /* c = (r * h) U_h */
+        if (!after) mm(B, H, H, a, H, U + 2 * H, 3 * H, 0.0f, c, H);    /* c = (r * h) U_h */
         for (I b = 0; b < B; ++b) {  /* h~ = tanh(x_h + that); h' = h~ + z (h - h~); masked */
             const float *xb = xt + b * 3 * H + 2 * H, *hb = h + b * H, *g = zr + b * 2 * H, *ab = a + b * H;
             const float mb = m[b];
@@ -103,10 +103,10 @@ void gru_backward(I T, I B, I H, int after, const float* mask, const float* h0, 
             }
         }
         if (after) {
-            mm(B, H, 3 * H, pt, 3 * H, UT, H, 0, 1.0f, dh, H);             /* dh += pre_t U^T */
+            mm(B, H, 3 * H, pt, 3 * H, UT, H, 1.0f, dh, H);             /* dh += pre_t U^T */
             continue;
         }
-        mm(B, H, H, dxt + 2 * H, 3 * H, UT + 2 * H * H, H, 0, 0.0f, tmp, H);  /* d(r * h) = ds U_h^T */
+        mm(B, H, H, dxt + 2 * H, 3 * H, UT + 2 * H * H, H, 0.0f, tmp, H);  /* d(r * h) = ds U_h^T */
         for (I b = 0; b < B; ++b) {
             const float *r = zr + b * 2 * H + H, *hb = hp + b * H, *tb = tmp + b * H;
             float *d = dh + b * H, *dr = dxt + b * 3 * H + H;
@@ -116,7 +116,7 @@ void gru_backward(I T, I B, I H, int after, const float* mask, const float* h0, 
                 d[j] += tb[j] * r[j];
             }
         }
-        mm(B, H, 2 * H, dxt, 3 * H, UT, H, 0, 1.0f, dh, H);               /* dh += [dz dr] U_zr^T */
+        mm(B, H, 2 * H, dxt, 3 * H, UT, H, 1.0f, dh, H);               /* dh += [dz dr] U_zr^T */
     }
     if (T == 0) return;
     /* dU = sum_t h_{t-1}^T [dz dr d(h U_h)]_t, with (r * h)_{t}^T dh~_t for U_h in Cho's form */
