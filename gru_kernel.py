@@ -4,7 +4,7 @@ with a hand-written backward pass whose weight gradient is computed once, over a
 Under scan, each GRU timestep runs as several small ops with per-op overhead. These two ops
 run the time loop in C, with the equations of cells.GRU (either reset convention) and its
 masking: each step's matmuls through the OpenBLAS in numpy's wheel (thunks.openblas), its
-elementwise work in two vectorised loops (glibc's vector expf and tanhf, IEEE semantics, as
+elementwise work in a few vectorised loops (glibc's vector expf and tanhf, IEEE semantics, as
 elemwise_kernel.py), and no Python between the steps. They keep per step only what the
 backward pass needs. Without that OpenBLAS or a C compiler, `available()` is false and the
 GRU runs on the generic loop (recurrence.StepLoop). tests/test_gru_kernel.py checks both
